@@ -1,0 +1,25 @@
+"""Start the frozen app offscreen, open a sample, grab a screenshot and check it exits 0."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(executable: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "frozen.png"
+        env = dict(os.environ, QT_QPA_PLATFORM="offscreen", SGRAFFITO_DATA=str(Path(tmp) / "data"))
+        result = subprocess.run([executable, "--demo", "--screenshot", str(shot), "--quit-after", "2000"],
+                                env=env, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0 or not shot.is_file() or shot.stat().st_size == 0:
+            print(f"frozen app failed (exit {result.returncode}):\n{result.stderr[-3000:]}", file=sys.stderr)
+            return 1
+        version = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=120)
+        print(f"frozen app OK: {version.stdout.strip()}, screenshot {shot.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
