@@ -1,0 +1,274 @@
+"""Reading photos and label maps: every user-supplied image enters the engine through this module.
+
+Photos become (H, W, 3) uint8 sRGB arrays with EXIF orientation applied and ICC profiles converted, while the
+original file bytes are kept unchanged for the project file. Label maps become (H, W) uint16 id arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from engine.errors import InputError
+from engine.labels import LabelSet
+
+# Pillow's own bomb check is a process-wide setting that raises (or only warns) at a fixed size; ours runs on the
+# header of every file we open, with a per-call limit and a message that names the file.
+Image.MAX_IMAGE_PIXELS = None
+
+DEFAULT_MAX_PIXELS = 200_000_000
+MIN_SIDE = 16  # smaller than this is an icon or a broken file, not a photo anyone edits semantically
+PHOTO_FORMATS = {"JPEG", "PNG", "TIFF", "WEBP", "BMP", "MPO"}  # MPO: phone JPEGs with an embedded preview
+# 95th percentile of the chroma (CIELAB a*b* units) left after removing one tint per luminance level: measured on
+# noisy sepia-toned JPEGs of the skimage photos ~2, on the colour originals 17-49.
+GRAY_CHROMA_SPREAD = 6.0
+
+
+@dataclass(eq=False)
+class Photo:
+    rgb: np.ndarray  # (H, W, 3) uint8 sRGB, orientation applied: what is shown and fed to models
+    data: bytes = field(repr=False)  # the file's bytes, unchanged
+    name: str  # file name without folder, e.g. "IMG_0042.jpg"
+    format: str  # Pillow format name: JPEG, PNG, TIFF, WEBP, BMP
+    is_grayscale: bool  # gray, or a single tint such as sepia: colorize mode applies
+    bit_depth: int  # bits per channel in the file (8 or 16)
+    icc_converted: bool = False  # the file carried a non-sRGB profile that was converted
+    orientation: int = 1  # the EXIF orientation tag that was applied (1 = none)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) after orientation, as Qt and Pillow count sizes."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Parse only the header and refuse bombs before any pixel is decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InputError(f"{name} is not an image in a format Sgraffito reads (JPEG, PNG, TIFF, WebP, BMP)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{name} cannot be read: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(
+            f"{name} claims {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
+            f"more than the {max_pixels / 1e6:.0f} MP limit"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"{name} is only {width}x{height} pixels; Sgraffito needs at least {MIN_SIDE} on each side")
+    return image
+
+
+def _decode(image: Image.Image, name: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as error:
+        # Pillow says "image file is truncated (12 bytes not processed)" or "broken data stream": keep its detail
+        raise InputError(f"{name} is damaged or truncated and cannot be decoded: {error}") from None
+
+
+def _read(path: str | Path) -> tuple[bytes, str]:
+    path = Path(path)
+    try:
+        return path.read_bytes(), path.name
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder, not an image") from None
+    except OSError as error:
+        raise InputError(f"{path} cannot be read: {error.strerror or error}") from None
+
+
+def _bit_depth(image: Image.Image, data: bytes) -> int:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return 16
+    if image.format == "PNG" and len(data) > 24:
+        return max(8, data[24])  # IHDR bit depth; 1/2/4-bit palettes count as 8
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, (8,))
+        return int(bits[0] if isinstance(bits, tuple) else bits)
+    return 8
+
+
+def _to_srgb(image: Image.Image, name: str) -> tuple[Image.Image, bool]:
+    """Convert an embedded ICC profile to sRGB; files without one are taken to be sRGB already."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK", "L"):
+        return image, False
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError):
+        return image, False  # an unreadable profile must not make the photo unreadable
+    description = (ImageCms.getProfileDescription(source) or "").strip().lower()
+    if image.mode == "RGB" and description.startswith("srgb"):
+        return image, False
+    try:
+        transform = ImageCms.buildTransform(source, _SRGB, image.mode, "RGB", ImageCms.Intent.PERCEPTUAL)
+        return ImageCms.applyTransform(image, transform), True
+    except ImageCms.PyCMSError as error:
+        warnings.warn(f"{name}: ICC profile ignored ({error})", stacklevel=3)
+        return image, False
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them
+        values = np.asarray(image)
+        gray = ((values.astype(np.uint32) + 128) // 257).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image)
+        scale = 255.0 if values.max() <= 1.0 else 1.0  # float TIFFs come as 0..1 or 0..255
+        gray = (values * scale).clip(0, 255).round().astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas are shown on white, as a viewer would show them
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def detect_grayscale(rgb: np.ndarray) -> bool:
+    """True for gray photos and single-tint ones (sepia, cyanotype): little chroma left once the tint of each
+    luminance level is removed. Runs on a ~256 px thumbnail, so it costs nothing on a 24-MP photo."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, 256 / max(height, width))
+    # area averaging, not striding: it removes film grain and colour noise, which would pass for chroma
+    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    small = small.astype(np.float32) / 255.0
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    lightness, ab = lab[:, 0], lab[:, 1:]
+    bins = np.minimum((lightness / 100.0 * 16).astype(np.int64), 15)
+    residual = np.empty(len(ab), np.float32)
+    for level in np.unique(bins):
+        members = bins == level
+        tint = np.median(ab[members], axis=0)
+        residual[members] = np.linalg.norm(ab[members] - tint, axis=1)
+    return float(np.percentile(residual, 95)) < GRAY_CHROMA_SPREAD
+
+
+def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    image = _open(data, name, max_pixels)
+    if image.format not in PHOTO_FORMATS:
+        raise InputError(f"{name} is a {image.format} file; Sgraffito opens JPEG, PNG, TIFF, WebP and BMP photos")
+    fmt = "JPEG" if image.format == "MPO" else image.format
+    if getattr(image, "n_frames", 1) > 1 and fmt != "JPEG":
+        image.seek(0)  # multi-page TIFF / animated WebP: the first frame is the photo
+    bit_depth = _bit_depth(image, data)
+    _decode(image, name)
+    orientation = int(image.getexif().get(0x0112, 1) or 1)
+    source_mode = image.mode
+    oriented = ImageOps.exif_transpose(image)
+    converted, icc_converted = _to_srgb(oriented, name)
+    rgb = _rgb_array(converted)
+    del image, oriented, converted
+    gray = source_mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "1") or detect_grayscale(rgb)
+    return Photo(rgb, data, name, fmt, gray, bit_depth, icc_converted, orientation)
+
+
+def load_photo(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Open a photo file. InputError names the file for missing, unknown, damaged, too large or too small ones."""
+    data, name = _read(path)
+    return load_photo_bytes(data, name, max_pixels=max_pixels)
+
+
+def photo_from_rgb(rgb: np.ndarray, name: str = "untitled.png") -> Photo:
+    """A Photo for pixels that never were a file (a generated scene, a label-map-only document): PNG bytes."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"{name}: expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    return Photo(rgb, buffer.getvalue(), name, "PNG", detect_grayscale(rgb), 8)
+
+
+def new_label_map(size: tuple[int, int], label_set: LabelSet) -> np.ndarray:
+    """An all-unlabeled (H, W) uint16 map for a photo of `size` = (width, height)."""
+    width, height = size
+    return np.full((height, width), label_set.unlabeled, np.uint16)
+
+
+def _colour_ids(rgb: np.ndarray, label_set: LabelSet, name: str) -> np.ndarray:
+    """Map each pixel's colour to the first label (lowest id) of that colour; unknown colours are an error."""
+    lut = np.full(1 << 24, -1, np.int32)
+    for label in sorted(label_set.labels, key=lambda item: item.id, reverse=True):
+        r, g, b = label.color
+        lut[(r << 16) | (g << 8) | b] = label.id
+    if label_set.unlabeled not in label_set.by_id and lut[0] < 0:
+        lut[0] = label_set.unlabeled  # black is how colorize() draws unlabeled pixels
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    ids = lut[packed]
+    unknown = ids < 0
+    if unknown.any():
+        colours, counts = np.unique(packed[unknown], return_counts=True)
+        order = np.argsort(-counts)
+        parts = []
+        for index in order[:8]:
+            colour = int(colours[index])
+            y, x = (int(v[0]) for v in np.nonzero(packed == colour))
+            parts.append(f"#{colour:06x} ({int(counts[index])} px, e.g. at x={x}, y={y})")
+        more = f" and {len(colours) - 8} more" if len(colours) > 8 else ""
+        raise InputError(
+            f"{name} has colours that are not in label set {label_set.name!r}: {', '.join(parts)}{more}; "
+            "save the map as an id PNG or an indexed PNG, or pick the matching label set"
+        )
+    return ids.astype(np.uint16)
+
+
+def load_label_map(
+    path: str | Path,
+    label_set: LabelSet,
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read a label map as (H, W) uint16 ids of `label_set`.
+
+    Accepted: an indexed-palette PNG (the indices are the ids, as in VOC/ADE20K files), an 8- or 16-bit
+    single-channel id PNG, or a colour-coded RGB PNG whose colours are the set's canonical colours.
+    `size` = (width, height) of the photo the map belongs to.
+    """
+    data, name = _read(path)
+    image = _open(data, name, max_pixels)
+    if size is not None and tuple(image.size) != tuple(size):
+        raise InputError(
+            f"{name} is {image.size[0]}x{image.size[1]} but the photo is {size[0]}x{size[1]}; "
+            "a label map must have the photo's size"
+        )
+    _decode(image, name)
+    if image.mode in ("P", "L"):
+        ids = np.asarray(image).astype(np.uint16)
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:
+            raise InputError(f"{name} has ids outside 0..65535")
+        ids = values.astype(np.uint16)
+    elif image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"))
+        gray_coded = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        try:
+            ids = _colour_ids(rgb, label_set, name)
+        except InputError:
+            if not gray_coded:
+                raise
+            ids = rgb[..., 0].astype(np.uint16)  # an 8-bit id map saved as RGB by an image editor
+    else:
+        raise InputError(f"{name} is a {image.mode} image; a label map is an id PNG, an indexed PNG or an RGB PNG")
+    label_set.check_ids(ids, name)
+    return ids
