@@ -24,9 +24,10 @@ Image.MAX_IMAGE_PIXELS = None
 DEFAULT_MAX_PIXELS = 200_000_000
 MIN_SIDE = 16  # smaller than this is an icon or a broken file, not a photo anyone edits semantically
 PHOTO_FORMATS = {"JPEG", "PNG", "TIFF", "WEBP", "BMP", "MPO"}  # MPO: phone JPEGs with an embedded preview
-# 95th percentile of the chroma (CIELAB a*b* units) left after removing one tint per luminance level: measured on
+# 95th percentile of the chroma (CIELAB a*b* units) left after removing one tint (see detect_grayscale): measured on
 # noisy sepia-toned JPEGs of the skimage photos ~2, on the colour originals 17-49.
 GRAY_CHROMA_SPREAD = 6.0
+MAX_TINT_HUE_SPREAD = 30.0  # degrees between the tints of different lightness levels
 
 
 @dataclass(eq=False)
@@ -143,8 +144,8 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def detect_grayscale(rgb: np.ndarray) -> bool:
-    """True for gray photos and single-tint ones (sepia, cyanotype): little chroma left once the tint of each
-    luminance level is removed. Runs on a ~256 px thumbnail, so it costs nothing on a 24-MP photo."""
+    """True for gray photos and single-tint ones (sepia): little chroma left once the tint of each
+    lightness level is removed, and all tints of one hue. Runs on a ~256 px thumbnail, so it costs nothing on a 24-MP photo."""
     import cv2
 
     height, width = rgb.shape[:2]
@@ -154,12 +155,22 @@ def detect_grayscale(rgb: np.ndarray) -> bool:
     small = small.astype(np.float32) / 255.0
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).reshape(-1, 3)
     lightness, ab = lab[:, 0], lab[:, 1:]
-    bins = np.minimum((lightness / 100.0 * 16).astype(np.int64), 15)
+    # Remove one tint per lightness level (sepia is stronger in the midtones than in the shadows), then demand
+    # both little chroma left over and tints of one hue: otherwise a purple top and a green bottom would pass.
+    levels = np.minimum((lightness / 100.0 * 16).astype(np.int64), 15)
     residual = np.empty(len(ab), np.float32)
-    for level in np.unique(bins):
-        members = bins == level
+    hues, weights = [], []
+    for level in np.unique(levels):
+        members = levels == level
         tint = np.median(ab[members], axis=0)
         residual[members] = np.linalg.norm(ab[members] - tint, axis=1)
+        if np.hypot(*tint) > GRAY_CHROMA_SPREAD and members.mean() > 0.01:
+            hues.append(np.arctan2(tint[1], tint[0]))
+            weights.append(members.sum())
+    if hues:
+        mean_hue = np.angle(np.average(np.exp(1j * np.array(hues)), weights=weights))
+        if np.degrees(np.abs(np.angle(np.exp(1j * (np.array(hues) - mean_hue))))).max() > MAX_TINT_HUE_SPREAD:
+            return False
     return float(np.percentile(residual, 95)) < GRAY_CHROMA_SPREAD
 
 
