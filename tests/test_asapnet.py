@@ -1,0 +1,170 @@
+"""ASAPNet generator: official checkpoint layout, configuration from shapes, positional codes, tiled MLP."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import CheckpointError, InputError
+from engine.models.asapnet import (
+    ASAPNetConfig,
+    ASAPNetsGenerator,
+    LabelEncoding,
+    config_from_state_dict,
+    cosine_codes,
+    tent_downsample,
+)
+
+TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
+
+
+def official_keys(c_in, n_params, reflection, lr_width=16, lr_max_width=64, lr_depth=2, n_ds=4):
+    """netG.state_dict() names and shapes as tamarott/ASAPNet builds them, written out from its index arithmetic:
+    every 3x3 conv is Sequential(conv without bias, affine IN); reflection puts a ReflectionPad2d before each one."""
+    keys, step = {}, 3 if reflection else 2  # [pad,] Sequential(conv, IN), ReLU
+
+    def conv_in(prefix, cin, cout):
+        keys[f"{prefix}.0.weight"] = (cout, cin, 3, 3)
+        keys[f"{prefix}.1.weight"] = (cout,)
+        keys[f"{prefix}.1.bias"] = (cout,)
+
+    first = 1 if reflection else 0
+    conv_in(f"lowres_stream.model.{first}", c_in, lr_width)
+    i = first + 2  # after the first conv and its ReLU
+    for d in range(n_ds):
+        cout = lr_max_width if d == n_ds - 1 else lr_width
+        conv_in(f"lowres_stream.model.{i + (1 if reflection else 0)}", lr_width, cout)
+        i += step
+    for _ in range(lr_depth):
+        conv_in(f"lowres_stream.model.{i}.conv_block.{1 if reflection else 0}", lr_max_width, lr_max_width)
+        i += 1
+    keys[f"lowres_stream.model.{i}.weight"] = (n_params, lr_max_width, 1, 1)
+    keys[f"lowres_stream.model.{i}.bias"] = (n_params,)
+    return keys
+
+
+def synthetic_checkpoint(keys, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(shape, generator=g) * (0.3 if len(shape) > 1 else 0.1) for k, shape in keys.items()}
+
+
+@pytest.mark.parametrize("reflection, head", [(False, 12), (True, 17)])
+def test_official_layout_loads_strictly_for_both_paddings(reflection, head):
+    # cityscapes-like: 35 labels + instance edge, LR-only instance channel, S = 16
+    cfg = ASAPNetConfig(in_channels=36, downsampling=16, lr_instance=True,
+                        padding="reflection" if reflection else "zero", **TINY)
+    keys = official_keys(36, cfg.num_params, reflection)
+    assert f"lowres_stream.model.{head}.weight" in keys and len(keys) == 23
+    sd = synthetic_checkpoint(keys)
+    model = ASAPNetsGenerator(cfg)
+    assert model.load_state_dict(sd, strict=True).missing_keys == []
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == keys
+    out = model(torch.zeros(1, 36, 32, 48).index_fill_(1, torch.tensor([3]), 1.0))
+    assert out.shape == (1, 3, 32, 48) and out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("reflection", [False, True])
+def test_configuration_is_inferred_from_shapes(reflection):
+    pad = "reflection" if reflection else "zero"
+    for c_in, s, lr_instance in [(36, 16, True), (13, 32, False), (13, 64, False)]:
+        cfg = ASAPNetConfig(in_channels=c_in, downsampling=s, lr_instance=lr_instance, padding=pad, **TINY)
+        keys = official_keys(c_in, cfg.num_params, reflection)
+        meta = {k: torch.empty(shape, device="meta") for k, shape in keys.items()}
+        assert config_from_state_dict(meta, hr_width=16, hr_depth=5) == cfg
+
+
+@pytest.mark.parametrize("c_in, n_params, s, lr_instance", [(36, 16003, 16, True), (13, 14851, 32, False),
+                                                             (13, 15107, 64, False)])
+def test_full_size_official_configs_are_recognised(c_in, n_params, s, lr_instance):
+    # the worked numbers of the Cityscapes and both facades checkpoints, on meta tensors (no 330 MB allocation)
+    keys = official_keys(c_in, n_params, reflection=c_in == 13, lr_width=64, lr_max_width=1024, lr_depth=7)
+    cfg = config_from_state_dict({k: torch.empty(v, device="meta") for k, v in keys.items()})
+    assert (cfg.in_channels, cfg.downsampling, cfg.lr_instance, cfg.num_params) == (c_in, s, lr_instance, n_params)
+    assert (cfg.hr_width, cfg.hr_depth, cfg.lr_depth, cfg.lr_max_width) == (64, 5, 7, 1024)
+    assert cfg.padding == ("reflection" if c_in == 13 else "zero")
+
+
+def test_foreign_state_dict_is_rejected_with_the_key():
+    with pytest.raises(CheckpointError, match="netD"):
+        config_from_state_dict({"netD.model.0.weight": torch.zeros(4, 3, 3, 3)}, source="x.pth")
+
+
+def test_results_agree_across_batch_sizes_and_resolutions():
+    """Upstream caches the positional codes of the first call with its batch size and H x W baked in, so a later
+    call of another size fails. Ours must give the same image whatever was rendered before."""
+    torch.manual_seed(0)
+    cfg = ASAPNetConfig(in_channels=6, downsampling=16, **TINY)
+    model = ASAPNetsGenerator(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    labels = torch.randint(0, 6, (3, 1, 6, 8)).repeat_interleave(16, 2).repeat_interleave(16, 3)  # 96 x 128
+    x = torch.zeros(3, 6, 96, 128).scatter_(1, labels, 1.0)
+    small = x[:1, :, :32, :48]
+    fresh = ASAPNetsGenerator(cfg).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        first_small = fresh(small)
+        batch = model(x)
+        singles = torch.cat([model(x[i:i + 1]) for i in range(3)])
+        later_small = model(small)
+    torch.testing.assert_close(batch, singles, atol=2e-3, rtol=0)  # float noise through large random weights
+    torch.testing.assert_close(later_small, first_small, atol=1e-6, rtol=0)
+    assert batch[0].sub(batch[1]).abs().max() > 0.05  # different label maps do give different images
+
+
+def test_tiled_mlp_equals_naive_per_pixel_mlp():
+    torch.manual_seed(1)
+    cfg = ASAPNetConfig(in_channels=5, downsampling=16, lr_instance=True, **TINY)
+    model = ASAPNetsGenerator(cfg).eval()
+    x = torch.rand(1, 5, 32, 48)
+    params = torch.randn(1, cfg.num_params, 2, 3) * 0.3
+    with torch.no_grad():
+        tiled = model.highres_stream(x, params)[0]
+    ch = cfg.hr_channels  # [4 labels (instance dropped) + 16 codes, 16, 16, 16, 16, 3]
+    for y, xx in [(0, 0), (5, 17), (15, 15), (16, 0), (31, 47), (20, 33)]:
+        codes = []
+        for f in (16, 8, 4, 2):
+            ax, ay = 2 * math.pi * (xx % f) / f, 2 * math.pi * (y % f) / f
+            codes += [math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay)]
+        h = torch.cat([x[0, :4, y, xx], torch.tensor(codes)])
+        p = params[0, :, y // 16, xx // 16]
+        offset = 0
+        for layer, (nci, nco) in enumerate(zip(ch[:-1], ch[1:])):
+            b = p[offset:offset + nco]
+            w = p[offset + nco:offset + nco + nci * nco].view(nci, nco)  # bias first, then input-major weights
+            offset += nco + nci * nco
+            h = h @ w + b
+            h = torch.tanh(h) if layer == len(ch) - 2 else torch.where(h > 0, h, 0.01 * h)
+        torch.testing.assert_close(tiled[:, y, xx], h, atol=1e-5, rtol=1e-5)
+
+
+def test_cosine_codes_order_and_tile_periodicity():
+    codes = cosine_codes(32, 48, 16)[0]
+    assert codes.shape == (16, 32, 48)
+    assert codes[0, 0, 4] == pytest.approx(math.cos(2 * math.pi * 4 / 16), abs=1e-6)  # cos x at f = 16
+    assert codes[3, 4, 0] == pytest.approx(math.sin(2 * math.pi * 4 / 16), abs=1e-6)  # sin y at f = 16
+    torch.testing.assert_close(codes[:, :16, :16], codes[:, 16:, 32:])
+
+
+def test_tent_downsample_matches_the_1_3_3_1_filter():
+    x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8) ** 1.5
+    got = tent_downsample(x, 2)[0, 0].numpy()
+    padded = np.pad(x[0, 0].numpy(), 1, mode="reflect")
+    k = np.array([1, 3, 3, 1]) / 8
+    want = np.array([[k @ padded[2 * i:2 * i + 4, 2 * j:2 * j + 4] @ k for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert tent_downsample(torch.ones(1, 2, 16, 24), 4).shape == (1, 2, 4, 6)
+
+
+def test_label_encoding_compact_ids_dontcare_and_edges():
+    enc = LabelEncoding(num_classes=3, class_ids=(156, 105, 119), dontcare=True, instance_edge=True)
+    labels = np.array([[156, 156, 105, 105], [156, 156, 255, 7]], np.uint8)
+    x = enc.encode(labels)
+    assert x.shape == (1, 5, 2, 4)
+    assert x[0, :4].argmax(0).tolist() == [[0, 0, 1, 1], [0, 0, 3, 3]]  # 255 and unknown 7 -> dontcare
+    assert x[0, 4].tolist() == [[0, 1, 1, 1], [0, 1, 1, 1]]
+    strict = LabelEncoding(num_classes=3)
+    with pytest.raises(InputError, match=r"labels.png: ids \[5\]"):
+        strict.encode(np.array([[0, 5]]), "labels.png")
