@@ -14,14 +14,21 @@ every later call with another batch size or resolution fails.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.checkpoints import (find_model, load_model_dir, load_state_dict_strict, new_model_dir, read_checkpoint,
+                                register_importer, save_model_dir)
 from engine.errors import CheckpointError, InputError
+from engine.jobs import Candidate, register_backend
+from engine.labels import DEFAULT_SET, load_label_set
 
 
 @dataclass(frozen=True)
@@ -352,3 +359,188 @@ def label_edges(index: torch.Tensor) -> torch.Tensor:
     edge[:, 1:, :] |= dy
     edge[:, :-1, :] |= dy
     return edge.float()
+
+
+# --- upstream datasets -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    label_set: str
+    encoding: LabelEncoding
+    aspect: float = 1.0  # width / height at the training crop; the native height is 16 * S
+
+
+DATASETS = {
+    # labelIds 0..33 (+ the unused 34), instance edges fed to the LR stream only
+    "cityscapes": DatasetPreset("cityscapes", LabelEncoding(35, instance_edge=True, unlabeled=0), aspect=2.0),
+    # CMP facades ids 1..12; channel 0 is never set by the dataset
+    "facades": DatasetPreset("cmp-facades", LabelEncoding(13, unlabeled=0)),
+    # SPADE's convention: PNG value v -> channel v - 1, and 0 ('other') -> the dontcare channel 150
+    "ade20k": DatasetPreset("ade20k-150", LabelEncoding(150, tuple(range(1, 151)), dontcare=True, unlabeled=0)),
+    # 0-based ids, 255 -> dontcare channel 182, instance edge last
+    "coco": DatasetPreset("coco-stuff-182", LabelEncoding(182, dontcare=True, instance_edge=True)),
+}
+
+
+def landscape_encoding() -> LabelEncoding:
+    """Our demo models: one channel per id of the coco-stuff-182 'landscape' subset, every other id -> dontcare."""
+    subset = load_label_set(DEFAULT_SET).subsets["landscape"]
+    return LabelEncoding(len(subset), tuple(subset), dontcare=True)
+
+
+def dataset_preset(name: str) -> DatasetPreset:
+    if name == "landscape":
+        return DatasetPreset("coco-stuff-182", landscape_encoding())
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise InputError(f"unknown dataset {name!r}: use one of {', '.join([*DATASETS, 'landscape'])}") from None
+
+
+def model_config(cfg: ASAPNetConfig, preset: DatasetPreset, title: str, **extra) -> dict:
+    """config.json of an ASAPNet model folder."""
+    height = 16 * cfg.downsampling
+    return {
+        "kind": "asapnet", "title": title, "label_set": preset.label_set, "encoding": preset.encoding.to_dict(),
+        "generator": cfg.to_dict(), "native_size": [int(round(height * preset.aspect)), height], **extra,
+    }
+
+
+def import_checkpoint(path, dataset: str | None = None, hr_width: int | None = None, hr_depth: int | None = None,
+                      replicate_pad: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An official latest_net_G.pth -> (config.json dict, netG state dict), loaded strictly into our module."""
+    path = Path(path)
+    sd = read_checkpoint(path)
+    cfg = config_from_state_dict(sd, hr_width, hr_depth, source=str(path))
+    if replicate_pad:
+        if cfg.padding == "zero":
+            raise CheckpointError(f"{path}: --replicate-pad given, but the key layout is the zero-padding one")
+        cfg = ASAPNetConfig.from_dict(cfg.to_dict() | {"padding": "replicate"})
+    if dataset is None:
+        by_channels = {dataset_preset(n).encoding.channels: n for n in [*DATASETS, "landscape"]}
+        dataset = by_channels.get(cfg.in_channels)
+        if dataset is None:
+            raise CheckpointError(f"{path}: {cfg.in_channels} input channels match no known dataset "
+                                  f"({', '.join(f'{n}: {c}' for c, n in by_channels.items())}); pass --dataset")
+    preset = dataset_preset(dataset)
+    if preset.encoding.channels != cfg.in_channels:
+        raise CheckpointError(f"{path}: the generator takes {cfg.in_channels} input channels, but {dataset} label "
+                              f"maps give {preset.encoding.channels}; is this a {dataset} model?")
+    if cfg.lr_instance and not preset.encoding.instance_edge:
+        raise CheckpointError(f"{path}: the generator feeds its last input channel to the LR stream only "
+                              f"(lr_instance), which means an instance-edge channel, but {dataset} has none")
+    model = ASAPNetsGenerator(cfg)
+    load_state_dict_strict(model, sd, str(path))
+    config = model_config(cfg, preset, f"ASAPNet {dataset} ({path.name})", dataset=dataset, source=str(path))
+    return config, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _importer_arguments(parser) -> None:
+    parser.add_argument("--dataset", choices=[*DATASETS, "landscape"],
+                        help="what the model was trained on (default: guessed from the input channels)")
+    parser.add_argument("--hr-width", type=int, help="per-pixel MLP width if not the upstream 64")
+    parser.add_argument("--hr-depth", type=int, help="per-pixel MLP depth if not the upstream 5")
+    parser.add_argument("--replicate-pad", action="store_true",
+                        help="trained with --replicate_pad (same keys as --reflection_pad)")
+
+
+def _importer_run(args) -> Path:
+    config, sd = import_checkpoint(Path(args.file), args.dataset, args.hr_width, args.hr_depth, args.replicate_pad)
+    name = args.name or f"asapnet-{config['dataset']}"
+    return save_model_dir(new_model_dir(name, overwrite=args.force), {"netG": sd}, config)
+
+
+register_importer("asapnet", _importer_arguments, _importer_run,
+                  help="an ASAPNet generator (tamarott/ASAPNet latest_net_G.pth)")
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+DEFAULT_MODEL = "demo-asapnet-landscape"
+
+
+class ASAPNetRenderer:
+    """A loaded model folder that turns label maps into RGB images. Thread-safe for one caller at a time."""
+
+    def __init__(self, config: dict, state_dict: dict[str, torch.Tensor], device: str = "cpu", source: str = ""):
+        self.config = config
+        self.generator_config = ASAPNetConfig.from_dict(config["generator"])
+        self.encoding = LabelEncoding.from_dict(config["encoding"])
+        self.label_set = config.get("label_set")
+        self.device = device
+        self.model = ASAPNetsGenerator(self.generator_config)
+        load_state_dict_strict(self.model, state_dict, source or "netG")
+        self.model.to(device).eval()
+
+    @classmethod
+    def load(cls, model: str = "", device: str = "cpu") -> "ASAPNetRenderer":
+        """`model`: a model folder path or the name of an asapnet model in the model list ("" = the demo)."""
+        path = Path(model) if model and Path(model).is_dir() else find_model(model or DEFAULT_MODEL, "asapnet").path
+        config, weights = load_model_dir(path, ["netG"])
+        if config["kind"] != "asapnet":
+            raise InputError(f"{path}: a {config['kind']} model, not an ASAPNet model")
+        return cls(config, weights["netG"], device, source=str(path / "netG.safetensors"))
+
+    @property
+    def multiple(self) -> int:
+        return self.generator_config.downsampling
+
+    def encode(self, labels: np.ndarray, source: str = "label map") -> torch.Tensor:
+        """(H, W) ids -> (1, C, H', W') on the device, edge-padded to multiples of S (crop the result to H x W)."""
+        s = self.multiple
+        h, w = labels.shape
+        padded = np.pad(labels, ((0, -h % s), (0, -w % s)), mode="edge")
+        return self.encoding.encode(padded, source).to(self.device)
+
+    @torch.inference_mode()
+    def render(self, labels: np.ndarray, size: tuple[int, int] | None = None, source: str = "label map",
+               check_cancelled=None) -> np.ndarray:
+        """(H, W) label ids -> (H, W, 3) uint8 RGB, or resized to `size` = (width, height) if given.
+        `check_cancelled` is called between the two streams."""
+        labels = np.asarray(labels)
+        if size is not None and (size[0], size[1]) != (labels.shape[1], labels.shape[0]):
+            labels = cv2.resize(labels.astype(np.uint16), tuple(size), interpolation=cv2.INTER_NEAREST)
+        h, w = labels.shape
+        x = self.encode(labels, source)
+        params = self.model.lowres(x)
+        if check_cancelled is not None:
+            check_cancelled()
+        image = self.model.highres_stream(x, params)[0, :, :h, :w]
+        return ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+
+
+class ASAPNetBackend:
+    """Translate mode: the whole label map (labels_after) becomes the image. The model is deterministic, so a
+    request gets one candidate whatever its k."""
+
+    name = "asapnet"
+
+    def __init__(self):
+        self._renderers: dict[tuple[str, str], ASAPNetRenderer] = {}
+
+    def renderer(self, model: str, device: str) -> ASAPNetRenderer:
+        key = (model, device)
+        if key not in self._renderers:
+            self._renderers[key] = ASAPNetRenderer.load(model, device)
+        return self._renderers[key]
+
+    def run(self, request, ctx) -> list[Candidate]:
+        if request.labels_after is None:
+            raise InputError("ASAPNet renders a label map, and this request has none")
+        started = time.perf_counter()
+        ctx.progress(0.0, "loading ASAPNet")
+        renderer = self.renderer(request.model, ctx.device)
+        if renderer.label_set and request.label_set != renderer.label_set:
+            raise InputError(f"model {request.model or DEFAULT_MODEL!r} reads {renderer.label_set} label maps, "
+                             f"the document uses {request.label_set}")
+        ctx.check_cancelled()
+        ctx.progress(0.2, "rendering")
+        image = renderer.render(request.labels_after, check_cancelled=ctx.check_cancelled)
+        ctx.progress(1.0, "done")
+        h, w = image.shape[:2]
+        return [Candidate(image=image, region=(0, 0, w, h), seed=ctx.seeds[0],
+                          info={"deterministic": True}, seconds=time.perf_counter() - started)]
+
+
+register_backend("asapnet", ASAPNetBackend)

@@ -1,0 +1,97 @@
+"""`sgraffito import asapnet` and `sgraffito translate` on tiny synthetic checkpoints with the official layout."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.cli import main
+from engine.checkpoints import find_model, load_model_dir
+from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenerator
+
+TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
+
+
+def official_pth(path, cfg, seed=0):
+    """A netG state dict saved the way upstream's util.save_network does (torch.save of a plain state dict)."""
+    torch.manual_seed(seed)
+    model = ASAPNetsGenerator(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3 if p.ndim > 1 else 0.1)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def test_import_facades_checkpoint_then_translate(tmp_path, capsys):
+    cfg = ASAPNetConfig(in_channels=13, downsampling=32, padding="reflection", **TINY)
+    reference = official_pth(tmp_path / "latest_net_G.pth", cfg)
+    assert main(["import", "asapnet", str(tmp_path / "latest_net_G.pth"), "--hr-width", "16", "--hr-depth", "5"]) == 0
+    info = find_model("asapnet-facades", "asapnet")
+    config, weights = load_model_dir(info.path)
+    assert config["dataset"] == "facades" and config["label_set"] == "cmp-facades"
+    assert ASAPNetConfig.from_dict(config["generator"]) == cfg
+    assert config["native_size"] == [512, 512]
+
+    labels = np.ones((80, 100), np.uint8)  # not a multiple of S = 32: padded, then cropped
+    labels[20:60, 30:70] = 3
+    labels[:10] = 12
+    Image.fromarray(labels, mode="L").save(tmp_path / "facade.png")
+    out = tmp_path / "out.png"
+    assert main(["translate", str(tmp_path / "facade.png"), "--model", "asapnet-facades", "--out", str(out)]) == 0
+    image = np.asarray(Image.open(out))
+    assert image.shape == (80, 100, 3)
+
+    padded = np.pad(labels, ((0, 16), (0, 28)), mode="edge")
+    x = torch.zeros(1, 13, 96, 128).scatter_(1, torch.from_numpy(padded).long()[None, None], 1.0)
+    with torch.no_grad():
+        want = reference(x)[0, :, :80, :100]
+    want = ((want + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).numpy()
+    assert np.abs(image.astype(int) - want).max() <= 1
+    assert len({tuple(image[y, x]) for y, x in [(5, 5), (40, 50), (75, 95)]}) == 3  # the labels show
+
+
+def test_cityscapes_checkpoint_uses_the_instance_edge_channel(tmp_path):
+    cfg = ASAPNetConfig(in_channels=36, downsampling=16, lr_instance=True, **TINY)
+    official_pth(tmp_path / "city.pth", cfg)
+    assert main(["import", "asapnet", str(tmp_path / "city.pth"), "--name", "city", "--hr-width", "16",
+                 "--hr-depth", "5"]) == 0
+    renderer = ASAPNetRenderer.load("city")
+    assert renderer.encoding.instance_edge and renderer.encoding.channels == 36
+    labels = np.full((64, 128), 7, np.uint8)  # road
+    labels[:20] = 23  # sky
+    x = renderer.encode(labels)
+    assert x.shape == (1, 36, 64, 128)
+    assert x[0, 35].sum() == 2 * 128  # the edge marks both rows of the road/sky boundary
+    assert renderer.render(labels).shape == (64, 128, 3)
+
+
+def test_import_errors_name_the_file_and_the_problem(tmp_path, capsys):
+    cfg = ASAPNetConfig(in_channels=13, downsampling=16, **TINY)
+    official_pth(tmp_path / "g.pth", cfg)
+    code = main(["import", "asapnet", str(tmp_path / "g.pth"), "--dataset", "coco", "--hr-width", "16",
+                 "--hr-depth", "5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "g.pth" in err and "13 input channels" in err and "184" in err
+
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["import", "asapnet", str(tmp_path / "broken.pth")]) == 2
+    assert "broken.pth" in capsys.readouterr().err
+
+
+def test_translate_rejects_unknown_ids_and_bad_sizes(tmp_path, capsys):
+    cfg = ASAPNetConfig(in_channels=13, downsampling=16, **TINY)
+    official_pth(tmp_path / "g.pth", cfg)
+    assert main(["import", "asapnet", str(tmp_path / "g.pth"), "--dataset", "facades", "--name", "f",
+                 "--hr-width", "16", "--hr-depth", "5"]) == 0
+    Image.fromarray(np.full((32, 32), 40, np.uint8), mode="L").save(tmp_path / "bad.png")
+    assert main(["translate", str(tmp_path / "bad.png"), "--model", "f", "--out", str(tmp_path / "o.png")]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    Image.fromarray(np.full((32, 32), 2, np.uint8), mode="L").save(tmp_path / "ok.png")
+    assert main(["translate", str(tmp_path / "ok.png"), "--model", "f", "--size", "64", "--out",
+                 str(tmp_path / "o.png")]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert main(["translate", str(tmp_path / "ok.png"), "--model", "f", "--size", "96x48", "--out",
+                 str(tmp_path / "o.png")]) == 0
+    assert Image.open(tmp_path / "o.png").size == (96, 48)
