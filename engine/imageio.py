@@ -76,6 +76,13 @@ def _decode(image: Image.Image, name: str) -> None:
         raise InputError(f"{name} is damaged or truncated and cannot be decoded: {error}") from None
 
 
+def open_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any image the user gave us (a PNG inside a project, say): header checks first, then a full decode."""
+    image = _open(data, name, max_pixels)
+    _decode(image, name)
+    return image
+
+
 def _read(path: str | Path) -> tuple[bytes, str]:
     path = Path(path)
     try:
