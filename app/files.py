@@ -1,0 +1,112 @@
+"""Between the window and the engine's file formats: each reader validates completely and returns the keyword
+arguments of Document.load, so a bad file raises before the open document is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine import project as engine_project
+from engine.errors import SgraffitoError
+from engine.imageio import load_label_map, load_photo, new_label_map
+from engine.labels import LabelSet, load_label_set
+from engine.project import Project, Recoverable, list_recoverable, load_project, save_project, write_autosave
+
+PROJECT_SUFFIX = engine_project.SUFFIX
+SAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+
+
+def read_photo(path: Path, labels_path: Path | None, label_set: LabelSet) -> dict:
+    photo = load_photo(path)
+    if labels_path is not None:
+        labels = load_label_map(labels_path, label_set, size=photo.size)
+    else:
+        labels = new_label_map(photo.size, label_set)
+    return {"label_set": label_set, "labels": labels, "photo": photo, "title": photo.name, "source": Path(path)}
+
+
+def read_label_map_document(path: Path, label_set: LabelSet) -> dict:
+    """Translation mode: the label map is the whole document, there is no photo."""
+    labels = load_label_map(path, label_set)
+    return {"label_set": label_set, "labels": labels, "title": Path(path).name, "source": Path(path)}
+
+
+def read_labels_for(path: Path, label_set: LabelSet, size: tuple[int, int]):
+    return load_label_map(path, label_set, size=size)
+
+
+def demo_sample(samples_dir: Path) -> Path | None:
+    """The first colour photo among the bundled samples (grayscale ones open in colorize mode)."""
+    candidates = sorted(p for p in samples_dir.glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
+    for path in candidates:
+        try:
+            if not load_photo(path).is_grayscale:
+                return path
+        except SgraffitoError:  # a broken sample must not stop the demo from opening another one
+            continue
+    return candidates[0] if candidates else None
+
+
+def read_project(path: Path) -> dict:
+    project = load_project(path)
+    return _project_content(project, path=Path(path), source=Path(path))
+
+
+def _project_content(project: Project, **extra) -> dict:
+    photo = project.photo
+    return {"label_set": load_label_set(project.label_set), "labels": project.edited_labels,
+            "original_labels": project.original_labels, "photo": photo, "image": project.result,
+            "project": project, "mode": project.mode,
+            "title": photo.name if photo is not None else (extra.get("path") or Path("untitled")).name, **extra}
+
+
+def to_project(document) -> Project:
+    """The document as an engine Project; candidates, history and hints carry over from the one it came from."""
+    photo, image = document.photo, document.image
+    unchanged = photo is None or image is photo.rgb or np.array_equal(image, photo.rgb)
+    previous = document.project
+    project = Project(photo=photo, label_set=document.label_set.name,
+                      original_labels=document.original_labels, edited_labels=document.labels,
+                      result=None if unchanged else image, mode=document.mode)
+    if previous is not None:
+        project.candidates, project.history, project.hints = previous.candidates, previous.history, previous.hints
+        project.created = previous.created
+    return project
+
+
+def write_project(document, path: Path) -> Project:
+    project = to_project(document)
+    save_project(path, project)
+    return project
+
+
+def autosave(document) -> Path:
+    return write_autosave(document.doc_id, to_project(document), source=document.source)
+
+
+def discard_autosave(document) -> None:
+    if document.doc_id:
+        engine_project.discard_autosave(document.doc_id)
+
+
+def recoverable() -> list[Recoverable]:
+    return list_recoverable()
+
+
+def describe_recoverable(entry: Recoverable) -> str:
+    when = entry.modified.replace("T", " ").split("+")[0]
+    origin = f" (from {entry.source})" if entry.source else ""
+    return f"{entry.title}{origin}, autosaved {when} UTC"
+
+
+def read_autosave(entry: Recoverable) -> dict:
+    """Recovered work is unsaved work: the document opens dirty, tied to its project file if it had one."""
+    project = load_project(entry.path)
+    source = Path(entry.source) if entry.source else None
+    path = source if source is not None and source.suffix.lower() == PROJECT_SUFFIX else None
+    return _project_content(project, path=path, source=source, unsaved=True)
+
+
+def forget_autosave(entry: Recoverable) -> None:
+    engine_project.discard_autosave(entry.doc_id)

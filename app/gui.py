@@ -1,0 +1,68 @@
+"""Starting the editor: `app.gui.launch(args)` with the arguments of app.cli.gui_parser."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from app import files
+from app.main_window import MainWindow
+from engine.errors import SgraffitoError
+from engine.labels import load_label_set
+from engine.paths import APP_ID, APP_NAME, assets_dir
+
+
+def application() -> QApplication:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName(APP_NAME)
+    app.setDesktopFileName(APP_ID)
+    return app
+
+
+def open_start_document(window: MainWindow, args) -> None:
+    """What the command line asked for: a file (photo or project), a label map alone, or a bundled sample."""
+    label_set = load_label_set(args.label_set) if args.label_set else None
+    if label_set is not None:
+        window.document.set_label_set(label_set)
+    if args.file:
+        labels = Path(args.labels) if args.labels else None
+        window.open_path(Path(args.file), labels=labels, label_set=label_set)
+    elif args.labels:
+        window.new_from_label_map(Path(args.labels), label_set)
+    elif args.demo:
+        sample = files.demo_sample(assets_dir() / "samples")
+        if sample is not None:
+            window.open_path(sample, label_set=label_set)
+        else:
+            window.statusBar().showMessage("No sample photos in assets/samples", 8000)
+
+
+def launch(args) -> int:
+    app = application()
+    if args.label_set:
+        try:
+            load_label_set(args.label_set)
+        except SgraffitoError as problem:
+            print(f"sgraffito: error: {problem}", file=sys.stderr)
+            return 2
+    window = MainWindow()
+    window.resize(1400, 900)
+    window.show()
+    if not args.screenshot:
+        window.offer_recovery()
+    if not window.document.is_open:
+        open_start_document(window, args)
+    if args.screenshot:
+        def grab() -> None:
+            Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+            window.grab().save(str(args.screenshot))
+            window.document.undo_stack.setClean()  # nothing was edited by hand: close without asking
+            window.close()
+            app.quit()
+        QTimer.singleShot(args.quit_after or 1500, grab)
+    elif args.quit_after:
+        QTimer.singleShot(args.quit_after, app.quit)
+    return app.exec()

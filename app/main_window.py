@@ -1,0 +1,440 @@
+"""The main window: canvas in the middle, palette dock, menus and toolbars built in one place.
+
+Other parts of the app extend it rather than subclass it: `window.menus["..."]` and `window.actions[...]` hold
+what `_build_actions`/`_build_menus` made, `addDockWidget` is free for more docks, and everything that holds
+data lives in `window.document` (with `window.undo_stack` = its QUndoStack).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSlider,
+                               QSpinBox, QToolBar, QVBoxLayout, QWidget)
+
+from app import files
+from app.canvas import Canvas
+from app.document import VIEW_MODES, Document, describe
+from app.palette import PaletteDock
+from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
+from engine.errors import SgraffitoError
+from engine.labels import LabelSet
+from engine.paths import APP_NAME
+
+AUTOSAVE_MS = 60_000
+PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp)"
+OPEN_FILTER = f"Photos and projects (*.sgraffito *.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp);;{PHOTO_FILTER}"
+PROJECT_FILTER = "Sgraffito projects (*.sgraffito)"
+LABEL_FILTER = "Label maps (*.png)"
+EXPORT_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;TIFF (*.tif *.tiff);;WebP (*.webp)"
+VIEW_TITLES = {"both": "Photo and labels", "photo": "Photo", "labels": "Labels", "outline": "Outline of edits"}
+MODE_HINTS = {
+    "colorize": "Grayscale photo: colorize mode. Label painting works as usual; painting colour hints arrives "
+                "with the colorization tools.",
+    "translate": "Label map only: translation mode. Paint the map; a model renders a photo from it.",
+}
+
+
+class MainWindow(QMainWindow):
+    def __init__(self):
+        super().__init__()
+        self.document = Document(self)
+        self.undo_stack = self.document.undo_stack
+        self.settings = ToolSettings()
+        self.canvas = Canvas(self.document)
+        self.tools = {cls.name: cls(self.document, self.canvas, self.settings) for cls in TOOLS}
+        self.actions: dict[str, QAction] = {}
+        self.menus: dict[str, QMenu] = {}
+
+        self.banner = QLabel()
+        self.banner.setWordWrap(True)
+        self.banner.setStyleSheet("background: #3d3a26; color: #f2e7b6; padding: 6px;")
+        self.banner.hide()
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.canvas, 1)
+        self.setCentralWidget(central)
+
+        self.palette = PaletteDock(self.document, self)
+        self.palette.error.connect(self.show_error)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.palette)
+
+        self._build_actions()
+        self._build_menus()
+        self._build_toolbars()
+        self._build_status_bar()
+
+        self.autosave_timer = QTimer(self, interval=AUTOSAVE_MS)
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start()
+
+        self.document.reset.connect(self._document_reset)
+        self.document.dirty_changed.connect(self._update_title)
+        self.document.path_changed.connect(self._update_title)
+        self.document.view_changed.connect(self._view_changed)
+        self.canvas.hovered.connect(self._hovered)
+        self.canvas.left.connect(lambda: self.hover_label.setText(""))
+        self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
+        self.select_tool("brush")
+        self._update_title()
+        self._update_enabled()
+
+    # ---- building ------------------------------------------------------------------------------------------
+    def _action(self, name: str, text: str, slot, shortcuts=(), checkable: bool = False) -> QAction:
+        action = QAction(text, self)
+        action.setShortcuts([QKeySequence(s) for s in shortcuts])
+        action.setCheckable(checkable)
+        action.triggered.connect(slot)
+        self.addAction(action)  # shortcuts work while the menus are closed and in every child widget
+        self.actions[name] = action
+        return action
+
+    def _build_actions(self) -> None:
+        a = self._action
+        a("open", "&Open…", lambda: self.open_dialog(), [QKeySequence.StandardKey.Open])
+        a("open_labels", "Open &Label Map…", lambda: self.open_label_map(), ["Ctrl+Shift+O"])
+        a("new_from_labels", "&New from Label Map…", lambda: self.new_from_label_map(), ["Ctrl+N"])
+        a("save", "&Save", lambda: self.save(), [QKeySequence.StandardKey.Save])
+        a("save_as", "Save &As…", lambda: self.save_as(), ["Ctrl+Shift+S"])
+        a("export_image", "&Export Image…", lambda: self.export_image(), ["Ctrl+E"])
+        a("export_labels", "Export Label &Map…", lambda: self.export_label_map(), ["Ctrl+Shift+E"])
+        a("quit", "&Quit", self.close, [QKeySequence.StandardKey.Quit])
+
+        undo = self.undo_stack.createUndoAction(self, "&Undo")
+        undo.setShortcuts([QKeySequence("Ctrl+Z")])
+        redo = self.undo_stack.createRedoAction(self, "&Redo")
+        redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        for name, action in (("undo", undo), ("redo", redo)):
+            self.addAction(action)
+            self.actions[name] = action
+
+        a("zoom_in", "Zoom &In", self.canvas.zoom_in, ["+", "=", "Ctrl++"])
+        a("zoom_out", "Zoom &Out", self.canvas.zoom_out, ["-", "Ctrl+-"])
+        a("fit", "&Fit", self.canvas.fit, ["0"])
+        a("actual_size", "&100 %", self.canvas.actual_size, ["1"])
+        self.view_group = QActionGroup(self)
+        for mode in VIEW_MODES:
+            action = a(f"view_{mode}", VIEW_TITLES[mode], lambda _=False, m=mode: self.document.set_view_mode(m),
+                       checkable=True)
+            self.view_group.addAction(action)
+
+        self.tool_group = QActionGroup(self)
+        for tool in self.tools.values():
+            action = a(f"tool_{tool.name}", f"{tool.title}\t{tool.shortcut}",
+                       lambda _=False, n=tool.name: self.select_tool(n), [tool.shortcut], checkable=True)
+            action.setToolTip(f"{tool.title} ({tool.shortcut}): {tool.status_hint}")
+            action.setIconText(tool.title)
+            self.tool_group.addAction(action)
+        a("brush_smaller", "Smaller Brush", lambda: self.settings.grow(1 / 1.2), ["["])
+        a("brush_larger", "Larger Brush", lambda: self.settings.grow(1.2), ["]"])
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        layout = {
+            "file": ("&File", ["open", "open_labels", "new_from_labels", None, "save", "save_as", None,
+                               "export_image", "export_labels", None, "quit"]),
+            "edit": ("&Edit", ["undo", "redo"]),
+            "view": ("&View", ["zoom_in", "zoom_out", "fit", "actual_size", None]
+                     + [f"view_{m}" for m in VIEW_MODES]),
+            "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger"]),
+        }
+        for key, (title, names) in layout.items():
+            menu = bar.addMenu(title)
+            for name in names:
+                menu.addSeparator() if name is None else menu.addAction(self.actions[name])
+            self.menus[key] = menu
+        self.menus["view"].addSeparator()
+        self.menus["view"].addAction(self.palette.toggleViewAction())
+
+    def _build_toolbars(self) -> None:
+        tools = QToolBar("Tools", self)
+        tools.setObjectName("tools")
+        tools.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for name in self.tools:
+            tools.addAction(self.actions[f"tool_{name}"])
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, tools)
+
+        options = QToolBar("Tool options", self)
+        options.setObjectName("tool_options")
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(MIN_RADIUS, MAX_RADIUS)
+        self.size_spin.setSuffix(" px")
+        self.size_spin.setPrefix("radius ")
+        self.size_spin.setAccessibleName("Brush radius")
+        self.size_spin.setValue(self.settings.radius)
+        self.size_spin.valueChanged.connect(self.settings.set_radius)
+        self.shape_combo = QComboBox()
+        self.shape_combo.addItems(["round", "square"])
+        self.shape_combo.setAccessibleName("Brush shape")
+        self.shape_combo.currentIndexChanged.connect(lambda i: self.settings.set_square(i == 1))
+        self.global_check = QCheckBox("Global fill")
+        self.global_check.setToolTip("Fill replaces the clicked label everywhere (Shift+click does it once)")
+        self.global_check.toggled.connect(self.settings.set_global_fill)
+        self.settings.changed.connect(self._settings_changed)
+        self.view_combo = QComboBox()
+        self.view_combo.setAccessibleName("View mode")
+        for mode in VIEW_MODES:
+            self.view_combo.addItem(VIEW_TITLES[mode], mode)
+        self.view_combo.activated.connect(lambda i: self.document.set_view_mode(self.view_combo.itemData(i)))
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setFixedWidth(120)
+        self.opacity_slider.setAccessibleName("Label overlay opacity")
+        self.opacity_slider.setValue(round(self.document.overlay_opacity * 100))
+        self.opacity_slider.valueChanged.connect(lambda v: self.document.set_overlay_opacity(v / 100))
+        for widget in (self.size_spin, self.shape_combo, self.global_check):
+            options.addWidget(widget)
+        options.addSeparator()
+        options.addWidget(QLabel(" View "))
+        options.addWidget(self.view_combo)
+        options.addWidget(QLabel(" Overlay "))
+        options.addWidget(self.opacity_slider)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, options)
+        self.toolbars = {"tools": tools, "options": options}
+
+    def _build_status_bar(self) -> None:
+        self.hover_label = QLabel()
+        self.zoom_label = QLabel()
+        self.size_label = QLabel()
+        bar = self.statusBar()
+        bar.addWidget(self.hover_label, 1)
+        bar.addPermanentWidget(self.size_label)
+        bar.addPermanentWidget(self.zoom_label)
+
+    # ---- reactions -----------------------------------------------------------------------------------------
+    def select_tool(self, name: str) -> None:
+        tool = self.tools[name]
+        self.canvas.set_tool(tool)
+        self.actions[f"tool_{name}"].setChecked(True)
+        self.statusBar().showMessage(f"{tool.title}: {tool.status_hint}", 4000)
+
+    @property
+    def tool(self):
+        return self.canvas.tool
+
+    def _settings_changed(self) -> None:
+        self.size_spin.blockSignals(True)
+        self.size_spin.setValue(self.settings.radius)
+        self.size_spin.blockSignals(False)
+        self.shape_combo.setCurrentIndex(1 if self.settings.square else 0)
+        self.global_check.setChecked(self.settings.global_fill)
+
+    def _view_changed(self) -> None:
+        doc = self.document
+        self.actions[f"view_{doc.view_mode}"].setChecked(True)
+        self.view_combo.setCurrentIndex(self.view_combo.findData(doc.view_mode))
+        self.opacity_slider.blockSignals(True)
+        self.opacity_slider.setValue(round(doc.overlay_opacity * 100))
+        self.opacity_slider.blockSignals(False)
+
+    def _hovered(self, x: int, y: int) -> None:
+        info = describe(self.document, x, y)
+        if info is None:
+            return
+        text = f"x {x}, y {y}   {info['name']} ({info['id']})"
+        if info["id"] != info["original"]:
+            text += f"   was {info['original_name']}"
+        self.hover_label.setText(text)
+
+    def _document_reset(self) -> None:
+        doc = self.document
+        hint = MODE_HINTS.get(doc.mode)
+        self.banner.setText(hint or "")
+        self.banner.setVisible(hint is not None)
+        width, height = doc.size
+        self.size_label.setText(f"{width} × {height}")
+        self._update_title()
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        is_open = self.document.is_open
+        for name in ("save", "save_as", "export_labels", "open_labels"):
+            self.actions[name].setEnabled(is_open)
+        self.actions["export_image"].setEnabled(is_open and self.document.image is not None)
+        self.actions["open_labels"].setEnabled(is_open and self.document.image is not None)
+
+    def _update_title(self, *_) -> None:
+        doc = self.document
+        if not doc.is_open:
+            self.setWindowTitle(APP_NAME)
+            return
+        name = doc.path.name if doc.path else doc.title
+        self.setWindowTitle(f"{name}[*] — {APP_NAME}")
+        self.setWindowModified(doc.dirty)
+
+    # ---- dialogs (tests replace these) ---------------------------------------------------------------------
+    def show_error(self, message: str, title: str = "Cannot do that") -> None:
+        QMessageBox.critical(self, title, message)
+
+    def ask_save_changes(self) -> str:
+        """'save', 'discard' or 'cancel' for a document with unsaved changes."""
+        buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                   | QMessageBox.StandardButton.Cancel)
+        name = self.document.path.name if self.document.path else self.document.title
+        answer = QMessageBox.question(self, "Unsaved changes", f"Save the changes to {name}?", buttons,
+                                      QMessageBox.StandardButton.Save)
+        return {QMessageBox.StandardButton.Save: "save",
+                QMessageBox.StandardButton.Discard: "discard"}.get(answer, "cancel")
+
+    def ask_recover(self, description: str) -> bool:
+        answer = QMessageBox.question(
+            self, "Recover unsaved work",
+            f"Sgraffito closed without saving {description}. Recover it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def ask_path(self, title: str, file_filter: str, save: bool = False, suggestion: str = "") -> Path | None:
+        if save:
+            path, _ = QFileDialog.getSaveFileName(self, title, suggestion, file_filter)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, title, suggestion, file_filter)
+        return Path(path) if path else None
+
+    def _attempt(self, action, *args) -> bool:
+        """Run a file action; a problem is shown in a dialog and leaves the document as it was."""
+        try:
+            action(*args)
+            return True
+        except SgraffitoError as problem:
+            self.show_error(str(problem))
+        except MemoryError:
+            self.show_error("Not enough memory for this image.")
+        except OSError as problem:
+            self.show_error(f"{getattr(problem, 'filename', '') or 'file'}: {problem.strerror or problem}")
+        return False
+
+    # ---- opening -------------------------------------------------------------------------------------------
+    def confirm_discard(self) -> bool:
+        """True when the current document may be replaced (saved, discarded or never changed)."""
+        if not self.document.dirty:
+            return True
+        answer = self.ask_save_changes()
+        if answer == "save":
+            return self.save()
+        return answer == "discard"
+
+    def open_dialog(self) -> bool:
+        path = self.ask_path("Open a photo or project", OPEN_FILTER)
+        return path is not None and self.open_path(path)
+
+    def open_path(self, path, labels=None, label_set: LabelSet | None = None) -> bool:
+        """Open a photo (optionally with its label map) or a .sgraffito project."""
+        if not self.confirm_discard():
+            return False
+        path = Path(path)
+        if path.suffix.lower() == files.PROJECT_SUFFIX:
+            return self._attempt(self._load, files.read_project, path)
+        label_set = label_set or self.document.label_set
+        return self._attempt(self._load, files.read_photo, path, labels, label_set)
+
+    def new_from_label_map(self, path=None, label_set: LabelSet | None = None) -> bool:
+        path = path or self.ask_path("New document from a label map", LABEL_FILTER)
+        if path is None or not self.confirm_discard():
+            return False
+        return self._attempt(self._load, files.read_label_map_document, Path(path),
+                             label_set or self.document.label_set)
+
+    def _load(self, reader, *args) -> None:
+        content = reader(*args)  # raises before anything changes
+        self.document.load(**content)
+
+    def open_label_map(self, path=None) -> bool:
+        """Replace the label map of the open photo (both original and edited), as one undoable step."""
+        doc = self.document
+        if not doc.is_open:
+            return False
+        path = path or self.ask_path("Open the photo's label map", LABEL_FILTER)
+        if path is None:
+            return False
+
+        def replace():
+            labels = files.read_labels_for(Path(path), doc.label_set, doc.size)
+            edit = doc.edit("Open label map")
+            edit.write(0, 0, labels)
+            edit.commit()
+            doc.original_labels[...] = labels
+        return self._attempt(replace)
+
+    # ---- saving, exporting, autosave -----------------------------------------------------------------------
+    def save(self) -> bool:
+        if self.document.path is None:
+            return self.save_as()
+        return self._attempt(self._save_to, self.document.path)
+
+    def save_as(self, path=None) -> bool:
+        if not self.document.is_open:
+            return False
+        if path is None:
+            suggestion = Path(self.document.title).with_suffix(files.PROJECT_SUFFIX).name
+            path = self.ask_path("Save project", PROJECT_FILTER, save=True, suggestion=suggestion)
+            if path is None:
+                return False
+        path = Path(path)
+        if path.suffix.lower() != files.PROJECT_SUFFIX:
+            path = path.with_name(path.name + files.PROJECT_SUFFIX)
+        return self._attempt(self._save_to, path)
+
+    def _save_to(self, path: Path) -> None:
+        project = files.write_project(self.document, path)
+        self.document.mark_saved(path, project)
+        files.discard_autosave(self.document)
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+
+    def export_image(self, path=None) -> bool:
+        doc = self.document
+        if doc.image is None:
+            return False
+        if path is None:
+            path = self.ask_path("Export image", EXPORT_FILTER, save=True,
+                                 suggestion=Path(doc.title).stem + "-edited.png")
+            if path is None:
+                return False
+        ok = self._attempt(files.export_image, doc, Path(path))
+        if ok:
+            self.statusBar().showMessage(f"Exported {path}", 4000)
+        return ok
+
+    def export_label_map(self, path=None) -> bool:
+        doc = self.document
+        if not doc.is_open:
+            return False
+        if path is None:
+            path = self.ask_path("Export label map", LABEL_FILTER, save=True,
+                                 suggestion=Path(doc.title).stem + "-labels.png")
+            if path is None:
+                return False
+        ok = self._attempt(files.export_label_map, doc, Path(path))
+        if ok:
+            self.statusBar().showMessage(f"Exported {path}", 4000)
+        return ok
+
+    def autosave(self) -> None:
+        if self.document.is_open and self.document.dirty:
+            try:
+                files.autosave(self.document)
+            except (SgraffitoError, OSError) as problem:
+                self.statusBar().showMessage(f"Autosave failed: {problem}", 8000)
+
+    def offer_recovery(self) -> bool:
+        """At start: offer to reopen work an earlier session left unsaved (it crashed or was killed)."""
+        for entry in files.recoverable():
+            if self.ask_recover(files.describe_recoverable(entry)):
+                if self._attempt(self._load, files.read_autosave, entry):
+                    files.forget_autosave(entry)
+                    return True
+            else:
+                files.forget_autosave(entry)
+        return False
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.confirm_discard():
+            event.ignore()
+            return
+        files.discard_autosave(self.document)
+        self.autosave_timer.stop()
+        event.accept()

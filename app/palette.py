@@ -1,0 +1,151 @@
+"""The label palette dock: the active label set, searchable, with colour swatches and recently used labels."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from app.document import Document
+from engine.errors import SgraffitoError
+from engine.labels import DEFAULT_SUBSET, available_sets, load_label_set
+
+ID_ROLE = Qt.ItemDataRole.UserRole
+
+
+def swatch(color: tuple[int, int, int], size: int = 16) -> QIcon:
+    pixmap = QPixmap(size, size)
+    pixmap.fill(QColor(*color))
+    return QIcon(pixmap)
+
+
+class PaletteDock(QDockWidget):
+    error = Signal(str)  # switching to a set that lacks ids of the open map
+
+    def __init__(self, document: Document, parent=None):
+        super().__init__("Labels", parent)
+        self.setObjectName("palette")
+        self.document = document
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        self.set_combo = QComboBox()
+        self.set_combo.setAccessibleName("Label set")
+        for name in available_sets():
+            self.set_combo.addItem(load_label_set(name).title, name)
+        self.set_combo.activated.connect(self._set_chosen)
+        # long set titles must not widen the dock: the full title is in the popup
+        self.set_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.set_combo.setMinimumContentsLength(16)
+        self.subset_check = QCheckBox("Landscape labels only")
+        self.subset_check.setChecked(True)
+        self.subset_check.toggled.connect(self.refresh)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search labels…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setAccessibleName("Search labels")
+        self.search.textChanged.connect(self.refresh)
+        self.search.returnPressed.connect(self._pick_first)
+        self.recent = QListWidget()
+        self.recent.setAccessibleName("Recently used labels")
+        self.recent.setMaximumHeight(110)
+        self.labels = QListWidget()
+        self.labels.setAccessibleName("Labels")
+        for widget in (self.recent, self.labels):
+            widget.itemClicked.connect(self._item_chosen)
+            widget.itemActivated.connect(self._item_chosen)
+        self.active = QLabel()
+
+        layout.addWidget(self.set_combo)
+        layout.addWidget(self.subset_check)
+        layout.addWidget(self.search)
+        self.recent_title = QLabel("Recent")
+        layout.addWidget(self.recent_title)
+        layout.addWidget(self.recent)
+        layout.addWidget(QLabel("All"))
+        layout.addWidget(self.labels, 1)
+        layout.addWidget(self.active)
+        self.setWidget(body)
+
+        document.label_set_changed.connect(self._label_set_changed)
+        document.recent_labels_changed.connect(self.refresh_recent)
+        document.active_label_changed.connect(self._active_changed)
+        self._label_set_changed()
+
+    def _label_set_changed(self) -> None:
+        label_set = self.document.label_set
+        index = self.set_combo.findData(label_set.name)
+        if index >= 0:
+            self.set_combo.setCurrentIndex(index)
+        self.subset_check.setVisible(DEFAULT_SUBSET in label_set.subsets)
+        self.refresh()
+        self.refresh_recent()
+        self._active_changed(self.document.active_label)
+
+    def _set_chosen(self, index: int) -> None:
+        name = self.set_combo.itemData(index)
+        if name == self.document.label_set.name:
+            return
+        try:
+            self.document.set_label_set(load_label_set(name))
+        except SgraffitoError as problem:
+            self._label_set_changed()  # back to the set in use
+            self.error.emit(str(problem))
+
+    def _entry(self, label_id: int) -> QListWidgetItem:
+        label_set = self.document.label_set
+        label = label_set.by_id[label_id]
+        item = QListWidgetItem(swatch(label.color), f"{label.name}  ({label.id})")
+        item.setData(ID_ROLE, label.id)
+        item.setToolTip(f"{label.name}: id {label.id}, colour #{'%02x%02x%02x' % label.color}")
+        return item
+
+    def visible_ids(self) -> list[int]:
+        label_set = self.document.label_set
+        subset = label_set.subsets.get(DEFAULT_SUBSET)
+        if subset and self.subset_check.isChecked():
+            ids = [i for i in subset if i in label_set.by_id]
+        else:
+            ids = [label.id for label in label_set.labels if label.id != label_set.unlabeled]
+        needle = self.search.text().strip().lower()
+        if needle:
+            ids = [i for i in ids if needle in label_set.by_id[i].name.lower() or needle == str(i)]
+        return ids
+
+    def refresh(self) -> None:
+        self.labels.clear()
+        for label_id in self.visible_ids():
+            self.labels.addItem(self._entry(label_id))
+        self._select(self.document.active_label)
+
+    def refresh_recent(self) -> None:
+        self.recent.clear()
+        for label_id in self.document.recent_labels:
+            if label_id in self.document.label_set.by_id:
+                self.recent.addItem(self._entry(label_id))
+        self.recent.setVisible(self.recent.count() > 0)
+        self.recent_title.setVisible(self.recent.count() > 0)
+
+    def _select(self, label_id: int) -> None:
+        for widget in (self.labels, self.recent):
+            widget.blockSignals(True)
+            widget.clearSelection()
+            for row in range(widget.count()):
+                if widget.item(row).data(ID_ROLE) == label_id:
+                    widget.setCurrentRow(row)
+                    break
+            widget.blockSignals(False)
+
+    def _active_changed(self, label_id: int) -> None:
+        self._select(label_id)
+        name = self.document.label_set.name_of(label_id)
+        self.active.setText(f"Painting: <b>{name}</b> ({label_id})")
+
+    def _item_chosen(self, item: QListWidgetItem) -> None:
+        self.document.set_active_label(item.data(ID_ROLE))
+
+    def _pick_first(self) -> None:
+        if self.labels.count():
+            self._item_chosen(self.labels.item(0))
