@@ -13,6 +13,7 @@ Saving is atomic: a temporary file in the same folder, fsync, then os.replace; a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -164,12 +165,11 @@ def _disk_full(path: Path) -> SgraffitoError:
     return SgraffitoError(f"cannot save {path.name}: the disk is full{detail}; the previous file is unchanged")
 
 
-def save_project(path: str | Path, project: Project, *, extra: dict | None = None) -> dict:
-    """Write `project` to `path` atomically; returns the manifest written. `extra` adds top-level manifest keys."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path):
+    """Yield a binary file that replaces `path` only once fully written and synced. On any error the old file
+    is untouched, the temporary file removed, and OSErrors become messages (disk full, no permission)."""
     path = Path(path)
-    _check_project(project)
-    photo_member = None if project.photo is None else _photo_member(project.photo.name)
-    manifest = _manifest(project, photo_member, extra)
     try:
         descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError:
@@ -181,17 +181,7 @@ def save_project(path: str | Path, project: Project, *, extra: dict | None = Non
     temp = Path(temp_name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            # Photos and PNGs are compressed already: store them, deflate only the JSON
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                archive.writestr("manifest.json", json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
-                if project.photo is not None:
-                    archive.writestr(photo_member, project.photo.data)
-                archive.writestr("labels/original.png", _png(project.original_labels))
-                archive.writestr("labels/edited.png", _png(project.edited_labels))
-                if project.result is not None:
-                    archive.writestr("result.png", _png(project.result))
-                for candidate in project.candidates:
-                    archive.writestr(f"candidates/{candidate.id}.png", _png(candidate.image))
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -203,6 +193,26 @@ def save_project(path: str | Path, project: Project, *, extra: dict | None = Non
             raise InputError(f"cannot save {path}: {error.strerror or error}") from None
         raise
     _fsync_folder(path.parent)
+
+
+def save_project(path: str | Path, project: Project, *, extra: dict | None = None) -> dict:
+    """Write `project` to `path` atomically; returns the manifest written. `extra` adds top-level manifest keys."""
+    path = Path(path)
+    _check_project(project)
+    photo_member = None if project.photo is None else _photo_member(project.photo.name)
+    manifest = _manifest(project, photo_member, extra)
+    with atomic_write(path) as handle:
+        # Photos and PNGs are compressed already: store them, deflate only the JSON
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            archive.writestr("manifest.json", json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+            if project.photo is not None:
+                archive.writestr(photo_member, project.photo.data)
+            archive.writestr("labels/original.png", _png(project.original_labels))
+            archive.writestr("labels/edited.png", _png(project.edited_labels))
+            if project.result is not None:
+                archive.writestr("result.png", _png(project.result))
+            for candidate in project.candidates:
+                archive.writestr(f"candidates/{candidate.id}.png", _png(candidate.image))
     project.created, project.modified, project.app_version = manifest["created"], manifest["modified"], __version__
     return manifest
 

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from engine.errors import InputError
+from engine.export import COMPOSITE_WITH_AI, export_image, export_label_map, read_export_metadata
+from engine.imageio import load_label_map, load_photo
+from engine.labels import load_label_set
+
+COCO = load_label_set("coco-stuff-182")
+
+
+@pytest.fixture
+def result():
+    rgb = data.chelsea()  # 451x300: odd width catches any resampling or padding
+    rgb = rgb.copy()
+    rgb[100:140, 200:260] = (30, 90, 200)
+    return rgb
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "tif", "webp"])
+def test_exports_keep_native_size_and_carry_metadata(tmp_path, result, suffix):
+    meta = {"models": ["asset-landscape-demo"], "seeds": [7, 8], "strength": 0.8}
+    path = export_image(tmp_path / f"out.{suffix}", result, metadata=meta, generated=True, quality=92)
+    found = read_export_metadata(path)
+    assert found["size"] == (451, 300)
+    assert found["digital_source_type"] == COMPOSITE_WITH_AI
+    assert found["creator_tool"].startswith("Sgraffito") and found["software"].startswith("Sgraffito")
+    assert found["parameters"]["seeds"] == [7, 8] and found["parameters"]["models"] == ["asset-landscape-demo"]
+    assert found["icc_profile"]
+    pixels = load_photo(path).rgb
+    error = np.abs(pixels.astype(int) - result).mean()
+    assert error == 0 if suffix in ("png", "tif") else error < 3
+    if suffix == "png":
+        assert found["text"]["seeds"] == "[7, 8]" and found["text"]["Software"].startswith("Sgraffito")
+
+
+def test_unedited_export_has_no_ai_marker(tmp_path, result):
+    found = read_export_metadata(export_image(tmp_path / "plain.jpg", result, generated=False))
+    assert found["digital_source_type"] is None and found["creator_tool"].startswith("Sgraffito")
+
+
+def test_jpeg_quality_changes_size_and_format_errors(tmp_path, result):
+    low = export_image(tmp_path / "low.jpg", result, quality=40).stat().st_size
+    high = export_image(tmp_path / "high.jpg", result, quality=98).stat().st_size
+    assert high > 2 * low
+    with pytest.raises(InputError, match="unknown export format '.gif'"):
+        export_image(tmp_path / "x.gif", result)
+    with pytest.raises(InputError, match="does not exist"):
+        export_image(tmp_path / "no-such-folder" / "x.png", result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["high.jpg", "low.jpg"]  # no temp files left
+
+
+def test_label_map_export_is_indexed_with_the_set_palette(tmp_path):
+    ids = np.full((40, 60), COCO.id_of("sky-other"), np.uint16)
+    ids[20:] = COCO.id_of("grass")
+    ids[0, 0] = COCO.unlabeled
+    path = export_label_map(tmp_path / "labels.png", ids, COCO)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        assert image.convert("RGB").getpixel((5, 30)) == COCO.by_id[COCO.id_of("grass")].color
+    assert (load_label_map(path, COCO, size=(60, 40)) == ids).all()
