@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.jobs import register_backend
+
 
 @dataclass
 class PixelCNNConfig:
@@ -247,3 +249,12 @@ class PixelCNNColorizer(nn.Module):
             if on_row is not None:
                 on_row(i + 1, hh)
         return index
+
+
+def _backend():
+    from engine.colorize_pixelcnn import PixelCNNBackend  # the pipeline imports this module: import it lazily
+
+    return PixelCNNBackend()
+
+
+register_backend("pixelcnn", _backend)

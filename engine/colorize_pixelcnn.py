@@ -1,0 +1,219 @@
+"""Colorization with the gated PixelCNN: gray photo -> k chroma samples -> colour photos at full resolution.
+
+Pipeline: the photo's luminance is reduced to a working image (long side `work_size`), the embedding network
+turns it (and the colour hints, if any) into a conditioning map at 1/`downsample` of the working size, the
+PixelCNN samples a chroma map there for every candidate in one batch, and the runtime's chroma transfer puts
+the upsampled chroma on the full-resolution luminance, so edges and texture come from the photo itself.
+
+Hints ({x, y, radius, rgb} in photo pixels) act twice: they are an input of the embedding (a hint map and its
+mask, as in training), and the chroma pixels under a hint are clamped to the hint's colour before sampling,
+so the autoregressive decoder sees them as context and never overwrites them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from engine.errors import InputError
+from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
+
+DEFAULT_MODEL = "demo-pixelcnn-colorizer"
+
+
+@dataclass(frozen=True)
+class Hint:
+    x: float
+    y: float
+    radius: float
+    rgb: tuple[int, int, int]
+
+
+def parse_hints(items, source: str = "hints") -> list[Hint]:
+    """A list of {"x", "y", "radius", "rgb": [r, g, b] or "#rrggbb"} -> Hints; InputError naming the entry."""
+    if not isinstance(items, list):
+        raise InputError(f"{source}: expected a JSON list of {{x, y, radius, rgb}} objects")
+    hints = []
+    for n, item in enumerate(items):
+        try:
+            rgb = item["rgb"]
+            if isinstance(rgb, str):
+                rgb = [int(rgb.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)]
+            rgb = tuple(int(c) for c in rgb)
+            hint = Hint(float(item["x"]), float(item["y"]), float(item.get("radius", 8)), rgb)
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{source}: hint {n} is not {{x, y, radius, rgb}}: {error!r}") from None
+        if len(hint.rgb) != 3 or not all(0 <= c <= 255 for c in hint.rgb) or hint.radius <= 0:
+            raise InputError(f"{source}: hint {n} needs rgb of three 0-255 values and a positive radius")
+        hints.append(hint)
+    return hints
+
+
+def load_hints(path: str | Path) -> list[Hint]:
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read hints: {error}") from None
+    return parse_hints(items, str(path))
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 sRGB -> float32 Lab (L in [0, 100], a and b about [-110, 110])."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    rgb = cv2.cvtColor(np.ascontiguousarray(lab, dtype=np.float32), cv2.COLOR_Lab2RGB)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def luminance(photo: np.ndarray) -> np.ndarray:
+    """(H, W) float32 Lab L of a gray (H, W) or RGB (H, W, 3) uint8 image."""
+    rgb = np.repeat(photo[:, :, None], 3, axis=2) if photo.ndim == 2 else photo
+    return rgb_to_lab(rgb)[:, :, 0]
+
+
+def working_shape(height: int, width: int, config: PixelCNNConfig) -> tuple[int, int]:
+    """Working (h, w): long side `work_size`, both multiples of `downsample`, the aspect ratio kept."""
+    scale = config.work_size / max(height, width)
+    ds = config.downsample
+    return (max(ds, round(height * scale / ds) * ds), max(ds, round(width * scale / ds) * ds))
+
+
+def hint_maps(hints: list[Hint], photo_hw, work_hw, chroma_hw):
+    """Hint map (3, h, w) = (a, b, mask) at the working size, and the clamped chroma pixels: ab (2, hc, wc) and
+    mask (hc, wc). A hint clamps every chroma pixel whose centre lies in its disk, and at least the nearest."""
+    H, W = photo_hw
+    work = np.zeros((3, *work_hw), np.float32)
+    ab_c = np.zeros((2, *chroma_hw), np.float32)
+    mask_c = np.zeros(chroma_hw, bool)
+    for hint in hints:
+        if not (0 <= hint.x < W and 0 <= hint.y < H):
+            raise InputError(f"hint at ({hint.x:g}, {hint.y:g}) lies outside the {W}x{H} photo")
+        _, a, b = rgb_to_lab(np.array([[hint.rgb]], np.uint8))[0, 0]
+        for (h, w), target, mask in ((work_hw, work[:2], work[2]), (chroma_hw, ab_c, mask_c)):
+            sy, sx = h / H, w / W
+            yy, xx = np.mgrid[0:h, 0:w]
+            cx, cy = hint.x * sx - 0.5, hint.y * sy - 0.5  # pixel centres sit at integer + 0.5
+            disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= (hint.radius * max(sx, sy)) ** 2
+            disk[min(h - 1, int(hint.y * sy)), min(w - 1, int(hint.x * sx))] = True
+            target[0][disk], target[1][disk] = a, b
+            mask[disk] = 1
+    return work, ab_c, mask_c
+
+
+def uniforms(seeds: list[int], shape) -> torch.Tensor:
+    """(k, h, w) uniforms, candidate i from its own seed only, so it can be reproduced alone."""
+    return torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+@torch.no_grad()
+def sample_chroma(
+    model: PixelCNNColorizer,
+    lum: np.ndarray,
+    seeds: list[int],
+    *,
+    temperature: float = 1.0,
+    hints: list[Hint] = (),
+    device: str = "cpu",
+    on_row: Callable[[int, int], None] | None = None,
+    fast: bool = True,
+) -> np.ndarray:
+    """Full-resolution luminance (H, W) -> chroma samples (k, hc, wc, 2) in Lab a, b at the chroma resolution."""
+    cfg = model.config
+    H, W = lum.shape
+    work_hw = working_shape(H, W, cfg)
+    chroma_hw = (work_hw[0] // cfg.downsample, work_hw[1] // cfg.downsample)
+    lum_work = cv2.resize(lum, work_hw[::-1], interpolation=cv2.INTER_AREA)
+    hint_work, hint_ab, hint_mask = hint_maps(list(hints), (H, W), work_hw, chroma_hw)
+    cond, glob = model.conditioning(
+        torch.from_numpy(lum_work)[None, None].to(device), torch.from_numpy(hint_work)[None].to(device)
+    )
+    k = len(seeds)
+    u = uniforms(seeds, chroma_hw).to(device)
+    fixed = model.quantize(torch.from_numpy(hint_ab)[None].to(device)).expand(k, -1, -1)
+    fixed_mask = torch.from_numpy(hint_mask).to(device)[None].expand(k, -1, -1)
+    sampler = model.sample if fast else model.sample_reference
+    kwargs = {"on_row": on_row} if fast else {}
+    index = sampler(cond.expand(k, -1, -1, -1), glob.expand(k, -1), u, temperature, fixed, fixed_mask, **kwargs)
+    ab = model.bin_centers(index).cpu().numpy()
+    ab[:, :, hint_mask] = hint_ab[:, hint_mask]  # exact hint colours, not their bin centres
+    return ab.transpose(0, 2, 3, 1)
+
+
+def load_model(name: str = "", device: str = "cpu") -> PixelCNNColorizer:
+    """A model folder by name (searched in engine.paths.models_dirs()) or path; "" is the demo model."""
+    from engine.checkpoints import find_model, load_model_dir, load_state_dict_strict
+
+    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "pixelcnn").path
+    config, states = load_model_dir(path, ["model"])
+    if config["kind"] != "pixelcnn":
+        raise InputError(f"{path}: a {config['kind']!r} model, not a PixelCNN colorizer")
+    model = PixelCNNColorizer(PixelCNNConfig.from_dict(config))
+    load_state_dict_strict(model, states["model"], str(path / "model.safetensors"))
+    return model.eval().to(device)
+
+
+def colorize(
+    model: PixelCNNColorizer,
+    photo: np.ndarray,
+    seeds: list[int],
+    *,
+    temperature: float = 1.0,
+    hints: list[Hint] = (),
+    device: str = "cpu",
+    on_row: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """A gray (H, W) or RGB (H, W, 3) uint8 photo -> one (H, W, 3) uint8 colouring per seed."""
+    from engine.composite import transfer_chroma
+
+    lum = luminance(photo)
+    ab = sample_chroma(model, lum, seeds, temperature=temperature, hints=hints, device=device, on_row=on_row)
+    work_hw = working_shape(*lum.shape, model.config)
+    lum_work = cv2.resize(lum, work_hw[::-1], interpolation=cv2.INTER_AREA)
+    out = []
+    for chroma in ab:
+        chroma = cv2.resize(chroma, work_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        colored = lab_to_rgb(np.concatenate([lum_work[:, :, None], chroma], axis=2))
+        out.append(transfer_chroma(photo, colored))
+    return out
+
+
+class PixelCNNBackend:
+    """The "pixelcnn" engine backend. params: temperature (default 1; 0 = most likely colours), hints."""
+
+    name = "pixelcnn"
+
+    def __init__(self):
+        self._models: dict[tuple[str, str], PixelCNNColorizer] = {}
+
+    def run(self, request, ctx):
+        from engine.composite import full_region
+        from engine.jobs import Candidate, thaw
+
+        key = (request.model, ctx.device)
+        if key not in self._models:
+            ctx.progress(0.0, "loading the PixelCNN colorizer")
+            self._models[key] = load_model(request.model, ctx.device)
+        model = self._models[key]
+        params = thaw(request.params)
+        temperature = float(params.get("temperature", 1.0))
+        hints = parse_hints(params.get("hints", []), "request hints")
+        x0, y0, x1, y1 = region = request.region or full_region(request.photo)
+        if request.region is not None:
+            hints = [Hint(h.x - x0, h.y - y0, h.radius, h.rgb) for h in hints if x0 <= h.x < x1 and y0 <= h.y < y1]
+
+        def on_row(done: int, rows: int) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.05 + 0.9 * done / rows, f"sampling {request.k} colourings: row {done}/{rows}")
+
+        images = colorize(model, request.photo[y0:y1, x0:x1], ctx.seeds, temperature=temperature, hints=hints,
+                          device=ctx.device, on_row=on_row)
+        info = {"temperature": temperature, "hints": len(hints)}
+        return [Candidate(image=image, region=region, seed=seed, info=info) for image, seed in zip(images, ctx.seeds)]
