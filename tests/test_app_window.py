@@ -1,0 +1,399 @@
+"""The real MainWindow driven like a user: mouse strokes on the canvas, shortcuts, files in and out."""
+
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtTest import QTest
+
+from app.main_window import MainWindow
+from engine.labels import load_label_set
+
+SKY, GRASS, ROCK, UNLABELED = 156, 123, 149, 255
+WIDTH, HEIGHT = 120, 80
+
+
+def landscape_rgb(width=WIDTH, height=HEIGHT, seed=0):
+    rng = np.random.default_rng(seed)
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[: height // 2] = (110, 160, 235)
+    rgb[height // 2:] = (50, 150, 40)
+    rgb[50:70, 20:60] = (40, 40, 45)
+    return np.clip(rgb.astype(np.int16) + rng.integers(-6, 7, rgb.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def photo_path(tmp_path):
+    path = tmp_path / "valley.jpg"
+    Image.fromarray(landscape_rgb()).save(path, quality=90)
+    return path
+
+
+@pytest.fixture
+def labels_path(tmp_path):
+    labels = np.full((HEIGHT, WIDTH), GRASS, np.uint8)
+    labels[: HEIGHT // 2] = SKY
+    path = tmp_path / "valley-labels.png"
+    Image.fromarray(labels).save(path)
+    return path
+
+
+@pytest.fixture
+def window(qtbot, monkeypatch):
+    win = MainWindow()
+    win.errors = []
+    win.answers = []
+    monkeypatch.setattr(win, "show_error", lambda message, title="": win.errors.append(message))
+    monkeypatch.setattr(win, "ask_save_changes", lambda: win.answers.pop(0) if win.answers else "discard")
+    qtbot.addWidget(win)
+    win.resize(900, 650)
+    win.show()
+    qtbot.waitExposed(win)
+    return win
+
+
+@pytest.fixture
+def opened(window, photo_path, labels_path):
+    assert window.open_path(photo_path, labels=labels_path)
+    return window
+
+
+def view_point(window, x, y):
+    return window.canvas.mapFromScene(QPointF(x + 0.5, y + 0.5))
+
+
+def drag(window, points, button=Qt.MouseButton.LeftButton):
+    viewport = window.canvas.viewport()
+    QTest.mousePress(viewport, button, Qt.KeyboardModifier.NoModifier, view_point(window, *points[0]))
+    for point in points[1:]:
+        QTest.mouseMove(viewport, view_point(window, *point))
+    QTest.mouseRelease(viewport, button, Qt.KeyboardModifier.NoModifier, view_point(window, *points[-1]))
+
+
+def keys(window, sequence):
+    QTest.keySequence(window, sequence)
+
+
+def test_brush_stroke_fill_undo_redo_through_mouse_and_shortcuts(opened):
+    window, doc = opened, opened.document
+    start = doc.labels.copy()
+    np.testing.assert_array_equal(start[:40], SKY)
+    keys(window, "B")
+    assert window.tool.name == "brush"
+    window.size_spin.setValue(3)
+    doc.set_active_label(ROCK)
+    drag(window, [(10, 20), (30, 20), (50, 22)])
+    painted = doc.labels.copy()
+    assert painted[20, 10] == painted[20, 30] == painted[22, 50] == ROCK
+    assert painted[20, 60] == SKY and painted[30, 30] == SKY
+    assert doc.undo_stack.count() == 1 and window.isWindowModified()
+
+    keys(window, "G")
+    assert window.tool.name == "fill"
+    doc.set_active_label(GRASS)
+    drag(window, [(100, 5)])  # the sky region (contiguous), which the rock stroke does not split
+    filled = doc.labels.copy()
+    assert (filled[:40][painted[:40] == SKY] == GRASS).all() and filled[20, 30] == ROCK
+
+    keys(window, "Ctrl+Z")
+    np.testing.assert_array_equal(doc.labels, painted)
+    keys(window, "Ctrl+Z")
+    np.testing.assert_array_equal(doc.labels, start)
+    assert not window.isWindowModified()
+    keys(window, "Ctrl+Shift+Z")
+    np.testing.assert_array_equal(doc.labels, painted)
+    keys(window, "Ctrl+Y")
+    np.testing.assert_array_equal(doc.labels, filled)
+    assert doc.recent_labels[:2] == [GRASS, ROCK]
+    assert window.palette.recent.count() == 2
+
+
+def test_shortcuts_pick_tools_and_size_and_zoom(opened):
+    window = opened
+    for key, name in [("E", "eraser"), ("I", "picker"), ("L", "lasso"), ("R", "rectangle"), ("B", "brush")]:
+        keys(window, key)
+        assert window.tool.name == name
+    radius = window.settings.radius
+    keys(window, "]")
+    assert window.settings.radius > radius and window.size_spin.value() == window.settings.radius
+    keys(window, "[")
+    keys(window, "[")
+    assert window.settings.radius < radius
+    keys(window, "1")
+    assert window.canvas.zoom == pytest.approx(1.0)
+    keys(window, "+")
+    assert window.canvas.zoom == pytest.approx(1.25)
+    keys(window, "0")
+    assert window.canvas.zoom > 4  # a 120x80 photo fitted into the window
+
+
+def test_eyedropper_hover_names_the_label_in_the_status_bar(opened):
+    window = opened
+    keys(window, "I")
+    QTest.mouseMove(window.canvas.viewport(), view_point(window, 5, 60))
+    assert "grass (123)" in window.hover_label.text()
+    drag(window, [(5, 5)])
+    assert window.document.active_label == SKY
+    assert "sky-other" in window.palette.active.text()
+
+
+def test_view_modes_and_overlay_opacity(opened):
+    window, canvas = opened, opened.canvas
+    window.opacity_slider.setValue(80)
+    assert canvas.overlay_item.opacity() == pytest.approx(0.8)
+    window.actions["view_labels"].trigger()
+    assert not canvas.photo_item.isVisible() and canvas.overlay_item.opacity() == 1.0
+    window.actions["view_photo"].trigger()
+    assert canvas.photo_item.isVisible() and not canvas.overlay_item.isVisible()
+    window.document.set_active_label(ROCK)
+    drag(window, [(60, 60)])
+    window.actions["view_outline"].trigger()
+    assert canvas.outline_item.isVisible()
+    bounds = canvas.outline_item.path().boundingRect()
+    assert bounds.contains(QPointF(60, 60)) and bounds.width() < 60
+
+
+def test_save_close_reopen_round_trips_exactly(opened, photo_path, tmp_path, qtbot):
+    window, doc = opened, opened.document
+    doc.set_active_label(ROCK)
+    drag(window, [(10, 10), (40, 30)])
+    edited, original = doc.labels.copy(), doc.original_labels.copy()
+    project_path = tmp_path / "work.sgraffito"
+    assert window.save_as(project_path)
+    assert not window.isWindowModified() and window.windowTitle().startswith("work.sgraffito")
+    window.close()
+    assert window.errors == []
+
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.open_path(project_path)
+    reopened = again.document
+    assert reopened.photo.data == photo_path.read_bytes()
+    np.testing.assert_array_equal(reopened.labels, edited)
+    np.testing.assert_array_equal(reopened.original_labels, original)
+    assert reopened.path == project_path and not reopened.dirty
+    # a further edit then Save writes to the same file without asking
+    reopened.set_active_label(SKY)
+    again.tools["fill"].fill(100, 70, everywhere=False)
+    assert again.save()
+    assert (MainWindow().open_path(project_path))
+
+
+def test_closing_with_unsaved_changes_asks(opened, tmp_path, monkeypatch):
+    window = opened
+    window.document.set_active_label(ROCK)
+    drag(window, [(10, 10)])
+    window.answers = ["cancel"]
+    assert not window.close() and window.isVisible()
+    saved = tmp_path / "asked.sgraffito"
+    monkeypatch.setattr(window, "ask_path", lambda *a, **k: saved)
+    window.answers = ["save"]
+    assert window.close()
+    assert saved.is_file()
+
+
+def test_opening_over_unsaved_work_can_be_cancelled(opened, photo_path):
+    window = opened
+    window.document.set_active_label(ROCK)
+    drag(window, [(10, 10)])
+    labels = window.document.labels.copy()
+    window.answers = ["cancel"]
+    assert not window.open_path(photo_path)
+    np.testing.assert_array_equal(window.document.labels, labels)
+    window.answers = ["discard"]
+    assert window.open_path(photo_path)
+    assert (window.document.labels == UNLABELED).all()
+
+
+def test_new_document_starts_unlabeled_in_the_landscape_palette(window, photo_path):
+    assert window.open_path(photo_path)
+    doc = window.document
+    assert (doc.labels == UNLABELED).all() and doc.mode == "edit" and not window.banner.isVisible()
+    assert doc.label_set.name == "coco-stuff-182"
+    names = [window.palette.labels.item(i).text() for i in range(window.palette.labels.count())]
+    assert names[0].startswith("sky-other") and len(names) == len(doc.label_set.subsets["landscape"])
+    window.palette.search.setText("riv")
+    assert [window.palette.labels.item(i).text() for i in range(window.palette.labels.count())] == ["river  (147)"]
+
+
+def test_label_map_alone_opens_in_translation_mode(window, labels_path):
+    assert window.new_from_label_map(labels_path)
+    doc = window.document
+    assert doc.photo is None and doc.image is None and doc.mode == "translate"
+    assert doc.view_mode == "labels" and not window.canvas.photo_item.isVisible()
+    assert window.banner.isVisible() and "translation" in window.banner.text()
+    assert not window.actions["export_image"].isEnabled()
+    doc.set_active_label(ROCK)
+    drag(window, [(5, 5)])
+    assert doc.labels[5, 5] == ROCK
+
+
+def test_grayscale_photo_opens_in_colorize_mode(window, tmp_path):
+    path = tmp_path / "old.png"
+    Image.fromarray(landscape_rgb().mean(axis=2).astype(np.uint8)).save(path)
+    assert window.open_path(path)
+    assert window.document.mode == "colorize"
+    assert window.banner.isVisible() and "colorize" in window.banner.text()
+
+
+def test_switching_to_a_label_set_without_the_maps_ids_is_refused(opened):
+    window = opened
+    index = window.palette.set_combo.findData("cityscapes")
+    window.palette.set_combo.activated.emit(index)
+    assert window.errors and "cityscapes" in window.errors[0]
+    assert window.document.label_set.name == "coco-stuff-182"
+    assert window.palette.set_combo.currentData() == "coco-stuff-182"
+
+
+# ---- bad inputs: a clear message, and the open document stays as it was ------------------------------------
+
+
+def png_claiming(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(
+        b"IEND", b"")
+
+
+def bad_photo(kind, tmp_path, photo_path):
+    path = tmp_path / f"bad-{kind}"
+    if kind == "truncated.jpg":
+        data = photo_path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "tiny.png":
+        Image.new("RGB", (1, 1)).save(path, format="PNG")
+    elif kind == "huge.png":
+        path.write_bytes(png_claiming(50000, 50000))
+    return path
+
+
+@pytest.fixture
+def snapshot(opened):
+    doc = opened.document
+    doc.set_active_label(ROCK)
+    drag(opened, [(15, 15)])
+    state = (doc.photo, doc.labels.copy(), doc.original_labels.copy(), doc.title, doc.undo_stack.count())
+    return lambda: (doc.photo, doc.labels.copy(), doc.original_labels.copy(), doc.title, doc.undo_stack.count()), state
+
+
+def assert_unchanged(snapshot):
+    now, before = snapshot[0](), snapshot[1]
+    assert now[0] is before[0] and now[3:] == before[3:]
+    np.testing.assert_array_equal(now[1], before[1])
+    np.testing.assert_array_equal(now[2], before[2])
+
+
+@pytest.mark.parametrize("kind, words", [("truncated.jpg", "truncated"), ("tiny.png", "1x1"),
+                                         ("huge.png", "50000x50000")])
+def test_bad_photos_show_an_error_and_keep_the_document(opened, snapshot, tmp_path, photo_path, kind, words):
+    window = opened
+    window.answers = ["discard"]
+    path = bad_photo(kind, tmp_path, photo_path)
+    assert not window.open_path(path)
+    assert len(window.errors) == 1 and words in window.errors[0] and path.name in window.errors[0]
+    assert_unchanged(snapshot)
+
+
+def test_label_map_of_the_wrong_size_is_refused(opened, snapshot, tmp_path):
+    path = tmp_path / "small-labels.png"
+    Image.fromarray(np.full((40, 60), GRASS, np.uint8)).save(path)
+    assert not opened.open_label_map(path)
+    assert "60x40" in opened.errors[0] and "120x80" in opened.errors[0]
+    assert_unchanged(snapshot)
+
+
+def test_label_ids_outside_the_set_are_refused(opened, snapshot, tmp_path):
+    labels = np.full((HEIGHT, WIDTH), GRASS, np.uint8)
+    labels[3, 7] = 200  # coco-stuff-182 has 0..181 and 255
+    path = tmp_path / "odd-labels.png"
+    Image.fromarray(labels).save(path)
+    assert not opened.open_label_map(path)
+    assert "200" in opened.errors[0] and "x=7, y=3" in opened.errors[0]
+    assert_unchanged(snapshot)
+
+
+def test_open_label_map_replaces_both_maps_as_one_undo_step(opened, tmp_path):
+    doc = opened.document
+    labels = np.full((HEIGHT, WIDTH), ROCK, np.uint8)
+    path = tmp_path / "rock.png"
+    Image.fromarray(labels).save(path)
+    assert opened.open_label_map(path)
+    assert (doc.labels == ROCK).all() and (doc.original_labels == ROCK).all()
+
+
+def test_corrupted_project_is_refused(opened, snapshot, tmp_path):
+    good = tmp_path / "good.sgraffito"
+    assert opened.save_as(good)
+    data = good.read_bytes()
+    broken = tmp_path / "broken.sgraffito"
+    broken.write_bytes(data[: len(data) // 3])
+    assert not opened.open_path(broken)
+    assert "broken.sgraffito" in opened.errors[0]
+    assert_unchanged(snapshot)
+
+
+def test_project_with_a_parent_path_member_is_refused(opened, snapshot, tmp_path):
+    path = tmp_path / "escape.sgraffito"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("manifest.json", '{"format": "sgraffito-project", "format_version": [1, 0]}')
+        archive.writestr("../evil.txt", "x")
+    assert not opened.open_path(path)
+    assert "../evil.txt" in opened.errors[0] and "outside" in opened.errors[0]
+    assert_unchanged(snapshot)
+
+
+# ---- autosave and recovery ----------------------------------------------------------------------------------
+
+
+def test_autosave_is_offered_for_recovery_after_a_crash(opened, qtbot, monkeypatch):
+    window, doc = opened, opened.document
+    doc.set_active_label(ROCK)
+    drag(window, [(30, 30)])
+    window.autosave()
+    edited = doc.labels.copy()
+    # a crash: the window never closes, so its autosave stays behind
+    fresh = MainWindow()
+    qtbot.addWidget(fresh)
+    offered = []
+    monkeypatch.setattr(fresh, "ask_recover", lambda text: offered.append(text) or True)
+    assert fresh.offer_recovery()
+    assert "valley.jpg" in offered[0]
+    np.testing.assert_array_equal(fresh.document.labels, edited)
+    assert fresh.document.dirty and fresh.isWindowModified()
+    # recovered once: the next start offers nothing
+    later = MainWindow()
+    qtbot.addWidget(later)
+    monkeypatch.setattr(later, "ask_recover", lambda text: pytest.fail("offered twice"))
+    assert not later.offer_recovery()
+    fresh.document.unsaved = False
+
+
+def test_a_clean_close_leaves_no_autosave(opened, qtbot, monkeypatch):
+    window = opened
+    window.document.set_active_label(ROCK)
+    drag(window, [(30, 30)])
+    window.autosave()
+    window.answers = ["discard"]
+    assert window.close()
+    fresh = MainWindow()
+    qtbot.addWidget(fresh)
+    monkeypatch.setattr(fresh, "ask_recover", lambda text: pytest.fail("nothing to recover"))
+    assert not fresh.offer_recovery()
+
+
+def test_label_sets_other_than_the_default_work(window, tmp_path):
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    labels[:10] = 7
+    path = tmp_path / "city.png"
+    Image.fromarray(labels).save(path)
+    assert window.new_from_label_map(path, load_label_set("cityscapes"))
+    assert window.document.label_set.name == "cityscapes"
+    assert window.palette.set_combo.currentData() == "cityscapes"
+    assert not window.palette.subset_check.isVisible()
+    assert window.palette.labels.count() >= 30
