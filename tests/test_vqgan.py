@@ -1,0 +1,214 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from app.cli import main as cli
+from engine.checkpoints import list_models, read_checkpoint
+from engine.errors import CheckpointError, InputError
+from engine.models.vqgan import (
+    VQGAN, RegionNorm, VQGANConfig, VectorQuantizer2, config_from_state_dict, load_vqgan, split_asset_tokenizers,
+    vqgan_from_state_dict,
+)
+
+TINY = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=64, embed_dim=64, n_embed=128)
+
+
+def official_vqgan_shapes(ch=32, ch_mult=(1, 1, 2, 2, 4), nrb=1, z=64, n_embed=128, embed_dim=64, cin=3, cout=3,
+                          attn_levels=(4,)):
+    """Key -> shape of a taming VQModel state dict, written out from the published layout (not from our model)."""
+    shapes = {}
+
+    def conv(name, co, ci, k):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (co, ci, k, k), (co,)
+
+    def norm(name, c):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
+
+    def resnet(name, ci, co):
+        norm(f"{name}.norm1", ci)
+        conv(f"{name}.conv1", co, ci, 3)
+        norm(f"{name}.norm2", co)
+        conv(f"{name}.conv2", co, co, 3)
+        if ci != co:
+            conv(f"{name}.nin_shortcut", co, ci, 1)
+
+    def attn(name, c):
+        norm(f"{name}.norm", c)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", c, c, 1)
+
+    conv("encoder.conv_in", ch, cin, 3)
+    c = ch
+    for level, mult in enumerate(ch_mult):
+        for b in range(nrb):
+            resnet(f"encoder.down.{level}.block.{b}", c, ch * mult)
+            c = ch * mult
+            if level in attn_levels:
+                attn(f"encoder.down.{level}.attn.{b}", c)
+        if level < len(ch_mult) - 1:
+            conv(f"encoder.down.{level}.downsample.conv", c, c, 3)
+    for prefix in ("encoder", "decoder"):
+        resnet(f"{prefix}.mid.block_1", c, c)
+        attn(f"{prefix}.mid.attn_1", c)
+        resnet(f"{prefix}.mid.block_2", c, c)
+    norm("encoder.norm_out", c)
+    conv("encoder.conv_out", z, c, 3)
+    conv("decoder.conv_in", c, z, 3)
+    for level in reversed(range(len(ch_mult))):
+        for b in range(nrb + 1):
+            resnet(f"decoder.up.{level}.block.{b}", c, ch * ch_mult[level])
+            c = ch * ch_mult[level]
+            if level in attn_levels:
+                attn(f"decoder.up.{level}.attn.{b}", c)
+        if level > 0:
+            conv(f"decoder.up.{level}.upsample.conv", c, c, 3)
+    norm("decoder.norm_out", c)
+    conv("decoder.conv_out", cout, c, 3)
+    shapes["quantize.embedding.weight"] = (n_embed, embed_dim)
+    conv("quant_conv", embed_dim, z, 1)
+    conv("post_quant_conv", z, embed_dim, 1)
+    return shapes
+
+
+def random_state_dict(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * (0.2 if len(s) > 1 else 0.05) + (1.0 if k.endswith("norm1.weight") else 0)
+            for k, s in shapes.items()}
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return VQGAN(VQGANConfig(**{**TINY, **kw})).eval()
+
+
+def test_full_size_layout_and_parameter_counts():
+    # counts of the published landscape models (343 tensors each)
+    image = VQGAN(VQGANConfig(masked_encoder=True))
+    seg = VQGAN(VQGANConfig(in_channels=182, out_ch=182, n_labels=182))
+    assert {k: tuple(v.shape) for k, v in image.state_dict().items()} == official_vqgan_shapes(
+        ch=128, nrb=2, z=256, n_embed=1024, embed_dim=256)
+    assert sum(p.numel() for p in image.parameters()) == 72_141_699
+    assert sum(p.numel() for p in seg.parameters()) == 72_554_294
+    assert seg.state_dict()["colorize"].shape == (3, 182, 1, 1)
+
+
+def test_taming_lightning_checkpoint_imports_strictly(tmp_path):
+    shapes = official_vqgan_shapes()
+    sd = random_state_dict(shapes)
+    sd["loss.discriminator.main.0.weight"] = torch.zeros(64, 3, 4, 4)  # training-only keys are dropped
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sd, "global_step": 10, "optimizer_states": []}, path)
+
+    assert cli(["import", "vqgan", str(path), "--name", "tiny-taming"]) == 0
+    [info] = [m for m in list_models("vqgan") if m.name == "tiny-taming"]
+    assert info.source == "imported"
+    model = load_vqgan(info.path)
+    assert config_from_state_dict(sd) == model.config
+    assert model.config.attn_resolutions == (16,) and model.config.ch_mult == (1, 1, 2, 2, 4)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, sd[key]), key
+
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    quant, codes = model.encode(x)
+    assert codes.shape == (1, 4, 4) and quant.shape == (1, 64, 4, 4)
+    assert torch.allclose(model.decode_code(codes), model.decode(quant), atol=1e-4)
+    assert cli(["import", "vqgan", str(path), "--name", "tiny-taming"]) == 2  # exists: needs --force
+
+
+def test_renamed_key_is_reported_by_name(tmp_path, capsys):
+    sd = random_state_dict(official_vqgan_shapes())
+    sd["encoder.mid.attn_1.proj.weight"] = sd.pop("encoder.mid.attn_1.proj_out.weight")
+    path = tmp_path / "renamed.ckpt"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointError) as error:
+        vqgan_from_state_dict(read_checkpoint(path), str(path))
+    assert "encoder.mid.attn_1.proj_out.weight <- encoder.mid.attn_1.proj.weight [128, 128, 1, 1]" in str(error.value)
+
+    assert cli(["import", "vqgan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "renamed.ckpt" in err and "encoder.mid.attn_1.proj.weight" in err
+    assert not list_models()
+
+
+def test_asset_checkpoint_splits_into_masked_image_and_seg_tokenizers(tmp_path):
+    image_sd = random_state_dict(official_vqgan_shapes(), seed=1)
+    seg_sd = random_state_dict(official_vqgan_shapes(cin=182, cout=182), seed=2)
+    seg_sd["colorize"] = torch.randn(3, 182, 1, 1)
+    sd = {**{f"first_stage_model.{k}": v for k, v in image_sd.items()},
+          **{f"cond_stage_model.{k}": v for k, v in seg_sd.items()},
+          "transformer.shared.weight": torch.zeros(130, 64)}
+    image, seg, transformer, rest = split_asset_tokenizers(sd, "asset.ckpt")
+    assert image.config.masked_encoder and not seg.config.masked_encoder
+    assert seg.config.n_labels == 182 and seg.config.in_channels == 182
+    assert set(transformer) == {"shared.weight"} and rest == {}
+
+    labels = torch.randint(0, 182, (1, 64, 64))
+    codes = seg.encode_labels(labels)
+    assert codes.shape == (1, 4, 4) and seg.decode_labels(codes).shape == (1, 64, 64)
+    with pytest.raises(InputError, match="182"):
+        seg.encode_labels(torch.full((1, 32, 32), 200))
+
+
+def test_codes_outside_the_hole_do_not_depend_on_hole_content():
+    image = tiny(masked_encoder=True)
+    plain = tiny()
+    plain.load_state_dict(image.state_dict())
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 40:90, 21:77] = 1  # not aligned to the 16 px token grid
+    other = torch.where(mask.bool(), torch.rand_like(x) * 2 - 1, x)
+    token_hole = F.interpolate(mask, size=(8, 8))[0, 0].bool()
+
+    z1, z2 = image.encode_z(x, mask), image.encode_z(other, mask)
+    assert torch.allclose(z1[..., ~token_hole], z2[..., ~token_hole], atol=1e-5)
+    assert not torch.allclose(z1[..., token_hole], z2[..., token_hole], atol=1e-3)
+    assert torch.equal(image.encode(x, mask)[1][0][~token_hole], image.encode(other, mask)[1][0][~token_hole])
+    # the plain taming encoder leaks the hole into its neighbours: what the masked encoder is for
+    p1, p2 = plain.encode_z(x), plain.encode_z(other)
+    assert not torch.allclose(p1[..., ~token_hole], p2[..., ~token_hole], atol=1e-3)
+
+
+def test_mask_none_means_no_edit_and_full_masks_are_refused():
+    image = tiny(masked_encoder=True)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(image.encode_z(x), image.encode_z(x, torch.zeros(2, 64, 64)))
+    with pytest.raises(InputError, match="whole image"):
+        image.encode(x, torch.ones(2, 1, 64, 64))
+    with pytest.raises(InputError, match="multiple of 16"):
+        image.encode(torch.rand(1, 3, 72, 64))
+
+
+def test_region_norm_reproduces_the_reference_scaling_quirk():
+    norm = RegionNorm(128)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 128, 8, 8)
+    empty = norm(x, torch.zeros(2, 1, 8, 8))
+    gn = F.group_norm(x, 32, eps=1e-6)
+    expected = gn * norm.weight[:, None, None] / 2.0 + norm.bias[:, None, None]  # 1/sqrt(C/G), C/G = 4
+    assert torch.allclose(empty, expected, atol=1e-5)
+
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :3] = 1
+    out = norm(x, mask)
+    inside = F.group_norm(x, 32, norm.weight, norm.bias, eps=1e-6)
+    assert torch.allclose(out[..., :3, :], inside[..., :3, :], atol=1e-6)
+    # outside the hole: what the hole holds does not matter
+    out2 = norm(torch.where(mask.bool(), torch.randn_like(x) * 50, x), mask)
+    assert torch.allclose(out[..., 3:, :], out2[..., 3:, :], atol=1e-5)
+
+
+def test_quantizer_legacy_flag_moves_beta_between_terms():
+    z = torch.randn(1, 8, 2, 2, requires_grad=True)
+    grads = {}
+    for legacy in (True, False):
+        torch.manual_seed(0)
+        q = VectorQuantizer2(16, 8, beta=0.25, legacy=legacy)
+        zq, loss, idx = q(z)
+        z.grad = None
+        loss.backward()
+        grads[legacy] = (z.grad.clone(), q.embedding.weight.grad.clone())
+        d = torch.cdist(z.detach().permute(0, 2, 3, 1).reshape(-1, 8), q.embedding.weight.detach())
+        assert torch.equal(idx.flatten(), d.argmin(1))
+    assert torch.allclose(grads[True][0] * 0.25, grads[False][0], atol=1e-7)  # commitment: 1 vs beta
+    assert torch.allclose(grads[True][1], grads[False][1] * 0.25, atol=1e-7)  # codebook: beta vs 1
