@@ -156,6 +156,15 @@ def _manifest(project: Project, photo_member: str | None, extra: dict | None) ->
     return manifest
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _disk_full(path: Path) -> SgraffitoError:
     try:
         free = shutil.disk_usage(path.parent).free
@@ -180,6 +189,8 @@ def atomic_write(path: str | Path):
         raise InputError(f"cannot save {path}: {error.strerror or error}") from None
     temp = Path(temp_name)
     try:
+        # mkstemp makes the file private (0600); a saved file gets the mode an ordinary open() would give it
+        os.chmod(temp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK)
         with os.fdopen(descriptor, "wb") as handle:
             yield handle
             handle.flush()

@@ -61,3 +61,13 @@ def test_label_map_export_is_indexed_with_the_set_palette(tmp_path):
         assert image.mode == "P"
         assert image.convert("RGB").getpixel((5, 30)) == COCO.by_id[COCO.id_of("grass")].color
     assert (load_label_map(path, COCO, size=(60, 40)) == ids).all()
+
+
+def test_exported_files_get_ordinary_permissions(tmp_path, result):
+    import os
+    import stat
+
+    path = export_image(tmp_path / "shared.png", result)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600

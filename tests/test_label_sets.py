@@ -49,3 +49,19 @@ def test_colour_coded_cityscapes_map_reads_back(tmp_path):
     path = tmp_path / "city_color.png"
     Image.fromarray(cityscapes.colorize(ids)).save(path)
     assert (load_label_map(path, cityscapes) == ids).all()
+
+
+def test_shipped_samples_open_and_the_landscape_label_map_fits():
+    from engine.imageio import load_photo
+
+    samples = assets_dir() / "samples"
+    photos = {path.name: load_photo(path) for path in samples.glob("*.jpg")}
+    assert sum(not photo.is_grayscale for photo in photos.values()) >= 3
+    assert photos["camera.jpg"].is_grayscale
+    assert all(path.stat().st_size < 1_000_000 for path in samples.glob("*.jpg"))
+    licences = (samples / "LICENSES.md").read_text()
+    assert all(name in licences for name in photos)
+    coco = load_label_set("coco-stuff-182")
+    labels = load_label_map(samples / "summer-palace.labels.png", coco, size=photos["summer-palace.jpg"].size)
+    present = {coco.name_of(i) for i in np.unique(labels)}
+    assert present == {"sky-other", "tree", "water-other", "building-other"}
