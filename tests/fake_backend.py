@@ -4,6 +4,7 @@ It "samples" row by row like an autoregressive model: every row of the working r
 gets a colour derived from (seed, row), so candidates differ by seed and are reproducible. Params:
   rows_per_step   how many rows per progress/cancel step (default 8)
   hold_at_row     stop at that row and wait (checking cancel) until cancelled: deterministic mid-job cancel
+  hold_marker     a file created when it starts holding (for tests that cancel another process)
   fail            "input" raises InputError (user error), "bug" raises RuntimeError (a backend bug)
   work            extra CPU work per row: that many 64x64 float matrix products in numpy (the UI-stall bench)
   python_work     pure-Python loop iterations per row (holds the GIL, the worst case for a UI thread)
@@ -12,6 +13,7 @@ gets a colour derived from (seed, row), so candidates differ by seed and are rep
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +56,8 @@ class FakeBackend:
                 ctx.check_cancelled()
                 if hold is not None and row >= hold:
                     ctx.progress(ctx.seeds.index(seed) / request.k, f"holding at row {row}")
+                    if params.get("hold_marker"):
+                        Path(params["hold_marker"]).touch()
                     while True:
                         ctx.check_cancelled()
                         time.sleep(0.002)
