@@ -41,9 +41,15 @@ class Document(QObject):
         self.label_set: LabelSet = load_label_set(DEFAULT_SET)
         self.photo = None  # engine.imageio.Photo, or None for a document made from a label map alone
         self.image: np.ndarray | None = None  # (H, W, 3) uint8: the photo with applied candidates; None without photo
+        self._image_is_photo = False
         self.original_labels = np.zeros((0, 0), np.uint16)
         self.labels = np.zeros((0, 0), np.uint16)
         self.project = None  # the engine.project.Project this document was loaded from or last saved as
+        # Kept in the project file; the gallery owns their meaning. candidates: engine.project.StoredCandidate;
+        # history: applied candidates, oldest first (dicts with model, seed, ...); hints: colorize mode hints.
+        self.candidates: list = []
+        self.history: list[dict] = []
+        self.hints: list[dict] = []
         self.path: Path | None = None  # the .sgraffito file, once saved or opened
         self.source: Path | None = None  # the file the document came from (project, photo or label map)
         self.doc_id = ""
@@ -66,7 +72,8 @@ class Document(QObject):
         `unsaved`: the content itself is not saved anywhere yet (recovered from an autosave)."""
         self.label_set = label_set
         self.photo = photo
-        if image is None and photo is not None:
+        self._image_is_photo = image is None and photo is not None
+        if self._image_is_photo:
             image = photo.rgb
         self.image = None if image is None else np.ascontiguousarray(image)
         self.labels = np.ascontiguousarray(labels, dtype=np.uint16).copy()
@@ -74,6 +81,9 @@ class Document(QObject):
         self.original_labels = np.ascontiguousarray(base, dtype=np.uint16).copy()
         self.path = Path(path) if path else None
         self.project = project
+        self.candidates = list(project.candidates) if project is not None else []
+        self.history = list(project.history) if project is not None else []
+        self.hints = list(project.hints) if project is not None else []
         self.title = title or (photo.name if photo is not None else "untitled")
         self.source = Path(source) if source else self.path
         self.doc_id = uuid.uuid4().hex  # names this document's autosave file
@@ -175,6 +185,10 @@ class Document(QObject):
 
     # ---- editing -------------------------------------------------------------------------------------------
     def layer(self, name: str) -> np.ndarray:
+        if name == "image" and self.image is not None and (self._image_is_photo or not self.image.flags.writeable):
+            # copy on the first applied patch: the photo's own pixels stay as loaded
+            self.image = self.image.copy()
+            self._image_is_photo = False
         return {"labels": self.labels, "image": self.image}[name]
 
     def _written(self, name: str, rect: QRect) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import export as engine_export
 from engine import project as engine_project
 from engine.errors import SgraffitoError
 from engine.imageio import load_label_map, load_photo, new_label_map
@@ -62,16 +63,15 @@ def _project_content(project: Project, **extra) -> dict:
 
 
 def to_project(document) -> Project:
-    """The document as an engine Project; candidates, history and hints carry over from the one it came from."""
+    """The document as an engine Project (arrays shared, not copied: it is written at once)."""
     photo, image = document.photo, document.image
     unchanged = photo is None or image is photo.rgb or np.array_equal(image, photo.rgb)
-    previous = document.project
     project = Project(photo=photo, label_set=document.label_set.name,
                       original_labels=document.original_labels, edited_labels=document.labels,
-                      result=None if unchanged else image, mode=document.mode)
-    if previous is not None:
-        project.candidates, project.history, project.hints = previous.candidates, previous.history, previous.hints
-        project.created = previous.created
+                      result=None if unchanged else image, candidates=list(document.candidates),
+                      history=list(document.history), hints=list(document.hints), mode=document.mode)
+    if document.project is not None:
+        project.created = document.project.created
     return project
 
 
@@ -110,3 +110,22 @@ def read_autosave(entry: Recoverable) -> dict:
 
 def forget_autosave(entry: Recoverable) -> None:
     engine_project.discard_autosave(entry.doc_id)
+
+
+def export_metadata(document) -> dict:
+    """What went into the exported image: the source photo, the label set and every applied candidate's
+    parameters (model, seed, ...), in the order they were applied."""
+    metadata = {"Source": document.photo.name if document.photo is not None else document.title,
+                "LabelSet": document.label_set.name}
+    if document.history:
+        metadata["History"] = document.history
+    return metadata
+
+
+def export_image(document, path: Path) -> Path:
+    return engine_export.export_image(path, document.image, metadata=export_metadata(document),
+                                      generated=bool(document.history))
+
+
+def export_label_map(document, path: Path) -> Path:
+    return engine_export.export_label_map(path, document.labels, document.label_set)

@@ -397,3 +397,66 @@ def test_label_sets_other_than_the_default_work(window, tmp_path):
     assert window.palette.set_combo.currentData() == "cityscapes"
     assert not window.palette.subset_check.isVisible()
     assert window.palette.labels.count() >= 30
+
+
+# ---- export -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".webp"])
+def test_export_writes_the_native_size_with_metadata(opened, tmp_path, suffix):
+    from engine.export import read_export_metadata
+
+    window = opened
+    path = tmp_path / f"out{suffix}"
+    assert window.export_image(path)
+    found = read_export_metadata(path)
+    assert found["size"] == (WIDTH, HEIGHT)
+    assert found["software"].startswith("Sgraffito")
+    assert found["parameters"]["Source"] == "valley.jpg"
+    assert found["digital_source_type"] is None  # nothing generated was applied yet
+    if suffix == ".png":
+        with Image.open(path) as image:
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), window.document.image)
+
+
+def test_export_marks_applied_candidates_as_ai_composites(opened, tmp_path):
+    from engine.export import COMPOSITE_WITH_AI, read_export_metadata
+
+    doc = opened.document
+    patch = np.full((10, 10, 3), 200, np.uint8)
+    doc.write_patch("image", 5, 5, patch, "Apply candidate")
+    doc.history.append({"model": "asapnet-landscape", "seed": 7})
+    assert (doc.image[5:15, 5:15] == 200).all() and doc.dirty
+    path = tmp_path / "composite.png"
+    assert opened.export_image(path)
+    found = read_export_metadata(path)
+    assert found["digital_source_type"] == COMPOSITE_WITH_AI
+    assert found["parameters"]["History"] == [{"model": "asapnet-landscape", "seed": 7}]
+    opened.document.undo_stack.undo()
+    assert not (doc.image[5:15, 5:15] == 200).all()
+
+
+def test_export_label_map_is_an_indexed_png_with_the_palette(opened, tmp_path):
+    doc = opened.document
+    doc.set_active_label(ROCK)
+    drag(opened, [(60, 60)])
+    path = tmp_path / "labels.png"
+    assert opened.export_label_map(path)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), doc.labels)
+        palette = image.getpalette()
+        assert tuple(palette[3 * ROCK:3 * ROCK + 3]) == doc.label_set.by_id[ROCK].color
+
+
+def test_edited_result_round_trips_through_the_project(opened, tmp_path, qtbot):
+    doc = opened.document
+    doc.write_patch("image", 0, 0, np.zeros((8, 8, 3), np.uint8), "Apply candidate")
+    doc.history.append({"model": "test", "seed": 1})
+    path = tmp_path / "result.sgraffito"
+    assert opened.save_as(path)
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.open_path(path)
+    np.testing.assert_array_equal(again.document.image, doc.image)
+    assert again.document.history == [{"model": "test", "seed": 1}]
