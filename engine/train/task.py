@@ -1,0 +1,181 @@
+"""The training config, the task interface every model trainer implements, and the task registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from engine.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs; task-specific settings go in `options` (read them in your task)."""
+
+    task: str = ""
+    steps: int = 1000  # optimizer steps (each of `grad_accum` micro-batches)
+    batch_size: int = 8  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0  # AdamW; applied to >= 2-D weights only
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # "cosine" (to 10% of lr) or "constant", after the linear warmup
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.999  # 0 disables the EMA copy
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 on CUDA, fp32 on CPU
+    eval_every: int = 500  # 0: only at the end
+    save_every: int = 500  # 0: only at the end
+    log_every: int = 10
+    max_minutes: float = 0.0  # time budget; 0 means none. The run saves, evaluates and exports when it ends.
+    out_dir: str = ""  # default: runs/<task>
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", ... (under torchrun: cuda:LOCAL_RANK when CUDA is present)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown training settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        config = cls(**values)
+        config.betas = tuple(float(b) for b in config.betas)
+        if config.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"{source}: precision must be auto, bf16 or fp32, not {config.precision!r}")
+        if config.schedule not in ("cosine", "constant"):
+            raise InputError(f"{source}: schedule must be cosine or constant, not {config.schedule!r}")
+        if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+            raise InputError(f"{source}: steps, batch_size and grad_accum must be at least 1")
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Load a YAML mapping of these fields; `overrides` (e.g. from the command line) win."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as error:
+            raise InputError(f"{path}: cannot read training config ({error.strerror or error})") from None
+        except yaml.YAMLError as error:
+            raise InputError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(values, dict):
+            raise InputError(f"{path}: a training config must be a YAML mapping of settings")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, str(path))
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["betas"] = list(self.betas)
+        return values
+
+
+class TrainTask:
+    """What a model contributes to the loop. Subclass it and override at least build_model, train_dataset, loss.
+
+    The loop sets `self.config` (TrainConfig), `self.device` (torch.device), `self.step` (the optimizer step
+    being computed), `self.rank` and `self.world_size` before it calls anything else.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.device = torch.device("cpu")
+        self.step = 0
+        self.rank, self.world_size = 0, 1
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        """A map-style Dataset (sharded with a DistributedSampler) or an IterableDataset that shards itself."""
+        raise NotImplementedError
+
+    def collate(self, items: list) -> Any:
+        return torch.utils.data.default_collate(items)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss, logs) for one micro-batch already on `self.device`. Call `model(...)`: under torchrun
+        `model` is the DistributedDataParallel wrapper, whose forward is what synchronises the gradients."""
+        raise NotImplementedError
+
+    def configure_optimizers(self, model: torch.nn.Module):
+        """(optimizer, scheduler or None). Default: AdamW (decay on >= 2-D weights) with warmup + cosine/constant."""
+        cfg = self.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Metrics on the held-out split (engine.data.landscapes.EVAL_SEEDS), rank 0 only, under no_grad."""
+        return {}
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> Path | None:
+        """Write the trained model folder (engine.checkpoints.save_model_dir) under `out_dir`; rank 0 only."""
+        return None
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    import math
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+_TASKS: dict[str, Callable[[TrainConfig], TrainTask]] = {}
+
+
+def register_task(name: str):
+    """Decorator: `@register_task("asset-transformer")` on a TrainTask subclass or a factory(config) -> TrainTask."""
+
+    def decorate(factory):
+        _TASKS[name] = factory
+        return factory
+
+    return decorate
+
+
+def discover_tasks() -> None:
+    """Import every `engine.train.tasks_*` module and every `engine.models` module whose source mentions
+    `register_task`, so their decorators run. Modules are found by file name only; nothing else is imported."""
+    import engine.models
+    import engine.train
+
+    for info in pkgutil.iter_modules(engine.train.__path__):
+        if info.name.startswith("tasks_"):
+            importlib.import_module(f"engine.train.{info.name}")
+    for info in pkgutil.iter_modules(engine.models.__path__):
+        source = Path(engine.models.__path__[0]) / f"{info.name}.py"
+        if source.is_file() and "register_task" in source.read_text(encoding="utf-8", errors="replace"):
+            importlib.import_module(f"engine.models.{info.name}")
+
+
+def available_tasks() -> list[str]:
+    discover_tasks()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Callable[[TrainConfig], TrainTask]:
+    if name not in _TASKS:
+        discover_tasks()
+    if name not in _TASKS:
+        raise InputError(f"unknown training task {name!r}; available: {', '.join(sorted(_TASKS)) or 'none'}")
+    return _TASKS[name]

@@ -1,0 +1,73 @@
+"""A tiny trainer for the loop's tests: a 1x1-conv 'label map -> colours' model on 64x64 landscapes.
+
+Also runnable as a script (that is how the torchrun test starts it):
+    torchrun --nproc_per_node 2 -m tests.train_tiny_task OUT STEPS [--resume]
+Each rank then writes OUT/hash-rank<R>.txt with a hash of its final weights and the step it reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.data.datasets import LandscapeDataset
+from engine.data.landscapes import EVAL_SEEDS
+from engine.train import TrainConfig, TrainTask, register_task, train
+
+CLASSES = 183  # COCO-Stuff 182 ids plus one slot for everything else (unlabeled)
+
+
+def onehot(labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.one_hot(labels.clamp(max=CLASSES - 1), CLASSES).permute(0, 3, 1, 2).float()
+
+
+@register_task("tiny-test")
+class TinyTask(TrainTask):
+    def build_model(self):
+        return nn.Sequential(nn.Conv2d(CLASSES, 8, 1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+    def train_dataset(self):
+        return LandscapeDataset(size=64, length=self.config.options.get("length", 32))
+
+    def loss(self, model, batch):
+        loss = nn.functional.mse_loss(model(onehot(batch["labels"])), batch["image"])
+        return loss, {"mse": loss.item()}
+
+    def evaluate(self, model):
+        data = LandscapeDataset(size=64, length=4, seeds=EVAL_SEEDS)
+        batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+        prediction = model(onehot(batch["labels"]).to(self.device))
+        return {"eval_mse": nn.functional.mse_loss(prediction.float(), batch["image"].to(self.device)).item()}
+
+    def export(self, model, out_dir):
+        from safetensors.torch import save_model
+
+        path = Path(out_dir) / "tiny.safetensors"
+        save_model(model, str(path))
+        return path
+
+
+def weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    out, steps, resume = argv[0], int(argv[1]), "--resume" in argv
+    config = TrainConfig(task="tiny-test", steps=steps, batch_size=2, lr=1e-2, save_every=2, eval_every=3,
+                         log_every=1, out_dir=out, ema_decay=0.9, grad_accum=2)
+    result = train(config, resume=resume)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else int(__import__("os").environ.get("RANK", 0))
+    Path(out, f"hash-rank{rank}.txt").write_text(f"{result.step} {weights_hash(result.model)}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
