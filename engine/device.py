@@ -14,16 +14,16 @@ from engine.errors import InputError
 
 def resolve_device(choice: str | None = None) -> str:
     """A torch device string ("cuda", "cuda:1", "mps" or "cpu"); `choice` None or "auto" picks the best one."""
-    import torch  # the engine's only heavy import; keep `import engine.jobs` cheap for the CLI and the GUI
-
     choice = (choice or os.environ.get("SGRAFFITO_DEVICE") or "auto").strip().lower()
+    if choice == "cpu":  # no torch import: it costs seconds, and `--device cpu` needs no probing
+        return "cpu"
+    import torch
+
     if choice == "auto":
         if torch.cuda.is_available():
             return "cuda"
         if _mps_available(torch):
             return "mps"
-        return "cpu"
-    if choice == "cpu":
         return "cpu"
     if choice == "mps":
         if not _mps_available(torch):
@@ -41,14 +41,14 @@ def resolve_device(choice: str | None = None) -> str:
 
 
 def describe_device(device: str) -> str:
-    """A human-readable name, e.g. "NVIDIA H100 80GB HBM3 (cuda)" or "CPU (4 threads)"."""
-    import torch
-
+    """A human-readable name, e.g. "NVIDIA H100 80GB HBM3 (cuda)" or "CPU (4 cores)"."""
     if device.startswith("cuda"):
+        import torch
+
         return f"{torch.cuda.get_device_name(torch.device(device))} ({device})"
     if device == "mps":
         return "Apple GPU (mps)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def _mps_available(torch) -> bool:
