@@ -3,7 +3,7 @@
 Run it
 ------
     sgraffito train TASK --config FILE.yaml [--max-minutes M] [--out DIR] [--resume] [--set key=value ...]
-    .venv/bin/torchrun --nproc_per_node N -m app.cli train TASK --config FILE.yaml     # one process per GPU/CPU
+    .venv/bin/torchrun --nproc_per_node N -m app train TASK --config FILE.yaml     # one process per GPU or CPU slot
     sgraffito train --list                                                          # registered tasks
 
 or from Python: `train(TrainConfig.from_yaml(path, task="name"), resume=False) -> TrainResult`.
