@@ -90,19 +90,26 @@ def hint_maps(hints: list[Hint], photo_hw, work_hw, chroma_hw):
     """Hint map (3, h, w) = (a, b, mask) at the working size, and the clamped chroma pixels: ab (2, hc, wc) and
     mask (hc, wc). A hint clamps every chroma pixel whose centre lies in its disk, and at least the nearest."""
     H, W = photo_hw
-    work = np.zeros((3, *work_hw), np.float32)
-    ab_c = np.zeros((2, *chroma_hw), np.float32)
-    mask_c = np.zeros(chroma_hw, bool)
     for hint in hints:
         if not (0 <= hint.x < W and 0 <= hint.y < H):
             raise InputError(f"hint at ({hint.x:g}, {hint.y:g}) lies outside the {W}x{H} photo")
-        _, a, b = rgb_to_lab(np.array([[hint.rgb]], np.uint8))[0, 0]
+    points = [(h.x, h.y, h.radius, *rgb_to_lab(np.array([[h.rgb]], np.uint8))[0, 0, 1:]) for h in hints]
+    return paint_hints(points, photo_hw, work_hw, chroma_hw)
+
+
+def paint_hints(points, photo_hw, work_hw, chroma_hw):
+    """`hint_maps` for (x, y, radius, a, b) tuples in photo pixels (training draws its hints this way)."""
+    H, W = photo_hw
+    work = np.zeros((3, *work_hw), np.float32)
+    ab_c = np.zeros((2, *chroma_hw), np.float32)
+    mask_c = np.zeros(chroma_hw, bool)
+    for x, y, radius, a, b in points:
         for (h, w), target, mask in ((work_hw, work[:2], work[2]), (chroma_hw, ab_c, mask_c)):
             sy, sx = h / H, w / W
-            yy, xx = np.mgrid[0:h, 0:w]
-            cx, cy = hint.x * sx - 0.5, hint.y * sy - 0.5  # pixel centres sit at integer + 0.5
-            disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= (hint.radius * max(sx, sy)) ** 2
-            disk[min(h - 1, int(hint.y * sy)), min(w - 1, int(hint.x * sx))] = True
+            yy, xx = np.ogrid[0:h, 0:w]
+            cx, cy = x * sx - 0.5, y * sy - 0.5  # pixel centres sit at integer + 0.5
+            disk = (xx - cx) ** 2 + (yy - cy) ** 2 <= (radius * max(sx, sy)) ** 2
+            disk[min(h - 1, int(y * sy)), min(w - 1, int(x * sx))] = True
             target[0][disk], target[1][disk] = a, b
             mask[disk] = 1
     return work, ab_c, mask_c

@@ -81,7 +81,9 @@ def test_cli_writes_the_samples(model_dir, tmp_path, capsys):
                  "--out", str(out)])
     assert code == 0
     files = sorted(out.glob("*.png"))
-    assert [f.name for f in files] == ["old-pixelcnn-0.png", "old-pixelcnn-1.png"]
+    assert [f.name for f in files] == ["candidate_00.png", "candidate_01.png"]
+    record = json.loads((out / "candidates.json").read_text())
+    assert record["backend"] == "pixelcnn" and record["request"]["params"]["hints"][0]["rgb"] == "#3060c0"
     _, a, b = rgb_to_lab(np.array(Image.open(files[0]))[10:11, 10:11])[0, 0]
     assert b < -20 and abs(a) < 30, "the blue hint shows at its position"
 

@@ -1,0 +1,184 @@
+"""Training task "pixelcnn-colorizer": the gated PixelCNN colorizer on colour images.
+
+Data: synthetic landscapes (engine.data.landscapes) rendered at the working size, plus crops of the colour
+photos in `options.photos` (default assets/samples) when that folder has any. Training uses crops of the
+working-scale image (`options.crop`, default 64 px: a 16x16 chroma grid), not whole 128 px images: the model is
+fully convolutional and sees the same scale as at inference, for a quarter of the compute. Half of the items
+carry random colour hints taken from the ground truth, so the embedding learns to use the hint channels.
+
+Loss: cross-entropy of the joint a*b bin of every chroma pixel, teacher-forced on the quantised ground truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoints import save_model_dir
+from engine.colorize_pixelcnn import DEFAULT_MODEL, colorize, lab_to_rgb, paint_hints, rgb_to_lab
+from engine.data.datasets import IMAGE_SUFFIXES
+from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
+from engine.paths import assets_dir
+from engine.train.task import TrainConfig, TrainTask, register_task
+
+
+def training_example(rgb: np.ndarray, rng: np.random.Generator, cfg: PixelCNNConfig, hint_prob: float) -> dict:
+    """(c, c, 3) uint8 crop -> luminance (1, c, c), hint maps (3, c, c), target bins (c/ds, c/ds) as ab (2, ...)."""
+    lab = rgb_to_lab(rgb)
+    c, ds = rgb.shape[0], cfg.downsample
+    ab_low = cv2.resize(lab[:, :, 1:], (c // ds, c // ds), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+    points = []
+    if rng.random() < hint_prob:
+        for _ in range(int(rng.integers(1, 9))):
+            py, px = (int(v) for v in rng.integers(0, c // ds, size=2))
+            points.append(((px + 0.5) * ds, (py + 0.5) * ds, float(rng.uniform(1.5, 8)), *ab_low[:, py, px]))
+    hints, _, _ = paint_hints(points, (c, c), (c, c), (c // ds, c // ds))
+    return {"lum": torch.from_numpy(lab[None, :, :, 0].copy()), "hints": torch.from_numpy(hints),
+            "ab": torch.from_numpy(np.ascontiguousarray(ab_low))}
+
+
+class ColourCrops(torch.utils.data.IterableDataset):
+    """An endless stream of crops: `crops_per_scene` from each random training landscape (rendering a scene
+    costs more than a training step's share of it) and, with probability `photo_fraction`, one of a photo."""
+
+    def __init__(self, cfg: PixelCNNConfig, crop: int, hint_prob: float, photos: list[np.ndarray],
+                 photo_fraction: float, crops_per_scene: int = 4):  # fmt: skip
+        self.cfg, self.crop, self.hint_prob, self.crops_per_scene = cfg, crop, hint_prob, crops_per_scene
+        self.photos, self.photo_fraction = photos, photo_fraction if photos else 0.0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([torch.initial_seed() % 2**32, info.id if info else 0])
+        ds = self.cfg.downsample
+        while True:
+            if rng.random() < self.photo_fraction:
+                # Photos at about the working scale (long side 128 for 4:3), jittered.
+                image = self.photos[int(rng.integers(len(self.photos)))]
+                scale = rng.uniform(96, 160) / min(image.shape[:2])
+                image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            else:
+                image = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.cfg.work_size).image
+            for _ in range(self.crops_per_scene):
+                y, x = (int(rng.integers(0, (n - self.crop) // ds + 1)) * ds for n in image.shape[:2])
+                rgb = image[y : y + self.crop, x : x + self.crop]
+                if rng.random() < 0.5:
+                    rgb = rgb[:, ::-1]
+                yield training_example(np.ascontiguousarray(rgb), rng, self.cfg, self.hint_prob)
+
+
+def mean_chroma(seeds, size: int) -> np.ndarray:
+    """The average a*, b* of some training scenes: the "mean colour" baseline."""
+    return np.mean([rgb_to_lab(generate_scene(int(s), size).image)[:, :, 1:].mean(axis=(0, 1)) for s in seeds], axis=0)
+
+
+def psnr_ab(image: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR of the a*, b* channels with a peak of 255 (the a*b* span of 8-bit Lab)."""
+    mse = float(np.mean((rgb_to_lab(image)[:, :, 1:] - rgb_to_lab(truth)[:, :, 1:]) ** 2))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def evaluate_colorizer(model: PixelCNNColorizer, scenes: int, samples: int = 4, mean_ab=None) -> dict[str, float]:
+    """Chroma PSNR and colourfulness on held-out scenes for: the gray photo, the mean training colour, the
+    PixelCNN's most likely colours (temperature 0) and its samples (temperature 1; mean and best of `samples`),
+    plus the teacher-forced NLL in bits per chroma pixel."""
+    from engine import metrics
+    from engine.composite import transfer_chroma
+
+    cfg = model.config
+    mean_ab = mean_chroma(TRAIN_SEEDS[:32], cfg.work_size) if mean_ab is None else mean_ab
+    rows: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        rows.setdefault(name, []).append(value)
+
+    for seed in EVAL_SEEDS[:scenes]:
+        truth = generate_scene(int(seed), cfg.work_size).image
+        gray = cv2.cvtColor(truth, cv2.COLOR_RGB2GRAY)
+        lab = rgb_to_lab(truth)
+        flat = lab.copy()
+        flat[:, :, 1:] = mean_ab
+        outputs = {"gray": np.repeat(gray[:, :, None], 3, axis=2),
+                   "mean_colour": transfer_chroma(gray, lab_to_rgb(flat)),
+                   "argmax": colorize(model, gray, [0], temperature=0.0)[0]}
+        drawn = colorize(model, gray, list(range(samples)), temperature=1.0)
+        for name, image in outputs.items():
+            add(f"psnr_ab_{name}", psnr_ab(image, truth))
+            add(f"colorfulness_{name}", metrics.colorfulness(image))
+        scores = [psnr_ab(image, truth) for image in drawn]
+        add("psnr_ab_sample", float(np.mean(scores)))
+        add(f"psnr_ab_best_of_{samples}", float(np.max(scores)))
+        add("colorfulness_sample", float(np.mean([metrics.colorfulness(image) for image in drawn])))
+        add("colorfulness_truth", metrics.colorfulness(truth))
+        lum = torch.from_numpy(lab[None, None, :, :, 0].copy())
+        ab_low = cv2.resize(lab[:, :, 1:], None, fx=1 / cfg.downsample, fy=1 / cfg.downsample,
+                            interpolation=cv2.INTER_AREA)
+        ab_low = torch.from_numpy(ab_low.transpose(2, 0, 1)[None].copy())
+        cond, glob = model.conditioning(lum, torch.zeros(1, 3, *lum.shape[-2:]))
+        target = model.quantize(ab_low)
+        nll = F.cross_entropy(model(model.bin_centers(target), cond, glob), target)
+        add("nll_bits_per_chroma_pixel", float(nll) / np.log(2))
+    return {name: float(np.mean(values)) for name, values in rows.items()}
+
+
+@register_task("pixelcnn-colorizer")
+class PixelCNNColorizerTask(TrainTask):
+    """options: model (PixelCNNConfig fields), crop (64), hint_prob (0.5), photos (folder, default
+    assets/samples), photo_fraction (0.15), eval_scenes (16), name (the exported folder)."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        opts = config.options
+        self.model_cfg = PixelCNNConfig.from_dict(opts.get("model", {}))
+        self.crop = int(opts.get("crop", 64))
+        if self.crop % self.model_cfg.downsample or self.crop > self.model_cfg.work_size:
+            raise ValueError(f"crop {self.crop} must be a multiple of downsample and at most work_size")
+        self.hint_prob = float(opts.get("hint_prob", 0.5))
+        self.photos_dir = Path(opts.get("photos", assets_dir() / "samples"))
+        self.photo_fraction = float(opts.get("photo_fraction", 0.15))
+        self.eval_scenes = int(opts.get("eval_scenes", 16))
+        self.name = opts.get("name", DEFAULT_MODEL)
+        self._mean_ab = None
+
+    def photos(self) -> list[np.ndarray]:
+        """The colour photos of `photos_dir` (not label maps, not gray ones), downscaled to short side 160."""
+        from engine.imageio import load_photo
+
+        found = []
+        for path in sorted(self.photos_dir.glob("*")) if self.photos_dir.is_dir() else []:
+            if path.suffix.lower() not in IMAGE_SUFFIXES or ".labels." in path.name:
+                continue
+            photo = load_photo(path)
+            if not photo.is_grayscale:
+                scale = 160 / min(photo.rgb.shape[:2])
+                found.append(cv2.resize(photo.rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+        return found
+
+    def build_model(self) -> PixelCNNColorizer:
+        return PixelCNNColorizer(self.model_cfg)
+
+    def train_dataset(self) -> ColourCrops:
+        return ColourCrops(self.model_cfg, self.crop, self.hint_prob, self.photos(), self.photo_fraction)
+
+    def loss(self, model, batch):
+        raw = model.module if hasattr(model, "module") else model
+        cond, glob = raw.conditioning(batch["lum"], batch["hints"])
+        target = raw.quantize(batch["ab"])
+        logits = model(raw.bin_centers(target), cond, glob)
+        loss = F.cross_entropy(logits, target)
+        return loss, {"bits_per_chroma_pixel": float(loss.detach()) / np.log(2)}
+
+    def evaluate(self, model) -> dict[str, float]:
+        if self._mean_ab is None:
+            self._mean_ab = mean_chroma(TRAIN_SEEDS[:32], self.model_cfg.work_size)
+        return evaluate_colorizer(model, self.eval_scenes, mean_ab=self._mean_ab)
+
+    def export(self, model, out_dir: Path) -> Path:
+        config = {"kind": "pixelcnn", "title": "PixelCNN colorizer (demo, synthetic landscapes)",
+                  **self.model_cfg.to_dict(), "training": {"task": self.config.task, "steps": self.config.steps}}
+        return save_model_dir(Path(out_dir) / self.name, {"model": model.state_dict()}, config)
