@@ -34,7 +34,7 @@ from PIL import Image
 
 from engine import __version__
 from engine.errors import InputError, SgraffitoError
-from engine.imageio import DEFAULT_MAX_PIXELS, Photo, load_photo_bytes, open_image
+from engine.imageio import DEFAULT_MAX_PIXELS, Photo, check_label_ids, load_photo_bytes, open_image
 from engine.labels import load_label_set
 from engine.paths import user_data_dir
 
@@ -353,7 +353,7 @@ def load_project(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> P
                 raise InputError(f"{name}: {member} is {ids.shape[1]}x{ids.shape[0]} but the photo is "
                                  f"{width}x{height}")
             ids = ids.astype(np.uint16)
-            label_set.check_ids(ids, f"{name}: {member}")
+            check_label_ids(ids, label_set, f"{name}: {member}")
             return ids
 
         original, edited = label_map("original"), label_map("edited")

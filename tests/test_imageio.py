@@ -227,3 +227,21 @@ def test_label_map_wrong_size_and_unknown_ids(tmp_path):
 def test_new_label_map_is_unlabeled():
     label_map = new_label_map((7, 5), COCO)
     assert label_map.shape == (5, 7) and label_map.dtype == np.uint16 and (label_map == 255).all()
+
+
+def test_photo_pixels_are_read_only_and_match_the_file(tmp_path, photo_rgb):
+    photo = load_photo(save(tmp_path / "p.png", photo_rgb))
+    with pytest.raises(ValueError):
+        photo.rgb[0, 0] = 0  # the original stays pristine: results are copies
+    from engine.imageio import photo_from_rgb
+
+    mutable = photo_rgb.copy()
+    generated = photo_from_rgb(mutable, "scene.png")
+    mutable[:] = 0
+    assert (generated.rgb == photo_rgb).all() and load_photo_bytes_roundtrip(generated)
+
+
+def load_photo_bytes_roundtrip(photo):
+    from engine.imageio import load_photo_bytes
+
+    return (load_photo_bytes(photo.data, photo.name).rgb == photo.rgb).all()
