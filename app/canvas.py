@@ -19,13 +19,14 @@ from app.document import Document
 
 ZOOM_STEP = 1.25
 MIN_ZOOM, MAX_ZOOM = 0.01, 64.0
+UNIFORM_CHECK = 1 << 20  # pixels: above this, test for a single label before recolouring
 
 
-def rgb_qimage(rgb: np.ndarray) -> QImage:
-    """A QImage in the raster engine's native 32-bit format, so drawing needs no per-pixel conversion."""
+def wrap_rgb(rgb: np.ndarray) -> QImage:
+    """A QImage over the array's own memory: no copy of a 24-MP photo; painting reads only the exposed part.
+    The caller keeps `rgb` alive as long as the QImage."""
     height, width = rgb.shape[:2]
-    wrapped = QImage(rgb.data, width, height, rgb.strides[0], QImage.Format.Format_RGB888)
-    return wrapped.convertToFormat(QImage.Format.Format_RGB32)
+    return QImage(rgb.data, width, height, rgb.strides[0], QImage.Format.Format_RGB888)
 
 
 class ImageItem(QGraphicsItem):
@@ -34,12 +35,14 @@ class ImageItem(QGraphicsItem):
     def __init__(self, smooth: bool):
         super().__init__()
         self.image = QImage()
+        self.buffer: np.ndarray | None = None
         self.smooth = smooth
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
 
-    def set_image(self, image: QImage) -> None:
+    def set_image(self, image: QImage, buffer: np.ndarray | None = None) -> None:
         self.prepareGeometryChange()
         self.image = image
+        self.buffer = buffer  # the memory `image` wraps
         self.update()
 
     def boundingRect(self) -> QRectF:
@@ -84,7 +87,9 @@ class Canvas(QGraphicsView):
             item.setZValue(z)
             self.scene().addItem(item)
         self.overlay = np.zeros((0, 0, 4), np.uint8)  # RGBA, premultiplied: alpha is 0 (unlabeled) or 255
-        self.lut = np.zeros((65536, 4), np.uint8)
+        self.lut = np.zeros(65536, np.uint32)  # label id -> RGBA packed in memory order
+        self._lut_set = None
+        self._overlay_fresh = False
         self.tool = None  # app.tools.Tool: receives presses/moves/releases in image coordinates
         self.preview_items: list[QGraphicsItem] = []
         self._pan_from: QPointF | None = None
@@ -105,31 +110,45 @@ class Canvas(QGraphicsView):
         doc = self.document
         width, height = doc.size
         if doc.image is not None:
-            self.photo_item.set_image(rgb_qimage(doc.image))
+            self.photo_item.set_image(wrap_rgb(doc.image), doc.image)
         else:
             self.photo_item.set_image(QImage())
+        # zeroed pages come lazily from the OS: a new, all-unlabeled (transparent) map costs no recolouring
         self.overlay = np.zeros((height, width, 4), np.uint8)
-        self._overlay_image = QImage(self.overlay.data, width, height, width * 4,
-                                     QImage.Format.Format_RGBA8888_Premultiplied)
-        self.overlay_item.set_image(self._overlay_image)
-        self.on_label_set_changed()
+        self._overlay_fresh = True
+        self.overlay_item.set_image(QImage(self.overlay.data, width, height, width * 4,
+                                           QImage.Format.Format_RGBA8888_Premultiplied), self.overlay)
+        self.on_label_set_changed(force=True)
         self.scene().setSceneRect(QRectF(0, 0, width, height))
         self.on_view_changed()
         self.fit()
 
-    def on_label_set_changed(self) -> None:
+    def on_label_set_changed(self, force: bool = False) -> None:
         label_set = self.document.label_set
-        self.lut = np.zeros((65536, 4), np.uint8)
+        if label_set is self._lut_set and not force:
+            return
+        self._lut_set = label_set
+        lut = np.zeros((65536, 4), np.uint8)
         for label in label_set.labels:
             if label.id != label_set.unlabeled:
-                self.lut[label.id] = (*label.color, 255)
+                lut[label.id] = (*label.color, 255)
+        # one uint32 per RGBA pixel: a 1-D gather is ~10x faster than indexing an (N, 4) table
+        self.lut = lut.view(np.uint32).ravel()
         if self.document.is_open:
             self.recolour(self.document.rect)
             self.overlay_item.update()
 
     def recolour(self, rect: QRect) -> None:
         x0, y0, x1, y1 = rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1
-        self.overlay[y0:y1, x0:x1] = self.lut[self.document.labels[y0:y1, x0:x1]]
+        labels = self.document.labels[y0:y1, x0:x1]
+        target = self.overlay.view(np.uint32)[y0:y1, x0:x1, 0]
+        if labels.size > UNIFORM_CHECK and labels.min() == labels.max():
+            value = self.lut[labels[0, 0]]
+            if value or not self._overlay_fresh:
+                target.fill(value)
+        else:
+            target[...] = self.lut[labels]
+        self._overlay_fresh = False
 
     def on_labels_changed(self, rect: QRect) -> None:
         self.recolour(rect)
@@ -141,14 +160,10 @@ class Canvas(QGraphicsView):
         doc = self.document
         if doc.image is None:
             return
-        if rect == doc.rect or self.photo_item.image.isNull():
-            self.photo_item.set_image(rgb_qimage(doc.image))
-            return
-        patch = np.ascontiguousarray(doc.image[rect.top():rect.bottom() + 1, rect.left():rect.right() + 1])
-        painter = QPainter(self.photo_item.image)
-        painter.drawImage(rect.topLeft(), rgb_qimage(patch))
-        painter.end()
-        self.photo_item.update(QRectF(rect))
+        if doc.image is not self.photo_item.buffer:  # the document copied the photo on its first change
+            self.photo_item.set_image(wrap_rgb(doc.image), doc.image)
+        else:
+            self.photo_item.update(QRectF(rect))
 
     def on_view_changed(self) -> None:
         doc = self.document

@@ -68,7 +68,8 @@ class Document(QObject):
     def load(self, *, label_set: LabelSet, labels: np.ndarray, original_labels: np.ndarray | None = None,
              photo=None, image: np.ndarray | None = None, path: Path | None = None, project=None,
              title: str = "", mode: str | None = None, source: Path | None = None, unsaved: bool = False) -> None:
-        """Replace the whole content. Callers validate first: nothing here can fail half-way.
+        """Replace the whole content, taking over the arrays. Callers validate first: nothing here can fail
+        half-way.
         `unsaved`: the content itself is not saved anywhere yet (recovered from an autosave)."""
         self.label_set = label_set
         self.photo = photo
@@ -76,9 +77,12 @@ class Document(QObject):
         if self._image_is_photo:
             image = photo.rgb
         self.image = None if image is None else np.ascontiguousarray(image)
-        self.labels = np.ascontiguousarray(labels, dtype=np.uint16).copy()
-        base = labels if original_labels is None else original_labels
-        self.original_labels = np.ascontiguousarray(base, dtype=np.uint16).copy()
+        # the arrays are taken over, not copied (24 MP: 48 MB each); the original is a copy when not given
+        self.labels = np.ascontiguousarray(labels, dtype=np.uint16)
+        if original_labels is None or original_labels is labels:
+            self.original_labels = self.labels.copy()
+        else:
+            self.original_labels = np.ascontiguousarray(original_labels, dtype=np.uint16)
         self.path = Path(path) if path else None
         self.project = project
         self.candidates = list(project.candidates) if project is not None else []
@@ -170,8 +174,6 @@ class Document(QObject):
         self.label_set_changed.emit()
         self.active_label_changed.emit(self.active_label)
         self.recent_labels_changed.emit()
-        if self.is_open:
-            self.labels_changed.emit(self.rect)
 
     def set_view_mode(self, mode: str) -> None:
         if mode not in VIEW_MODES:

@@ -37,16 +37,23 @@ def read_labels_for(path: Path, label_set: LabelSet, size: tuple[int, int]):
     return load_label_map(path, label_set, size=size)
 
 
-def demo_sample(samples_dir: Path) -> Path | None:
-    """The first colour photo among the bundled samples (grayscale ones open in colorize mode)."""
-    candidates = sorted(p for p in samples_dir.glob("*") if p.suffix.lower() in SAMPLE_SUFFIXES)
-    for path in candidates:
+def demo_sample(samples_dir: Path) -> tuple[Path, Path | None] | None:
+    """A bundled colour photo and its label map (`<stem>.labels.png`): one that has a map shows the editor
+    best, else the first colour photo; grayscale ones would open in colorize mode."""
+    photos = sorted(p for p in samples_dir.glob("*")
+                    if p.suffix.lower() in SAMPLE_SUFFIXES and not p.name.endswith(".labels.png"))
+    colour = []
+    for path in photos:
         try:
             if not load_photo(path).is_grayscale:
-                return path
+                colour.append(path)
         except SgraffitoError:  # a broken sample must not stop the demo from opening another one
             continue
-    return candidates[0] if candidates else None
+    for path in colour:
+        labels = path.with_name(path.stem + ".labels.png")
+        if labels.is_file():
+            return path, labels
+    return (colour[0], None) if colour else None
 
 
 def read_project(path: Path) -> dict:

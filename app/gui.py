@@ -35,7 +35,7 @@ def open_start_document(window: MainWindow, args) -> None:
     elif args.demo:
         sample = files.demo_sample(assets_dir() / "samples")
         if sample is not None:
-            window.open_path(sample, label_set=label_set)
+            window.open_path(sample[0], labels=sample[1], label_set=label_set)
         else:
             window.statusBar().showMessage("No sample photos in assets/samples", 8000)
 

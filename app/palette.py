@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QLabel, QLineEdit, QListWidget, QListWidgetItem,
@@ -69,10 +71,21 @@ class PaletteDock(QDockWidget):
         layout.addWidget(self.active)
         self.setWidget(body)
 
+        self.present: list[int] = []  # ids used in the open label maps
+        document.reset.connect(self._document_reset)
         document.label_set_changed.connect(self._label_set_changed)
         document.recent_labels_changed.connect(self.refresh_recent)
         document.active_label_changed.connect(self._active_changed)
         self._label_set_changed()
+
+    def _document_reset(self) -> None:
+        doc = self.document
+        self.present = []
+        if doc.is_open:
+            # a 16-bit histogram in OpenCV: ~40 ms on 24 MP, where np.bincount needs a 192 MB int64 copy
+            counts = cv2.calcHist([doc.original_labels], [0], None, [65536], [0, 65536])[:, 0]
+            self.present = [int(i) for i in np.nonzero(counts)[0] if i != doc.label_set.unlabeled]
+        self.refresh()
 
     def _label_set_changed(self) -> None:
         label_set = self.document.label_set
@@ -106,7 +119,9 @@ class PaletteDock(QDockWidget):
         label_set = self.document.label_set
         subset = label_set.subsets.get(DEFAULT_SUBSET)
         if subset and self.subset_check.isChecked():
+            # the subset, plus whatever the open map already uses (a building in a landscape)
             ids = [i for i in subset if i in label_set.by_id]
+            ids += [i for i in self.present if i not in subset and i in label_set.by_id]
         else:
             ids = [label.id for label in label_set.labels if label.id != label_set.unlabeled]
         needle = self.search.text().strip().lower()

@@ -460,3 +460,14 @@ def test_edited_result_round_trips_through_the_project(opened, tmp_path, qtbot):
     assert again.open_path(path)
     np.testing.assert_array_equal(again.document.image, doc.image)
     assert again.document.history == [{"model": "test", "seed": 1}]
+
+
+def test_palette_lists_labels_the_map_uses_beyond_the_landscape_subset(window, photo_path, tmp_path):
+    labels = np.full((HEIGHT, WIDTH), GRASS, np.uint8)
+    labels[:10, :10] = 95  # building-other: not a landscape label
+    path = tmp_path / "with-building.png"
+    Image.fromarray(labels).save(path)
+    assert window.open_path(photo_path, labels=path)
+    ids = [window.palette.labels.item(i).data(Qt.ItemDataRole.UserRole)
+           for i in range(window.palette.labels.count())]
+    assert ids[-1] == 95 and GRASS in ids and 0 in ids
