@@ -1,0 +1,85 @@
+"""The engine runtime as Qt signals: every runtime callback arrives on the UI thread, so the UI never blocks.
+
+The runtime calls its listeners on its worker thread. `EngineBridge` re-emits each JobEvent through a signal of
+a QObject that lives on the UI thread; Qt queues cross-thread emissions, so slots run in the event loop like
+any other event (napari's thread_worker / krita-ai-diffusion's 20 ms pump, without a pump). The runtime throttles
+progress to ~20 events per second, so a backend that reports every token cannot flood the queue.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+
+from engine.jobs import JobEvent, JobState, Request, Runtime
+
+
+class EngineBridge(QObject):
+    changed = Signal(object)  # JobEvent: any state change or progress step of any job
+    progress = Signal(object)  # JobEvent of kind "progress"
+    finished = Signal(object)  # JobEvent of a job that reached done, failed or cancelled
+    failed = Signal(str)  # the user-facing message of a failed job
+    models_listed = Signal(list)  # engine.checkpoints.ModelInfo list, from `list_models_async`
+    _event = Signal(object)
+
+    def __init__(self, runtime: Runtime | None = None, parent: QObject | None = None, *, device: str | None = None):
+        super().__init__(parent)
+        self.runtime = runtime or Runtime(device=device)
+        self._owns_runtime = runtime is None
+        # queued explicitly: the listener below emits from the worker thread
+        self._event.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
+        self._remove_listener = self.runtime.add_listener(self._event.emit)
+
+    def submit(self, request: Request, *, supersede: bool = True) -> int:
+        return self.runtime.submit(request, supersede=supersede).id
+
+    def cancel(self, job_id: int) -> bool:
+        return self.runtime.cancel(job_id)
+
+    def cancel_active(self) -> bool:
+        return self.runtime.cancel_active()
+
+    def cancel_queued(self, slot: str | None = None) -> int:
+        return self.runtime.cancel_queued(slot)
+
+    def cancel_all(self, slot: str | None = None) -> int:
+        return self.runtime.cancel_all(slot)
+
+    def pending(self, slot: str | None = None) -> tuple[int, int]:
+        """(running, queued) job counts, optionally of one document."""
+        jobs = [j for j in self.runtime.jobs() if slot is None or j.request.slot == slot]
+        return (sum(j.state is JobState.RUNNING for j in jobs), sum(j.state is JobState.QUEUED for j in jobs))
+
+    def busy(self, slot: str | None = None) -> bool:
+        return any(self.pending(slot))
+
+    def list_models_async(self) -> None:
+        """Scan the model folders off the UI thread (engine.checkpoints imports torch: seconds)."""
+
+        def scan():
+            try:
+                from engine.checkpoints import list_models
+
+                models = list_models()
+            except Exception as error:  # an unreadable models folder must not kill the scan thread silently
+                self.failed.emit(f"cannot list models: {error}")
+                models = []
+            self.models_listed.emit(models)
+
+        threading.Thread(target=scan, name="sgraffito-models", daemon=True).start()
+
+    def shutdown(self) -> None:
+        self._remove_listener()
+        if self._owns_runtime:
+            self.runtime.shutdown(wait=False)
+
+    @Slot(object)
+    def _dispatch(self, event: JobEvent) -> None:
+        self.changed.emit(event)
+        if event.kind == "progress":
+            self.progress.emit(event)
+        elif event.state.finished:
+            self.finished.emit(event)
+            if event.state is JobState.FAILED and event.error:
+                self.failed.emit(event.error)
