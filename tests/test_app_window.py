@@ -471,3 +471,68 @@ def test_palette_lists_labels_the_map_uses_beyond_the_landscape_subset(window, p
     ids = [window.palette.labels.item(i).data(Qt.ItemDataRole.UserRole)
            for i in range(window.palette.labels.count())]
     assert ids[-1] == 95 and GRASS in ids and 0 in ids
+
+
+def test_wheel_zooms_around_the_cursor_and_space_or_middle_drag_pans(opened):
+    window, canvas = opened, opened.canvas
+    canvas.set_zoom(8.0)
+    target = QPointF(30.5, 20.5)
+    under = canvas.mapFromScene(target)
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QWheelEvent
+
+    wheel = QWheelEvent(QPointF(under), QPointF(canvas.viewport().mapToGlobal(under)), QPoint(), QPoint(0, 120),
+                        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    canvas.wheelEvent(wheel)
+    assert canvas.zoom == pytest.approx(10.0)
+    after = canvas.mapToScene(under)
+    assert abs(after.x() - target.x()) < 0.2 and abs(after.y() - target.y()) < 0.2
+
+    labels = window.document.labels.copy()
+    viewport = canvas.viewport()
+    for press in ("middle", "space"):
+        before = canvas.mapToScene(viewport.rect().center())
+        start, end = viewport.rect().center(), viewport.rect().center() + QPoint(-80, -40)
+        if press == "space":
+            canvas.setFocus()
+            QTest.keyPress(canvas, Qt.Key.Key_Space)
+            button = Qt.MouseButton.LeftButton
+        else:
+            button = Qt.MouseButton.MiddleButton
+        QTest.mousePress(viewport, button, Qt.KeyboardModifier.NoModifier, start)
+        QTest.mouseMove(viewport, end)
+        QTest.mouseRelease(viewport, button, Qt.KeyboardModifier.NoModifier, end)
+        if press == "space":
+            QTest.keyRelease(canvas, Qt.Key.Key_Space)
+        moved = canvas.mapToScene(viewport.rect().center()) - before
+        assert moved.x() == pytest.approx(8, abs=0.5) and moved.y() == pytest.approx(4, abs=0.5)
+    np.testing.assert_array_equal(window.document.labels, labels)  # panning never paints
+
+
+def test_typing_in_the_label_search_does_not_switch_tools(opened):
+    window = opened
+    window.palette.search.setFocus()
+    QTest.keyClicks(window.palette.search, "bridge")
+    assert window.palette.search.text() == "bridge" and window.tool.name == "brush"
+    QTest.keyClick(window.palette.search, Qt.Key.Key_Return)
+    assert window.document.active_label == 94
+
+
+def test_polygon_lasso_by_clicks_and_rectangle_by_drag(opened):
+    window, doc = opened, opened.document
+    doc.set_active_label(ROCK)
+    keys(window, "L")
+    viewport = window.canvas.viewport()
+    for corner in [(70, 45), (110, 45), (110, 75)]:
+        QTest.mouseClick(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         view_point(window, *corner))
+    QTest.mouseClick(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, view_point(window, 70, 75))
+    window.canvas.setFocus()
+    QTest.keyClick(window.canvas, Qt.Key.Key_Return)
+    assert doc.labels[60, 90] == ROCK and doc.labels[44, 90] == GRASS
+    assert doc.undo_stack.count() == 1
+    keys(window, "R")
+    doc.set_active_label(SKY)
+    drag(window, [(5, 45), (15, 55)])
+    assert (doc.labels[45:56, 5:16] == SKY).all() and doc.labels[56, 5] == GRASS
+    assert doc.undo_stack.count() == 2
