@@ -106,24 +106,50 @@ def _bit_depth(image: Image.Image, data: bytes) -> int:
     return 8
 
 
-def _to_srgb(image: Image.Image, name: str) -> tuple[Image.Image, bool]:
-    """Convert an embedded ICC profile to sRGB; files without one are taken to be sRGB already."""
+def _srgb_transform(image: Image.Image, name: str):
+    """The transform from the embedded ICC profile to sRGB, or None: no profile, sRGB already, or unusable."""
     icc = image.info.get("icc_profile")
     if not icc or image.mode not in ("RGB", "CMYK", "L"):
-        return image, False
+        return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     except (OSError, ImageCms.PyCMSError):
-        return image, False  # an unreadable profile must not make the photo unreadable
+        return None  # an unreadable profile must not make the photo unreadable
     description = (ImageCms.getProfileDescription(source) or "").strip().lower()
     if image.mode == "RGB" and description.startswith("srgb"):
-        return image, False
+        return None
     try:
-        transform = ImageCms.buildTransform(source, _SRGB, image.mode, "RGB", ImageCms.Intent.PERCEPTUAL)
-        return ImageCms.applyTransform(image, transform), True
+        return ImageCms.buildTransform(source, _SRGB, image.mode, "RGB", ImageCms.Intent.PERCEPTUAL)
     except ImageCms.PyCMSError as error:
-        warnings.warn(f"{name}: ICC profile ignored ({error})", stacklevel=3)
-        return image, False
+        warnings.warn(f"{name}: ICC profile ignored ({error})", stacklevel=4)
+        return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True when the JPEG's scan data reaches its end-of-image marker. Walks the header segments (an EXIF
+    thumbnail holds an EOI of its own) to the first scan; inside scans 0xFF is always escaped, so FF D9 there
+    can only be the real EOI."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+            continue
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", position) != -1
+        position += 2 + int.from_bytes(data[position + 2: position + 4], "big")
+    return False
+
+
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """OpenCV decodes straight into one RGB array with EXIF orientation applied (the same pixels as Pillow +
+    exif_transpose, tested), about 3x faster than Pillow's decode plus its copy into numpy."""
+    import cv2
+
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    return rgb if rgb is not None and rgb.ndim == 3 else None
 
 
 _SRGB = ImageCms.createProfile("sRGB")
@@ -193,17 +219,28 @@ def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PI
     if getattr(image, "n_frames", 1) > 1 and fmt != "JPEG":
         image.seek(0)  # multi-page TIFF / animated WebP: the first frame is the photo
     bit_depth = _bit_depth(image, data)
-    _decode(image, name)
-    orientation = int(image.getexif().get(0x0112, 1) or 1)
     source_mode = image.mode
-    if orientation != 1:  # exif_transpose copies even when there is nothing to do: 100 MB at 24 MP
-        image = ImageOps.exif_transpose(image)
-    image, icc_converted = _to_srgb(image, name)
-    rgb = _rgb_array(image)
+    fast = fmt == "JPEG" and source_mode in ("RGB", "L") and _jpeg_complete(data)
+    if not fast:
+        _decode(image, name)  # PNG keeps EXIF and ICC chunks anywhere in the file: read them all first
+    orientation = int(image.getexif().get(0x0112, 1) or 1)
+    transform = _srgb_transform(image, name)
+    rgb = None
+    if fast and transform is None:
+        rgb = _decode_jpeg_fast(data)
+        if rgb is not None and rgb.shape[:2] != (image.size[::-1] if orientation < 5 else image.size):
+            rgb = None  # OpenCV read something else (a second MPO frame?): let Pillow decide
+    if rgb is None:
+        _decode(image, name)
+        if orientation != 1:  # exif_transpose copies even when there is nothing to do: 100 MB at 24 MP
+            image = ImageOps.exif_transpose(image)
+        if transform is not None:
+            image = ImageCms.applyTransform(image, transform)
+        rgb = _rgb_array(image)
     del image
     rgb.flags.writeable = False
     gray = source_mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "1") or detect_grayscale(rgb)
-    return Photo(rgb, data, name, fmt, gray, bit_depth, icc_converted, orientation)
+    return Photo(rgb, data, name, fmt, gray, bit_depth, transform is not None, orientation)
 
 
 def load_photo(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:

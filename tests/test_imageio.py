@@ -245,3 +245,31 @@ def load_photo_bytes_roundtrip(photo):
     from engine.imageio import load_photo_bytes
 
     return (load_photo_bytes(photo.data, photo.name).rgb == photo.rgb).all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(tmp_path, photo_rgb, orientation):
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(photo_rgb).save(path, exif=exif, quality=90)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    photo = load_photo(path)
+    assert photo.rgb.shape == expected.shape and np.abs(photo.rgb.astype(int) - expected).max() <= 1
+
+
+def test_truncated_jpeg_with_exif_thumbnail_is_still_refused(tmp_path, photo_rgb):
+    # the EXIF thumbnail carries an end-of-image marker of its own; it must not make a cut file look complete
+    image = Image.fromarray(photo_rgb)
+    thumbnail = io.BytesIO()
+    image.resize((80, 60)).save(thumbnail, format="JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    path = tmp_path / "cut-thumb.jpg"
+    image.save(path, exif=exif.tobytes() + thumbnail.getvalue(), quality=90)
+    assert path.read_bytes().count(b"\xff\xd9") >= 2
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 2 // 3])
+    with pytest.raises(InputError, match="cut-thumb.jpg is damaged or truncated"):
+        load_photo(path)
