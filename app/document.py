@@ -53,6 +53,7 @@ class Document(QObject):
         self.path: Path | None = None  # the .sgraffito file, once saved or opened
         self.source: Path | None = None  # the file the document came from (project, photo or label map)
         self.doc_id = ""
+        self.revision = 0  # counts every write: autosave skips a document it already saved at this revision
         self.unsaved = False
         self.title = ""
         self.mode = "empty"  # "edit" (photo), "translate" (label map alone), "colorize" (grayscale photo)
@@ -194,6 +195,7 @@ class Document(QObject):
         return {"labels": self.labels, "image": self.image}[name]
 
     def _written(self, name: str, rect: QRect) -> None:
+        self.revision += 1
         (self.labels_changed if name == "labels" else self.image_changed).emit(rect)
 
     def edit(self, text: str, layer: str = "labels") -> LayerEdit:

@@ -69,13 +69,15 @@ def _project_content(project: Project, **extra) -> dict:
             "title": photo.name if photo is not None else (extra.get("path") or Path("untitled")).name, **extra}
 
 
-def to_project(document) -> Project:
-    """The document as an engine Project (arrays shared, not copied: it is written at once)."""
+def to_project(document, copy: bool = False) -> Project:
+    """The document as an engine Project. The arrays are shared unless `copy` (for a save in another thread
+    while the user keeps painting)."""
     photo, image = document.photo, document.image
     unchanged = photo is None or image is photo.rgb or np.array_equal(image, photo.rgb)
+    take = np.copy if copy else (lambda array: array)
     project = Project(photo=photo, label_set=document.label_set.name,
-                      original_labels=document.original_labels, edited_labels=document.labels,
-                      result=None if unchanged else image, candidates=list(document.candidates),
+                      original_labels=take(document.original_labels), edited_labels=take(document.labels),
+                      result=None if unchanged else take(image), candidates=list(document.candidates),
                       history=list(document.history), hints=list(document.hints), mode=document.mode)
     if document.project is not None:
         project.created = document.project.created
@@ -88,8 +90,8 @@ def write_project(document, path: Path) -> Project:
     return project
 
 
-def autosave(document) -> Path:
-    return write_autosave(document.doc_id, to_project(document), source=document.source)
+def write_autosave_project(doc_id: str, project: Project, source: Path | None) -> Path:
+    return write_autosave(doc_id, project, source=source)
 
 
 def discard_autosave(document) -> None:

@@ -7,6 +7,7 @@ data lives in `window.document` (with `window.undo_stack` = its QUndoStack).
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -69,6 +70,9 @@ class MainWindow(QMainWindow):
         self._build_toolbars()
         self._build_status_bar()
 
+        self.autosave_job: Future | None = None
+        self._autosaved: tuple[str, int] | None = None
+        self._autosave_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosave")
         self.autosave_timer = QTimer(self, interval=AUTOSAVE_MS)
         self.autosave_timer.timeout.connect(self.autosave)
         self.autosave_timer.start()
@@ -341,6 +345,7 @@ class MainWindow(QMainWindow):
 
     def _load(self, reader, *args) -> None:
         content = reader(*args)  # raises before anything changes
+        self._forget_autosave()  # the user chose to discard (or had saved) the document being replaced
         self.document.load(**content)
 
     def open_label_map(self, path=None) -> bool:
@@ -382,7 +387,7 @@ class MainWindow(QMainWindow):
     def _save_to(self, path: Path) -> None:
         project = files.write_project(self.document, path)
         self.document.mark_saved(path, project)
-        files.discard_autosave(self.document)
+        self._forget_autosave()
         self.statusBar().showMessage(f"Saved {path}", 4000)
 
     def export_image(self, path=None) -> bool:
@@ -413,12 +418,27 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Exported {path}", 4000)
         return ok
 
-    def autosave(self) -> None:
-        if self.document.is_open and self.document.dirty:
-            try:
-                files.autosave(self.document)
-            except (SgraffitoError, OSError) as problem:
-                self.statusBar().showMessage(f"Autosave failed: {problem}", 8000)
+    def autosave(self, wait: bool = False) -> None:
+        """Write unsaved work to the user data folder (a timer calls this). The arrays are copied here and the
+        file is written by a worker thread, so painting goes on while a 24-MP project is compressed."""
+        doc = self.document
+        job = self.autosave_job
+        if job is not None and job.done() and job.exception() is not None:
+            self.statusBar().showMessage(f"Autosave failed: {job.exception()}", 8000)
+        state = (doc.doc_id, doc.revision)
+        if doc.is_open and doc.dirty and state != self._autosaved and (job is None or job.done()):
+            self._autosaved = state
+            snapshot = files.to_project(doc, copy=True)
+            self.autosave_job = self._autosave_pool.submit(files.write_autosave_project, doc.doc_id, snapshot,
+                                                           doc.source)
+        if wait and self.autosave_job is not None:
+            self.autosave_job.exception()  # waits; a failure is reported above on the next call
+
+    def _forget_autosave(self) -> None:
+        if self.autosave_job is not None:
+            self.autosave_job.exception()  # let a write in progress finish before its file is removed
+        files.discard_autosave(self.document)
+        self._autosaved = None
 
     def offer_recovery(self) -> bool:
         """At start: offer to reopen work an earlier session left unsaved (it crashed or was killed)."""
@@ -435,6 +455,7 @@ class MainWindow(QMainWindow):
         if not self.confirm_discard():
             event.ignore()
             return
-        files.discard_autosave(self.document)
         self.autosave_timer.stop()
+        self._forget_autosave()
+        self._autosave_pool.shutdown(wait=True)
         event.accept()

@@ -355,7 +355,10 @@ def test_autosave_is_offered_for_recovery_after_a_crash(opened, qtbot, monkeypat
     window, doc = opened, opened.document
     doc.set_active_label(ROCK)
     drag(window, [(30, 30)])
-    window.autosave()
+    window.autosave(wait=True)
+    job = window.autosave_job
+    window.autosave(wait=True)
+    assert window.autosave_job is job  # nothing changed since: no second write
     edited = doc.labels.copy()
     # a crash: the window never closes, so its autosave stays behind
     fresh = MainWindow()
@@ -378,7 +381,7 @@ def test_a_clean_close_leaves_no_autosave(opened, qtbot, monkeypatch):
     window = opened
     window.document.set_active_label(ROCK)
     drag(window, [(30, 30)])
-    window.autosave()
+    window.autosave(wait=True)
     window.answers = ["discard"]
     assert window.close()
     fresh = MainWindow()
