@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
@@ -68,10 +69,8 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
 
 def _decode(image: Image.Image, name: str) -> None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as error:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         # Pillow says "image file is truncated (12 bytes not processed)" or "broken data stream": keep its detail
         raise InputError(f"{name} is damaged or truncated and cannot be decoded: {error}") from None
 
@@ -146,8 +145,6 @@ def _jpeg_complete(data: bytes) -> bool:
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     """OpenCV decodes straight into one RGB array with EXIF orientation applied (the same pixels as Pillow +
     exif_transpose, tested), about 3x faster than Pillow's decode plus its copy into numpy."""
-    import cv2
-
     rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
     return rgb if rgb is not None and rgb.ndim == 3 else None
 
@@ -158,8 +155,8 @@ _SRGB = ImageCms.createProfile("sRGB")
 def _rgb_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them
-        values = np.asarray(image)
-        gray = ((values.astype(np.uint32) + 128) // 257).clip(0, 255).astype(np.uint8)
+        values = np.asarray(image).clip(0, 65535).astype(np.uint32)
+        gray = ((values + 128) // 257).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
         values = np.asarray(image)
@@ -177,10 +174,8 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def detect_grayscale(rgb: np.ndarray) -> bool:
-    """True for gray photos and single-tint ones (sepia): little chroma left once the tint of each
-    lightness level is removed, and all tints of one hue. Runs on a ~256 px thumbnail, so it costs nothing on a 24-MP photo."""
-    import cv2
-
+    """True for gray photos and single-tint ones (sepia): little chroma left once the tint of each lightness
+    level is removed, and all tints of one hue. Runs on a ~256 px thumbnail: milliseconds on a 24-MP photo."""
     # Area averaging, not striding alone: it removes film grain and colour noise, which would pass for chroma.
     # Striding to ~1024 px first keeps it cheap on a 24-MP photo and still averages 16 pixels per sample.
     step = max(1, max(rgb.shape[:2]) // 1024)
@@ -294,6 +289,26 @@ def _colour_ids(rgb: np.ndarray, label_set: LabelSet, name: str) -> np.ndarray:
     return ids.astype(np.uint16)
 
 
+def _palette_ids(image: Image.Image, label_set: LabelSet) -> np.ndarray:
+    indices = np.asarray(image)
+    used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+    palette = np.zeros((256, 3), np.uint8)
+    raw = np.array(image.getpalette("RGB") or [], np.uint8).reshape(-1, 3)[:256]
+    palette[: len(raw)] = raw
+    canonical = label_set.lookup_table()[:256]
+    by_colour = {}
+    for label in sorted(label_set.labels, key=lambda item: item.id, reverse=True):
+        by_colour[label.color] = label.id
+    by_colour.setdefault((0, 0, 0), label_set.unlabeled)
+    if (palette[used] == canonical[used]).all() or not all(tuple(palette[i]) in by_colour for i in used):
+        return indices.astype(np.uint16)  # indices are ids (our own exports, dataset files)
+    # every colour in use is a label colour, but not at its id: an editor re-indexed a colour-coded map
+    index_to_id = np.zeros(256, np.uint16)
+    for index in used:
+        index_to_id[index] = by_colour[tuple(int(c) for c in palette[index])]
+    return index_to_id[indices]
+
+
 def load_label_map(
     path: str | Path,
     label_set: LabelSet,
@@ -303,7 +318,8 @@ def load_label_map(
 ) -> np.ndarray:
     """Read a label map as (H, W) uint16 ids of `label_set`.
 
-    Accepted: an indexed-palette PNG (the indices are the ids, as in VOC/ADE20K files), an 8- or 16-bit
+    Accepted: an indexed-palette PNG (the indices are the ids, as in VOC/ADE20K files; but a colour-coded map
+    that an editor saved as indexed, whose palette order means nothing, is read by its colours), an 8- or 16-bit
     single-channel id PNG, or a colour-coded RGB PNG whose colours are the set's canonical colours.
     `size` = (width, height) of the photo the map belongs to.
     """
@@ -315,7 +331,9 @@ def load_label_map(
             "a label map must have the photo's size"
         )
     _decode(image, name)
-    if image.mode in ("P", "L"):
+    if image.mode == "P":
+        ids = _palette_ids(image, label_set)
+    elif image.mode == "L":
         ids = np.asarray(image).astype(np.uint16)
     elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image)

@@ -273,3 +273,15 @@ def test_truncated_jpeg_with_exif_thumbnail_is_still_refused(tmp_path, photo_rgb
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 2 // 3])
     with pytest.raises(InputError, match="cut-thumb.jpg is damaged or truncated"):
         load_photo(path)
+
+
+def test_colour_coded_map_saved_as_indexed_is_read_by_colour(tmp_path):
+    ids = np.full((24, 32), COCO.id_of("sea"), np.uint16)
+    ids[:8] = COCO.id_of("sky-other")
+    ids[16:, :10] = COCO.id_of("sand")
+    # an image editor's palette: the three label colours at indices 0, 1, 2
+    quantized = Image.fromarray(COCO.colorize(ids)).quantize(colors=3, method=Image.Quantize.MEDIANCUT)
+    path = tmp_path / "edited-in-gimp.png"
+    quantized.save(path)
+    assert Image.open(path).mode == "P"
+    assert (load_label_map(path, COCO) == ids).all()
