@@ -206,7 +206,8 @@ class MainWindow(QMainWindow):
         self.zoom_label = QLabel()
         self.size_label = QLabel()
         bar = self.statusBar()
-        bar.addWidget(self.hover_label, 1)
+        # permanent widgets: temporary messages (tool hints, "Saved ...") appear beside them, never over them
+        bar.addPermanentWidget(self.hover_label)
         bar.addPermanentWidget(self.size_label)
         bar.addPermanentWidget(self.zoom_label)
 

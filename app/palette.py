@@ -52,7 +52,6 @@ class PaletteDock(QDockWidget):
         self.search.returnPressed.connect(self._pick_first)
         self.recent = QListWidget()
         self.recent.setAccessibleName("Recently used labels")
-        self.recent.setMaximumHeight(110)
         self.labels = QListWidget()
         self.labels.setAccessibleName("Labels")
         for widget in (self.recent, self.labels):
@@ -140,6 +139,9 @@ class PaletteDock(QDockWidget):
         for label_id in self.document.recent_labels:
             if label_id in self.document.label_set.by_id:
                 self.recent.addItem(self._entry(label_id))
+        rows = min(self.recent.count(), 5)
+        if rows:
+            self.recent.setFixedHeight(rows * self.recent.sizeHintForRow(0) + 2 * self.recent.frameWidth() + 2)
         self.recent.setVisible(self.recent.count() > 0)
         self.recent_title.setVisible(self.recent.count() > 0)
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QApplication, QGraphicsEllipseItem, QGraphicsPathItem, QGraphicsRectItem, QToolTip
+from PySide6.QtWidgets import QApplication, QGraphicsPathItem, QGraphicsRectItem, QToolTip
 
 from app import smart
 from app.document import Document, LayerEdit, describe
@@ -110,7 +110,10 @@ class StrokeTool(Tool):
         self._hover: QPointF | None = None
 
     def activate(self) -> None:
-        self.outline = self.add_preview(QGraphicsEllipseItem())
+        # the brush outline: a light line over a dark one, visible on sky and on shadow alike
+        self.outline = self.add_preview(QGraphicsPathItem())
+        self.outline.setPen(cosmetic_pen(QColor(0, 0, 0, 150), 3))
+        QGraphicsPathItem(self.outline).setPen(cosmetic_pen(QColor(255, 255, 255), 1.2))
         self.outline.setVisible(False)
         self._update_outline()
 
@@ -122,14 +125,11 @@ class StrokeTool(Tool):
         if self.outline is None:
             return
         r = self.settings.radius
-        if self.settings.square and not isinstance(self.outline, QGraphicsRectItem):
-            self.remove_preview(self.outline)
-            self.outline = self.add_preview(QGraphicsRectItem())
-        elif not self.settings.square and isinstance(self.outline, QGraphicsRectItem):
-            self.remove_preview(self.outline)
-            self.outline = self.add_preview(QGraphicsEllipseItem())
-        self.outline.setPen(cosmetic_pen(QColor(255, 255, 255), 1.5))
-        self.outline.setRect(QRectF(-r, -r, 2 * r + 1, 2 * r + 1))
+        path = QPainterPath()
+        shape = QRectF(-r, -r, 2 * r + 1, 2 * r + 1)
+        path.addRect(shape) if self.settings.square else path.addEllipse(shape)
+        self.outline.setPath(path)
+        self.outline.childItems()[0].setPath(path)
         if self._hover is not None:
             self._show_outline(self._hover)
 
