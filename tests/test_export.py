@@ -71,3 +71,28 @@ def test_exported_files_get_ordinary_permissions(tmp_path, result):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_cli_export_writes_the_project_result(tmp_path, result, capsys):
+    from app.cli import main
+    from engine.imageio import new_label_map, photo_from_rgb
+    from engine.project import Project, save_project
+
+    photo = photo_from_rgb(result, "cat.png")
+    labels = new_label_map(photo.size, COCO)
+    edited = labels.copy()
+    edited[100:140, 200:260] = COCO.id_of("sea")
+    changed = result.copy()
+    changed[:10] = 0
+    project = Project(photo, COCO.name, labels, edited, result=changed,
+                      history=[{"model": "asset-demo", "seed": 3}])
+    save_project(tmp_path / "cat.sgraffito", project)
+    out, labels_out = tmp_path / "cat.tif", tmp_path / "cat-labels.png"
+    assert main(["export", str(tmp_path / "cat.sgraffito"), str(out), "--labels", str(labels_out)]) == 0
+    assert (load_photo(out).rgb == changed).all()
+    found = read_export_metadata(out)
+    assert found["digital_source_type"] == COMPOSITE_WITH_AI
+    assert found["parameters"]["History"] == [{"model": "asset-demo", "seed": 3}]
+    assert (load_label_map(labels_out, COCO) == edited).all()
+    assert main(["export", str(tmp_path / "cat.sgraffito"), str(tmp_path / "x.gif")]) == 2
+    assert "unknown export format '.gif'" in capsys.readouterr().err

@@ -285,3 +285,21 @@ def test_colour_coded_map_saved_as_indexed_is_read_by_colour(tmp_path):
     quantized.save(path)
     assert Image.open(path).mode == "P"
     assert (load_label_map(path, COCO) == ids).all()
+
+
+def test_cli_info_reports_bad_inputs_on_stderr_with_status_2(tmp_path, capsys, photo_rgb):
+    from app.cli import main
+
+    good = save(tmp_path / "good.png", photo_rgb)
+    assert main(["info", str(good)]) == 0
+    assert "good.png: PNG, 320x240, 8-bit, colour" in capsys.readouterr().out
+    cut = save(tmp_path / "cut.jpg", photo_rgb)
+    cut.write_bytes(cut.read_bytes()[:1500])
+    wrong = save(tmp_path / "wrong.png", np.zeros((20, 20), np.uint8))
+    for argv, message in [
+        (["info", str(cut)], "cut.jpg is damaged or truncated"),
+        (["info", str(save(tmp_path / "dot.png", np.zeros((1, 1, 3), np.uint8)))], "dot.png is only 1x1 pixels"),
+        (["info", str(good), "--labels", str(wrong)], "wrong.png is 20x20 but the photo is 320x240"),
+    ]:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
