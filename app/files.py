@@ -15,6 +15,7 @@ from engine.labels import LabelSet, load_label_set
 from engine.project import Project, Recoverable, list_recoverable, load_project, save_project, write_autosave
 
 PROJECT_SUFFIX = engine_project.SUFFIX
+DEFAULT_QUALITY = 95
 SAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 
 
@@ -131,8 +132,8 @@ def export_metadata(document) -> dict:
     return metadata
 
 
-def export_image(document, path: Path) -> Path:
-    return engine_export.export_image(path, document.image, metadata=export_metadata(document),
+def export_image(document, path: Path, quality: int = DEFAULT_QUALITY) -> Path:
+    return engine_export.export_image(path, document.image, quality=quality, metadata=export_metadata(document),
                                       generated=bool(document.history))
 
 

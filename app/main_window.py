@@ -1,8 +1,10 @@
 """The main window: canvas in the middle, palette dock, menus and toolbars built in one place.
 
-Other parts of the app extend it rather than subclass it: `window.menus["..."]` and `window.actions[...]` hold
-what `_build_actions`/`_build_menus` made, `addDockWidget` is free for more docks, and everything that holds
-data lives in `window.document` (with `window.undo_stack` = its QUndoStack).
+Other parts of the app extend it rather than subclass it: `window.menus["file"|"edit"|"view"|"tools"]`,
+`window.actions[name]` and `window.toolbars["tools"|"options"]` hold what `_build_*` made, `addDockWidget` and
+`statusBar()` are free for more docks and progress widgets, and everything that holds data lives in
+`window.document` (with `window.undo_stack` = its QUndoStack): applying a candidate is
+`document.write_patch("image", x, y, rgb, "Apply candidate")` plus an entry in `document.history`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSlider,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSlider,
                                QSpinBox, QToolBar, QVBoxLayout, QWidget)
 
 from app import files
@@ -25,6 +27,7 @@ from engine.labels import LabelSet
 from engine.paths import APP_NAME
 
 AUTOSAVE_MS = 60_000
+UNDO_LIMIT = 100  # steps, as napari; a global fill of a 24-MP map alone keeps 96 MB of patches
 PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp)"
 OPEN_FILTER = f"Photos and projects (*.sgraffito *.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp);;{PHOTO_FILTER}"
 PROJECT_FILTER = "Sgraffito projects (*.sgraffito)"
@@ -43,6 +46,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.document = Document(self)
         self.undo_stack = self.document.undo_stack
+        self.undo_stack.setUndoLimit(UNDO_LIMIT)
         self.settings = ToolSettings()
         self.canvas = Canvas(self.document)
         self.tools = {cls.name: cls(self.document, self.canvas, self.settings) for cls in TOOLS}
@@ -300,6 +304,11 @@ class MainWindow(QMainWindow):
             path, _ = QFileDialog.getOpenFileName(self, title, suggestion, file_filter)
         return Path(path) if path else None
 
+    def ask_quality(self) -> int | None:
+        quality, ok = QInputDialog.getInt(self, "Export quality", "JPEG / WebP quality (1-100):",
+                                          files.DEFAULT_QUALITY, 1, 100)
+        return quality if ok else None
+
     def _attempt(self, action, *args) -> bool:
         """Run a file action; a problem is shown in a dialog and leaves the document as it was."""
         try:
@@ -395,12 +404,19 @@ class MainWindow(QMainWindow):
         doc = self.document
         if doc.image is None:
             return False
+        quality = files.DEFAULT_QUALITY
         if path is None:
             path = self.ask_path("Export image", EXPORT_FILTER, save=True,
                                  suggestion=Path(doc.title).stem + "-edited.png")
             if path is None:
                 return False
-        ok = self._attempt(files.export_image, doc, Path(path))
+            if not path.suffix:
+                path = path.with_suffix(".png")
+            if path.suffix.lower() in (".jpg", ".jpeg", ".webp"):
+                quality = self.ask_quality()
+                if quality is None:
+                    return False
+        ok = self._attempt(files.export_image, doc, Path(path), quality)
         if ok:
             self.statusBar().showMessage(f"Exported {path}", 4000)
         return ok

@@ -539,3 +539,18 @@ def test_polygon_lasso_by_clicks_and_rectangle_by_drag(opened):
     drag(window, [(5, 45), (15, 55)])
     assert (doc.labels[45:56, 5:16] == SKY).all() and doc.labels[56, 5] == GRASS
     assert doc.undo_stack.count() == 2
+
+
+def test_export_dialog_asks_jpeg_quality(opened, tmp_path, monkeypatch):
+    sizes = {}
+    for quality in (30, 95):
+        path = tmp_path / f"q{quality}.jpg"
+        monkeypatch.setattr(opened, "ask_path", lambda *a, p=path, **k: p)
+        monkeypatch.setattr(opened, "ask_quality", lambda q=quality: q)
+        assert opened.actions["export_image"].isEnabled()
+        opened.actions["export_image"].trigger()
+        sizes[quality] = path.stat().st_size
+    assert sizes[30] < sizes[95]
+    monkeypatch.setattr(opened, "ask_path", lambda *a, **k: tmp_path / "plain")
+    opened.actions["export_image"].trigger()
+    assert (tmp_path / "plain.png").is_file() and opened.errors == []
