@@ -105,7 +105,8 @@ def export_image(
         options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True, xmp=xmp.encode(),
                        exif=exif)
     elif fmt == "WEBP":
-        options.update(quality=quality, method=4, xmp=xmp.encode(), exif=exif)
+        # quality 100 means "keep every pixel": WebP's lossless mode, which lossy quality 100 is not
+        options.update(quality=quality, lossless=quality == 100, method=4, xmp=xmp.encode(), exif=exif)
     else:
         tags = TiffImagePlugin.ImageFileDirectory_v2()
         tags[305] = metadata["Software"]

@@ -125,6 +125,15 @@ def _check_project(project: Project) -> None:
         seen.add(candidate.id)
 
 
+def _json_value(value):
+    """Metadata often carries numpy scalars and arrays (seeds, boxes); anything else is a caller's bug."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise InputError(f"project metadata holds a {type(value).__name__}, which cannot be saved: {value!r:.80}")
+
+
 def _manifest(project: Project, photo_member: str | None, extra: dict | None) -> dict:
     manifest = {
         "format": FORMAT,
@@ -212,10 +221,11 @@ def save_project(path: str | Path, project: Project, *, extra: dict | None = Non
     _check_project(project)
     photo_member = None if project.photo is None else _photo_member(project.photo.name)
     manifest = _manifest(project, photo_member, extra)
+    manifest_json = json.dumps(manifest, indent=1, default=_json_value)  # fails before the old file is touched
     with atomic_write(path) as handle:
         # Photos and PNGs are compressed already: store them, deflate only the JSON
         with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            archive.writestr("manifest.json", json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+            archive.writestr("manifest.json", manifest_json, compress_type=zipfile.ZIP_DEFLATED)
             if project.photo is not None:
                 archive.writestr(photo_member, project.photo.data)
             archive.writestr("labels/original.png", _png(project.original_labels))
@@ -270,7 +280,8 @@ def _check_members(archive: zipfile.ZipFile, name: str) -> dict[str, zipfile.Zip
     return members
 
 
-def _read_member(archive: zipfile.ZipFile, members: dict, member: str, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+def _read_member(archive: zipfile.ZipFile, members: dict, member: str, name: str, limit: int | None = None) -> bytes:
+    limit = MAX_MEMBER_BYTES if limit is None else limit
     if member not in members:
         raise InputError(f"{name} is incomplete: {member} is missing")
     try:

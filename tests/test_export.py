@@ -45,11 +45,13 @@ def test_jpeg_quality_changes_size_and_format_errors(tmp_path, result):
     low = export_image(tmp_path / "low.jpg", result, quality=40).stat().st_size
     high = export_image(tmp_path / "high.jpg", result, quality=98).stat().st_size
     assert high > 2 * low
+    lossless = export_image(tmp_path / "lossless.webp", result, quality=100)
+    assert (load_photo(lossless).rgb == result).all()
     with pytest.raises(InputError, match="unknown export format '.gif'"):
         export_image(tmp_path / "x.gif", result)
     with pytest.raises(InputError, match="does not exist"):
         export_image(tmp_path / "no-such-folder" / "x.png", result)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["high.jpg", "low.jpg"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["high.jpg", "lossless.webp", "low.jpg"]  # no temp files
 
 
 def test_label_map_export_is_indexed_with_the_set_palette(tmp_path):

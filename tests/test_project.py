@@ -225,3 +225,14 @@ def test_autosave_recovery(tmp_path, project, isolated_user_data):
     assert not first.exists() and {item.doc_id for item in list_recoverable()} == {"doc2"}
     with pytest.raises(InputError):
         autosave_path("../escape")
+
+
+def test_numpy_values_in_metadata_are_saved_as_json(tmp_path, project):
+    project.candidates[0].meta = {"seed": np.int64(42), "box": np.array([1, 2, 3, 4]), "strength": np.float32(0.5)}
+    path = tmp_path / "numpy.sgraffito"
+    save_project(path, project)
+    assert load_project(path).candidates[0].meta == {"seed": 42, "box": [1, 2, 3, 4], "strength": 0.5}
+    project.history.append({"callback": print})
+    with pytest.raises(InputError, match="project metadata holds a builtin_function_or_method"):
+        save_project(path, project)
+    assert load_project(path).history == project.history[:-1]  # the previous save is intact
