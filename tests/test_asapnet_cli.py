@@ -12,6 +12,15 @@ from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenera
 TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: thread start-up and oversubscription on a busy 2-core box cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def official_pth(path, cfg, seed=0):
     """A netG state dict saved the way upstream's util.save_network does (torch.save of a plain state dict)."""
     torch.manual_seed(seed)
@@ -60,7 +69,7 @@ def test_cityscapes_checkpoint_uses_the_instance_edge_channel(tmp_path):
     assert renderer.encoding.instance_edge and renderer.encoding.channels == 36
     labels = np.full((64, 128), 7, np.uint8)  # road
     labels[:20] = 23  # sky
-    x = renderer.encode(labels)
+    x = renderer.encoding.encode(labels)
     assert x.shape == (1, 36, 64, 128)
     assert x[0, 35].sum() == 2 * 128  # the edge marks both rows of the road/sky boundary
     assert renderer.render(labels).shape == (64, 128, 3)

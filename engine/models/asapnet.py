@@ -484,30 +484,46 @@ class ASAPNetRenderer:
 
     @property
     def multiple(self) -> int:
+        """S: rendered sizes are padded to multiples of S (times the LR factor)."""
         return self.generator_config.downsampling
 
-    def encode(self, labels: np.ndarray, source: str = "label map") -> torch.Tensor:
-        """(H, W) ids -> (1, C, H', W') on the device, edge-padded to multiples of S (crop the result to H x W)."""
-        s = self.multiple
-        h, w = labels.shape
-        padded = np.pad(labels, ((0, -h % s), (0, -w % s)), mode="edge")
-        return self.encoding.encode(padded, source).to(self.device)
+    def lr_factor(self, h: int, w: int) -> int:
+        """The power of two by which the LR stream's input is shrunk for an (h, w) map: the largest that keeps it at
+        least the model's native size, so the LR stream sees objects at about the scale it was trained on, while
+        the per-pixel MLPs still run at full resolution (the paper's S = S1 x S2 idea, with S1 chosen per call)."""
+        native = max(self.config.get("native_size") or [16 * self.multiple])
+        return 2 ** max(0, int(math.floor(math.log2(max(h, w) / native))))
 
     @torch.inference_mode()
     def render(self, labels: np.ndarray, size: tuple[int, int] | None = None, source: str = "label map",
-               check_cancelled=None) -> np.ndarray:
+               check_cancelled=None, lr_factor: int | None = None) -> np.ndarray:
         """(H, W) label ids -> (H, W, 3) uint8 RGB, or resized to `size` = (width, height) if given.
+        `lr_factor`: see lr_factor(); 1 runs the LR stream at full resolution as upstream does.
         `check_cancelled` is called between the two streams."""
+        return self.render_timed(labels, size, source, check_cancelled, lr_factor)[0]
+
+    @torch.inference_mode()
+    def render_timed(self, labels, size=None, source="label map", check_cancelled=None, lr_factor=None):
+        """render() plus the seconds spent in the LR stream and in the HR stream."""
         labels = np.asarray(labels)
         if size is not None and (size[0], size[1]) != (labels.shape[1], labels.shape[0]):
             labels = cv2.resize(labels.astype(np.uint16), tuple(size), interpolation=cv2.INTER_NEAREST)
         h, w = labels.shape
-        x = self.encode(labels, source)
-        params = self.model.lowres(x)
+        f = lr_factor or self.lr_factor(h, w)
+        m = self.multiple * f
+        padded = np.pad(labels, ((0, -h % m), (0, -w % m)), mode="edge")  # crop the result back to h x w
+        started = time.perf_counter()
+        x = self.encoding.encode(padded, source).to(self.device)
+        x_lr = x if f == 1 else self.encoding.encode(padded[f // 2::f, f // 2::f], source).to(self.device)
+        params = self.model.lowres(x_lr)
+        if f > 1:
+            params = params.repeat_interleave(f, 2).repeat_interleave(f, 3)
+        lr_done = time.perf_counter()
         if check_cancelled is not None:
             check_cancelled()
         image = self.model.highres_stream(x, params)[0, :, :h, :w]
-        return ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        return rgb, lr_done - started, time.perf_counter() - lr_done
 
 
 class ASAPNetBackend:
