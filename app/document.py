@@ -112,6 +112,16 @@ class Document(QObject):
         self.path_changed.emit()
         self.dirty_changed.emit(self.dirty)
 
+    def replace_label_maps(self, labels: np.ndarray) -> None:
+        """A new original map for the same photo (File > Open Label Map): not undoable, so the history clears."""
+        self.labels = np.ascontiguousarray(labels, dtype=np.uint16)
+        self.original_labels = self.labels.copy()
+        self.undo_stack.clear()
+        self.unsaved = True
+        self.revision += 1
+        self.reset.emit()
+        self.dirty_changed.emit(True)
+
     @property
     def is_open(self) -> bool:
         return self.labels.size > 0

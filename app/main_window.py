@@ -359,21 +359,16 @@ class MainWindow(QMainWindow):
         self.document.load(**content)
 
     def open_label_map(self, path=None) -> bool:
-        """Replace the label map of the open photo (both original and edited), as one undoable step."""
+        """Give the open photo a label map: it becomes both the original (what the eraser restores) and the
+        edited map, a new starting point that clears the undo history."""
         doc = self.document
         if not doc.is_open:
             return False
         path = path or self.ask_path("Open the photo's label map", LABEL_FILTER)
         if path is None:
             return False
-
-        def replace():
-            labels = files.read_labels_for(Path(path), doc.label_set, doc.size)
-            edit = doc.edit("Open label map")
-            edit.write(0, 0, labels)
-            edit.commit()
-            doc.original_labels[...] = labels
-        return self._attempt(replace)
+        return self._attempt(lambda: doc.replace_label_maps(files.read_labels_for(Path(path), doc.label_set,
+                                                                                  doc.size)))
 
     # ---- saving, exporting, autosave -----------------------------------------------------------------------
     def save(self) -> bool:

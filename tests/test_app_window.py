@@ -318,13 +318,22 @@ def test_label_ids_outside_the_set_are_refused(opened, snapshot, tmp_path):
     assert_unchanged(snapshot)
 
 
-def test_open_label_map_replaces_both_maps_as_one_undo_step(opened, tmp_path):
+def test_open_label_map_is_a_new_starting_point(opened, tmp_path):
     doc = opened.document
+    doc.set_active_label(SKY)
+    drag(opened, [(60, 60)])
     labels = np.full((HEIGHT, WIDTH), ROCK, np.uint8)
     path = tmp_path / "rock.png"
     Image.fromarray(labels).save(path)
     assert opened.open_label_map(path)
     assert (doc.labels == ROCK).all() and (doc.original_labels == ROCK).all()
+    assert doc.undo_stack.count() == 0 and doc.dirty and opened.isWindowModified()
+    assert opened.canvas.overlay[10, 10, 3] == 255  # recoloured
+    doc.set_active_label(SKY)
+    drag(opened, [(30, 30)])
+    keys(opened, "E")
+    drag(opened, [(30, 30)])
+    assert (doc.labels == ROCK).all()
 
 
 def test_corrupted_project_is_refused(opened, snapshot, tmp_path):
