@@ -63,6 +63,7 @@ class Canvas(QGraphicsView):
     hovered = Signal(int, int)  # image pixel under the cursor
     left = Signal()  # the cursor left the image
     zoom_changed = Signal(float)
+    message = Signal(str)  # a tool explains why it did nothing
 
     def __init__(self, document: Document, parent=None):
         super().__init__(parent)

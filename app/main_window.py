@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
         self.document.path_changed.connect(self._update_title)
         self.document.view_changed.connect(self._view_changed)
         self.canvas.hovered.connect(self._hovered)
+        self.canvas.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
         self.canvas.left.connect(lambda: self.hover_label.setText(""))
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
         self.select_tool("brush")

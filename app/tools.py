@@ -3,6 +3,8 @@ the document through one LayerEdit per user action, so every stroke, fill or reg
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import cv2
 import numpy as np
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
@@ -13,6 +15,15 @@ from app import smart
 from app.document import Document, LayerEdit, describe
 
 MIN_RADIUS, MAX_RADIUS = 1, 1000
+
+
+@contextmanager
+def wait_cursor():
+    QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+    try:
+        yield
+    finally:
+        QApplication.restoreOverrideCursor()
 
 
 class ToolSettings(QObject):
@@ -243,16 +254,14 @@ class SuperpixelTool(StrokeTool):
             self.prepare()
             if self._future is None:
                 return None
-            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-            try:
+            with wait_cursor():
                 self._superpixels = self._future.result()
-            finally:
-                QApplication.restoreOverrideCursor()
         return self._superpixels
 
     def press(self, pos, event) -> None:
         self.painted = set()
         if self.superpixels() is None:
+            self.canvas.message.emit("Superpixels need a photo; this document is a label map only")
             return
         super().press(pos, event)
 
@@ -478,19 +487,85 @@ class RectangleTool(RegionTool):
 
 class GrabCutTool(RectangleTool):
     name, title, shortcut = "grabcut", "GrabCut region", "C"
-    status_hint = "Drag a rectangle around an object: GrabCut labels what stands out from its surroundings."
+    status_hint = ("Drag a rectangle around an object: GrabCut labels what stands out. Then Shift+drag marks "
+                   "more object, Ctrl+drag marks background.")
     text = "GrabCut fill"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.session: smart.GrabCut | None = None
+        self.command = None  # the undo command of the session's last result
+        self.scribble: list[QPointF] | None = None
+        self.foreground = True
+        self.document.reset.connect(self._forget)
+
+    def _forget(self) -> None:
+        self.session, self.command = None, None
+
+    def _session_on_top(self) -> bool:
+        """Refining replaces the last GrabCut result, so only while nothing was done after it."""
+        stack = self.document.undo_stack
+        return (self.session is not None and self.command is not None and stack.index() > 0
+                and stack.command(stack.index() - 1) is self.command)
+
+    def press(self, pos, event) -> None:
+        modifiers = event.modifiers()
+        scribbling = modifiers & (Qt.KeyboardModifier.ShiftModifier | Qt.KeyboardModifier.ControlModifier)
+        if event.button() == Qt.MouseButton.LeftButton and scribbling:
+            if not self._session_on_top():
+                self.canvas.message.emit("GrabCut: drag a rectangle around the object first")
+                return
+            self.scribble = [pos]
+            self.foreground = bool(modifiers & Qt.KeyboardModifier.ShiftModifier)
+            self.preview = self.add_preview(QGraphicsPathItem())
+            colour = QColor(80, 255, 80) if self.foreground else QColor(255, 70, 70)
+            self.preview.setPen(cosmetic_pen(colour, 2))
+            return
+        super().press(pos, event)
+
+    def move(self, pos, event) -> None:
+        if self.scribble is None:
+            super().move(pos, event)
+            return
+        self.scribble.append(pos)
+        path = QPainterPath(self.scribble[0])
+        for point in self.scribble[1:]:
+            path.lineTo(point)
+        self.preview.setPath(path)
+
+    def release(self, pos, event) -> None:
+        if self.scribble is None:
+            super().release(pos, event)
+            return
+        points = [(p.x(), p.y()) for p in self.scribble + [pos]]
+        self.cancel()
+        self.scribble = None
+        with wait_cursor():
+            self.session.mark(points, max(2, self.settings.radius // 4), self.foreground)
+            self.session.refine()
+        self._apply_session()
 
     def apply(self, x0, y0, x1, y1) -> None:
         image = self.document.image
-        if image is None or x1 - x0 < 4 or y1 - y0 < 4:
+        if image is None:
+            self.canvas.message.emit("GrabCut needs a photo; this document is a label map only")
             return
-        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-        try:
-            mx, my, mask = smart.grabcut(image, x0, y0, x1, y1)
-        finally:
-            QApplication.restoreOverrideCursor()
-        self.fill_mask(mx, my, mask, self.text)
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return
+        with wait_cursor():
+            self.session = smart.GrabCut(image, x0, y0, x1, y1)
+        self.command = None
+        self._apply_session()
+
+    def _apply_session(self) -> None:
+        if self._session_on_top():
+            self.document.undo_stack.undo()  # the refined result replaces the previous one
+        x0, y0, mask = self.session.result()
+        edit = self.document.edit(self.text)
+        edit.paint(x0, y0, mask, self.paint_value())
+        self.command = edit.commit()
+        if self.command is not None:
+            self.document.note_used(self.paint_value())
 
 
 TOOLS = (BrushTool, EraserTool, FillTool, PickerTool, LassoTool, RectangleTool, SuperpixelTool, GrabCutTool)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPointF
+from PySide6.QtCore import QPointF, Qt
 
 from app.canvas import Canvas
 from app.document import Document
@@ -17,17 +17,18 @@ SKY, GRASS, ROCK = 156, 123, 149
 class Press:
     """Just enough of a QMouseEvent for the tools."""
 
-    def __init__(self, shift=False):
-        from PySide6.QtCore import Qt
-
-        self._shift = shift
-        self.Qt = Qt
+    def __init__(self, shift=False, ctrl=False):
+        self._modifiers = Qt.KeyboardModifier.NoModifier
+        if shift:
+            self._modifiers |= Qt.KeyboardModifier.ShiftModifier
+        if ctrl:
+            self._modifiers |= Qt.KeyboardModifier.ControlModifier
 
     def button(self):
-        return self.Qt.MouseButton.LeftButton
+        return Qt.MouseButton.LeftButton
 
     def modifiers(self):
-        return self.Qt.KeyboardModifier.ShiftModifier if self._shift else self.Qt.KeyboardModifier.NoModifier
+        return self._modifiers
 
 
 def scene_rgb(width=96, height=64):
@@ -65,11 +66,11 @@ def make(tool_class, doc, canvas, **settings):
     return tool
 
 
-def stroke(tool, points):
-    tool.press(QPointF(*points[0]), Press())
+def stroke(tool, points, **modifiers):
+    tool.press(QPointF(*points[0]), Press(**modifiers))
     for point in points[1:]:
-        tool.move(QPointF(*point), Press())
-    tool.release(QPointF(*points[-1]), Press())
+        tool.move(QPointF(*point), Press(**modifiers))
+    tool.release(QPointF(*points[-1]), Press(**modifiers))
 
 
 def test_a_stroke_is_one_undo_step_that_stores_only_its_rectangle(doc, canvas):
@@ -166,3 +167,29 @@ def test_overlay_buffer_follows_label_changes_in_the_dirty_rectangle(doc, canvas
     assert canvas.overlay[60, 5, 3] == 0  # unlabeled stays transparent
     doc.undo_stack.undo()
     assert canvas.overlay[50, 80, 3] == 0
+
+
+def test_grabcut_scribbles_refine_the_last_result_in_place(qtbot):
+    rgb = scene_rgb()
+    rgb[20:44, 30:45] = (200, 40, 40)  # the object: a red left half, the dark right half
+    doc = Document()
+    doc.load(label_set=load_label_set("coco-stuff-182"), labels=np.full(rgb.shape[:2], 255, np.uint16),
+             photo=photo_from_rgb(rgb, "two-tone.png"))
+    canvas = Canvas(doc)
+    qtbot.addWidget(canvas)
+    doc.set_active_label(ROCK)
+    tool = make(GrabCutTool, doc, canvas, radius=8)
+    stroke(tool, [(24, 14), (66, 50)])
+    assert doc.labels[30, 35] == ROCK and doc.labels[30, 55] == ROCK
+    # Ctrl+drag over the red half: it is background after all
+    stroke(tool, [(33, 25), (33, 40), (40, 40)], ctrl=True)
+    assert doc.labels[30, 35] == 255 and doc.labels[30, 55] == ROCK
+    # Shift+drag over grass next to the object: it belongs to the object too
+    stroke(tool, [(50, 47), (56, 47)], shift=True)
+    assert doc.labels[47, 53] == ROCK and doc.labels[30, 55] == ROCK
+    assert doc.undo_stack.count() == 1  # each refinement replaced the previous result
+    doc.undo_stack.undo()
+    assert not (doc.labels == ROCK).any()
+    # with the result undone there is nothing to refine: a scribble alone changes nothing
+    stroke(tool, [(50, 47), (56, 47)], shift=True)
+    assert not (doc.labels == ROCK).any()

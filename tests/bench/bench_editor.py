@@ -82,7 +82,7 @@ def child(photo: str) -> dict:
     smart.Superpixels(doc.image)
     results["superpixels_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    smart.grabcut(doc.image, 2000, 1000, 3500, 2000)
+    smart.GrabCut(doc.image, 2000, 1000, 3500, 2000).result()
     results["grabcut_s"] = time.perf_counter() - start
     scale = 1 if sys.platform == "darwin" else 1024
     results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
