@@ -48,6 +48,11 @@ class Photo:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
+def _megapixels(pixels: int) -> str:
+    value = pixels / 1e6
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Parse only the header and refuse bombs before any pixel is decoded."""
     try:
@@ -59,8 +64,8 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise InputError(
-            f"{name} claims {width}x{height} pixels ({width * height / 1e6:.0f} MP), "
-            f"more than the {max_pixels / 1e6:.0f} MP limit"
+            f"{name} claims {width}x{height} pixels ({_megapixels(width * height)} MP), "
+            f"more than the {_megapixels(max_pixels)} MP limit"
         )
     if min(width, height) < MIN_SIDE:
         raise InputError(f"{name} is only {width}x{height} pixels; Sgraffito needs at least {MIN_SIDE} on each side")
