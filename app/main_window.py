@@ -456,12 +456,11 @@ class MainWindow(QMainWindow):
     def offer_recovery(self) -> bool:
         """At start: offer to reopen work an earlier session left unsaved (it crashed or was killed)."""
         for entry in files.recoverable():
-            if self.ask_recover(files.describe_recoverable(entry)):
-                if self._attempt(self._load, files.read_autosave, entry):
-                    files.forget_autosave(entry)
-                    return True
-            else:
-                files.forget_autosave(entry)
+            recovered = self.ask_recover(files.describe_recoverable(entry)) and self._attempt(
+                self._load, files.read_autosave, entry)
+            files.forget_autosave(entry)  # declined, recovered (it autosaves anew) or unreadable: offered once
+            if recovered:
+                return True
         return False
 
     def closeEvent(self, event: QCloseEvent) -> None:

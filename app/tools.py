@@ -129,6 +129,9 @@ class StrokeTool(Tool):
         self._update_outline()
 
     def deactivate(self) -> None:
+        if self.edit is not None:  # switched tools mid-stroke: keep what was painted undoable
+            self.edit.commit()
+            self.edit = None
         self.remove_preview(self.outline)
         self.outline = None
 
