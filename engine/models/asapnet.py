@@ -522,7 +522,7 @@ class ASAPNetRenderer:
         if check_cancelled is not None:
             check_cancelled()
         image = self.model.highres_stream(x, params)[0, :, :h, :w]
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).contiguous().cpu().numpy()
         return rgb, lr_done - started, time.perf_counter() - lr_done
 
 

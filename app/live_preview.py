@@ -1,0 +1,134 @@
+"""Live preview: while it is on, the canvas shows an ASAPNet rendering of the label map, redone after every stroke.
+
+Painting is never blocked: a change (the end of a stroke, an undo, a new document) restarts a short debounce timer;
+when it fires, a copy of the labels goes to one background thread that renders them; the result comes back through
+a queued signal and replaces the canvas's photo layer (the document's image is not touched: the preview is a view,
+not an edit). Changes that arrive while a rendering runs are coalesced into one more rendering after it, and a
+result that a newer document or switching the preview off made stale is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import cv2
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QImage
+
+from app.canvas import wrap_rgb
+from engine.errors import SgraffitoError
+
+DEBOUNCE_MS = 40
+MAX_SIDE = 1024  # larger documents are rendered at this size and scaled up: a preview, not the final image
+
+
+def default_renderer():
+    from engine.models.asapnet import ASAPNetRenderer
+
+    return ASAPNetRenderer.load()
+
+
+class LivePreview(QObject):
+    rendered = Signal(float)  # seconds from the change (end of stroke) to the new image on the canvas
+    failed = Signal(str)  # a message for the status bar, e.g. the model reads another label set
+    _finished = Signal(int, object, float)  # worker -> UI thread: generation, image or error message, change time
+
+    def __init__(self, document, canvas, load_renderer: Callable[[], object] = default_renderer,
+                 debounce_ms: int = DEBOUNCE_MS, max_side: int = MAX_SIDE, parent: QObject | None = None):
+        super().__init__(parent or canvas)
+        self.document = document
+        self.canvas = canvas
+        self.max_side = max_side
+        self._load_renderer = load_renderer
+        self._renderer = None  # created on the worker thread: loading a model takes a while
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-preview")
+        self._timer = QTimer(self, singleShot=True, interval=debounce_ms)
+        self._timer.timeout.connect(self._start)
+        self._generation = 0  # bumped by anything that makes a running rendering's result unwanted
+        self._busy = False
+        self._pending = False
+        self._changed_at = 0.0
+        self.enabled = False
+        self.image: np.ndarray | None = None  # the preview on the canvas (kept alive: the QImage wraps it)
+        self._finished.connect(self._on_finished)
+        document.undo_stack.indexChanged.connect(self._on_change)
+        document.reset.connect(self._on_reset)
+
+    def set_enabled(self, enabled: bool) -> None:
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        self._generation += 1
+        if enabled:
+            if self.document.view_mode == "labels":  # a document made from a label map: show the rendering
+                self.document.set_view_mode("both")
+            self._on_change()
+        else:
+            self._timer.stop()
+            self._restore()
+
+    def shutdown(self) -> None:
+        self.set_enabled(False)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ---- UI thread ---------------------------------------------------------------------------------------------
+    def _on_reset(self) -> None:
+        self._generation += 1
+        self._on_change()
+
+    def _on_change(self, *_) -> None:
+        if self.enabled and self.document.is_open:
+            self._changed_at = time.perf_counter()
+            self._timer.start()
+
+    def _start(self) -> None:
+        if self._busy:
+            self._pending = True
+            return
+        self._busy = True
+        labels = self.document.labels.copy()
+        self._executor.submit(self._work, self._generation, labels, self.document.label_set.name, self._changed_at)
+
+    def _on_finished(self, generation: int, result, changed_at: float) -> None:
+        self._busy = False
+        if isinstance(result, str):
+            self.failed.emit(result)
+        elif self.enabled and generation == self._generation and result.shape[:2] == self.document.labels.shape:
+            self.image = result
+            self.canvas.photo_item.set_image(wrap_rgb(result), result)
+            self.rendered.emit(time.perf_counter() - changed_at)
+        if self._pending:
+            self._pending = False
+            self._start()
+
+    def _restore(self) -> None:
+        image = self.document.image
+        if image is None:
+            self.canvas.photo_item.set_image(QImage())
+        else:
+            self.canvas.photo_item.set_image(wrap_rgb(image), image)
+        self.image = None
+
+    # ---- worker thread -----------------------------------------------------------------------------------------
+    def _work(self, generation: int, labels: np.ndarray, label_set: str, changed_at: float) -> None:
+        try:
+            if self._renderer is None:
+                self._renderer = self._load_renderer()
+            renderer = self._renderer
+            if renderer.label_set and renderer.label_set != label_set:
+                raise SgraffitoError(f"live preview: the ASAPNet model reads {renderer.label_set} label maps, "
+                                     f"this document uses {label_set}")
+            h, w = labels.shape
+            scale = min(1.0, self.max_side / max(h, w))
+            size = None if scale == 1.0 else (max(16, round(w * scale)), max(16, round(h * scale)))
+            image = renderer.render(labels, size)
+            if size is not None:
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+            self._finished.emit(generation, image, changed_at)
+        except SgraffitoError as error:
+            self._finished.emit(generation, str(error), changed_at)
+        except Exception as error:  # noqa: BLE001 - a failed preview must not take the editor down
+            self._finished.emit(generation, f"live preview failed: {type(error).__name__}: {error}", changed_at)

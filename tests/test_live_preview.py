@@ -1,0 +1,117 @@
+"""Live preview: renders off the UI thread after each stroke, shows the newest labels, never edits the document."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from app.canvas import Canvas
+from app.document import Document
+from app.live_preview import LivePreview
+from engine.labels import load_label_set
+from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenerator, dataset_preset, model_config
+
+
+@pytest.fixture
+def renderer():
+    torch.manual_seed(0)
+    preset = dataset_preset("landscape")
+    cfg = ASAPNetConfig(in_channels=preset.encoding.channels, downsampling=16, lr_width=8, lr_max_width=16,
+                        lr_depth=1, hr_width=8)
+    model = ASAPNetsGenerator(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return ASAPNetRenderer(model_config(cfg, preset, "tiny"), model.state_dict())
+
+
+class SlowRenderer:
+    """Wraps a renderer: records what it rendered and can hold the worker thread until released."""
+
+    def __init__(self, inner):
+        self.inner, self.label_set = inner, inner.label_set
+        self.calls = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def render(self, labels, size=None):
+        self.calls.append(labels.copy())
+        self.gate.wait(10)
+        return self.inner.render(labels, size)
+
+
+@pytest.fixture
+def editor(qtbot):
+    label_set = load_label_set("coco-stuff-182")
+    labels = np.full((96, 128), label_set.id_of("sky-other"), np.uint16)
+    labels[60:] = label_set.id_of("grass")
+    document = Document()
+    document.load(label_set=label_set, labels=labels)
+    canvas = Canvas(document)
+    qtbot.addWidget(canvas)
+    return document, canvas
+
+
+def stroke(document, label_name, rows):
+    edit = document.edit("Brush")
+    mask = np.zeros((rows.stop - rows.start, 40), bool)
+    mask[:] = True
+    edit.paint(10, rows.start, mask, document.label_set.id_of(label_name))
+    edit.commit()
+
+
+def test_preview_follows_strokes_without_editing_the_document(qtbot, editor, renderer):
+    document, canvas = editor
+    preview = LivePreview(document, canvas, lambda: renderer, debounce_ms=10)
+    assert document.view_mode == "labels"  # a label-map document
+    with qtbot.waitSignal(preview.rendered, timeout=10_000):
+        preview.set_enabled(True)
+    assert document.view_mode == "both" and canvas.photo_item.isVisible()
+    first = preview.image.copy()
+    assert canvas.photo_item.image.size().toTuple() == (128, 96)
+    np.testing.assert_array_equal(first, renderer.render(document.labels))
+
+    with qtbot.waitSignal(preview.rendered, timeout=10_000) as blocker:
+        stroke(document, "sea", slice(70, 90))
+    assert 0 < blocker.args[0] < 10
+    np.testing.assert_array_equal(preview.image, renderer.render(document.labels))
+    assert np.abs(preview.image[70:90, 10:50].astype(int) - first[70:90, 10:50]).mean() > 2  # the sea shows
+    assert document.image is None and document.undo_stack.count() == 1  # a view, not an edit
+
+    preview.set_enabled(False)
+    assert canvas.photo_item.image.isNull() and preview.image is None
+    preview.shutdown()
+
+
+def test_strokes_during_a_rendering_are_coalesced_and_the_newest_labels_win(qtbot, editor, renderer):
+    document, canvas = editor
+    slow = SlowRenderer(renderer)
+    preview = LivePreview(document, canvas, lambda: slow, debounce_ms=5)
+    slow.gate.clear()
+    preview.set_enabled(True)
+    qtbot.waitUntil(lambda: len(slow.calls) == 1, timeout=10_000)
+    started = time.perf_counter()
+    for i, name in enumerate(["sea", "sand", "tree"]):  # the worker is blocked: painting must not be
+        stroke(document, name, slice(10 * i, 10 * i + 8))
+        qtbot.wait(20)
+    assert time.perf_counter() - started < 5
+    slow.gate.set()
+    qtbot.waitUntil(lambda: len(slow.calls) == 2 and not preview._busy, timeout=10_000)
+    qtbot.wait(50)
+    assert len(slow.calls) == 2  # three strokes while busy -> one more rendering, of the final labels
+    np.testing.assert_array_equal(slow.calls[1], document.labels)
+    np.testing.assert_array_equal(preview.image, renderer.render(document.labels))
+    preview.shutdown()
+
+
+def test_a_model_for_another_label_set_reports_instead_of_rendering(qtbot, editor, renderer):
+    document, canvas = editor
+    renderer.label_set = "ade20k-150"
+    preview = LivePreview(document, canvas, lambda: renderer, debounce_ms=5)
+    with qtbot.waitSignal(preview.failed, timeout=10_000) as blocker:
+        preview.set_enabled(True)
+    assert "ade20k-150" in blocker.args[0] and "coco-stuff-182" in blocker.args[0]
+    assert canvas.photo_item.image.isNull()
+    preview.shutdown()
