@@ -302,9 +302,10 @@ class LayerEdit:
         rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
         if rows.size == 0:
             return None
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        command = PatchCommand(self.document, self.layer, x0 + int(c0), y0 + int(r0),
-                               before[r0:r1, c0:c1].copy(), after[r0:r1, c0:c1].copy(), self.text)
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if (r1 - r0, c1 - c0) != changed.shape:  # copy the crop so the larger arrays can be freed
+            before, after = before[r0:r1, c0:c1].copy(), after[r0:r1, c0:c1].copy()
+        command = PatchCommand(self.document, self.layer, x0 + c0, y0 + r0, before, after, self.text)
         self.document.undo_stack.push(command)
         return command
 
