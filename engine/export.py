@@ -7,16 +7,18 @@ composites (`compositeWithTrainedAlgorithmicMedia`), as Adobe, Google and C2PA t
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
-from PIL import Image, ImageCms, PngImagePlugin, TiffImagePlugin, TiffTags
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin, TiffImagePlugin, TiffTags
 
 from engine import __version__
 from engine.errors import InputError
+from engine.imageio import Photo
 from engine.labels import LabelSet
 from engine.project import atomic_write
 
@@ -27,6 +29,8 @@ XMP_BASIC = "http://ns.adobe.com/xap/1.0/"
 SGRAFFITO_NS = "https://sgraffito.github.io/ns/1.0/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 SOFTWARE = f"Sgraffito {__version__}"
+_TIFF_DESCRIPTIVE_TAGS = (ExifTags.Base.ImageDescription, ExifTags.Base.Make, ExifTags.Base.Model,
+                          ExifTags.Base.DateTime, ExifTags.Base.Artist, ExifTags.Base.Copyright)
 _SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -71,12 +75,15 @@ def export_image(
     quality: int = 95,
     metadata: dict | None = None,
     generated: bool = False,
+    source: Photo | None = None,
 ) -> Path:
     """Write `rgb` ((H, W, 3) uint8 sRGB, the photo's native size and orientation) atomically.
 
     `metadata`: JSON-able values (models, seeds, strength...); "Software" is added. PNG gets one text chunk per
     key plus the XMP packet; JPEG, TIFF and WebP get the XMP packet and the EXIF/TIFF Software tag. All embed an
-    sRGB ICC profile so colour-managed viewers show what the editor showed.
+    sRGB ICC profile so colour-managed viewers show what the editor showed. With `source` (the photo the result
+    was made from) its EXIF (camera, lens, capture time) is carried over, minus the GPS position (privacy) and
+    the orientation tag (the pixels are already upright); TIFF keeps only the camera's IFD0 text tags.
     """
     path = Path(path)
     fmt = export_format(path, fmt)
@@ -91,7 +98,7 @@ def export_image(
     xmp = xmp_packet(metadata, generated)
     image = Image.fromarray(rgb)
     options: dict = {"icc_profile": _SRGB_ICC}
-    exif = Image.Exif()
+    exif = _source_exif(source)
     exif[0x0131] = metadata["Software"]
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
@@ -99,7 +106,7 @@ def export_image(
             info.add_itxt(key, value if isinstance(value, str) else json.dumps(value, default=str))
         info.add_itxt("XML:com.adobe.xmp", xmp)
         # level 1: on a 24-MP photo 4x faster than level 3 (6 s vs 25 s at the default 6) for files ~3 % larger
-        options.update(pnginfo=info, compress_level=1)
+        options.update(pnginfo=info, compress_level=1, exif=exif)
     elif fmt == "JPEG":
         # 4:4:4 above quality 90: label edges are colour edges, and 4:2:0 smears them at full resolution
         options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True, xmp=xmp.encode(),
@@ -109,6 +116,11 @@ def export_image(
         options.update(quality=quality, lossless=quality == 100, method=4, xmp=xmp.encode(), exif=exif)
     else:
         tags = TiffImagePlugin.ImageFileDirectory_v2()
+        # Pillow's TIFF writer takes either tiffinfo or exif and writes no EXIF sub-IFD: the XMP packet needs
+        # tiffinfo, so the camera's descriptive IFD0 tags are copied into it and capture details are lost
+        for tag in _TIFF_DESCRIPTIVE_TAGS:
+            if tag in exif:
+                tags[tag] = exif[tag]
         tags[305] = metadata["Software"]
         tags[700] = xmp.encode()
         tags.tagtype[700] = TiffTags.BYTE
@@ -116,6 +128,21 @@ def export_image(
     with atomic_write(path) as handle:
         image.save(handle, format=fmt, **options)
     return path
+
+
+def _source_exif(source: Photo | None) -> Image.Exif:
+    if source is None:
+        return Image.Exif()
+    try:
+        with Image.open(io.BytesIO(source.data)) as original:
+            exif = original.getexif()
+            exif.get_ifd(ExifTags.IFD.Exif)  # loaded sub-IFDs are written back; unloaded ones are dropped
+    except (OSError, SyntaxError, ValueError):
+        return Image.Exif()  # the photo opened, so this is only unreadable metadata: export without it
+    for tag in (ExifTags.Base.Orientation, ExifTags.IFD.GPSInfo):
+        if tag in exif:
+            del exif[tag]
+    return exif
 
 
 def export_label_map(path: str | Path, labels: np.ndarray, label_set: LabelSet) -> Path:

@@ -98,3 +98,26 @@ def test_cli_export_writes_the_project_result(tmp_path, result, capsys):
     assert (load_label_map(labels_out, COCO) == edited).all()
     assert main(["export", str(tmp_path / "cat.sgraffito"), str(tmp_path / "x.gif")]) == 2
     assert "unknown export format '.gif'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png", "tif", "webp"])
+def test_camera_exif_is_kept_without_gps_or_orientation(tmp_path, result, suffix):
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Canon"
+    exif[ExifTags.Base.Orientation] = 6
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2019:07:14 18:02:11"
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitude] = (50.0, 5.0, 0.0)
+    original = tmp_path / "IMG_0001.jpg"
+    Image.fromarray(result).save(original, exif=exif)
+    photo = load_photo(original)  # upright: rotated by the orientation tag
+    out = export_image(tmp_path / f"out.{suffix}", np.ascontiguousarray(photo.rgb), source=photo)
+    with Image.open(out) as image:
+        written = image.getexif()
+        assert written.get(ExifTags.Base.Make) == "Canon"
+        if suffix != "tif":  # Pillow writes no EXIF sub-IFD into TIFFs
+            assert written.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal) == "2019:07:14 18:02:11"
+        assert ExifTags.Base.Orientation not in written and not written.get_ifd(ExifTags.IFD.GPSInfo)
+        assert written.get(ExifTags.Base.Software).startswith("Sgraffito")
+    assert load_photo(out).size == photo.size == (300, 451)

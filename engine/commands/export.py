@@ -34,7 +34,8 @@ def run(args) -> int:
                 "LabelSet": project.label_set}
     if project.history:
         metadata["History"] = project.history
-    export_image(args.out, image, quality=args.quality, metadata=metadata, generated=bool(project.history))
+    export_image(args.out, image, quality=args.quality, metadata=metadata, generated=bool(project.history),
+                 source=project.photo)
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]})")
     if args.labels:
         export_label_map(args.labels, project.edited_labels, load_label_set(project.label_set))
