@@ -306,8 +306,7 @@ class FillTool(Tool):
         if everywhere:
             mask, x0, y0 = same.view(bool), 0, 0
         else:
-            # flood only the 0/1 mask: cv2.floodFill does not take uint16 images
-            same = same.copy()
+            # flood the 0/1 mask (a temporary of ours): cv2.floodFill does not take uint16 images
             _, _, _, (rx, ry, rw, rh) = cv2.floodFill(same, None, (x, y), 2, flags=4)
             mask, x0, y0 = same[ry:ry + rh, rx:rx + rw] == 2, rx, ry
         edit = doc.edit("Fill everywhere" if everywhere else "Fill")
