@@ -134,7 +134,7 @@ def export_metadata(document) -> dict:
 
 def export_image(document, path: Path, quality: int = DEFAULT_QUALITY) -> Path:
     return engine_export.export_image(path, document.image, quality=quality, metadata=export_metadata(document),
-                                      generated=bool(document.history))
+                                      generated=bool(document.history), source=document.photo)
 
 
 def export_label_map(document, path: Path) -> Path:
