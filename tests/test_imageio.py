@@ -128,6 +128,10 @@ def test_16_bit_png_and_tiff(tmp_path):
     photo = load_photo(tif)
     assert photo.bit_depth == 16 and not photo.is_grayscale
     assert tuple(photo.rgb[0, 0]) == (128, 0, 255)
+    png = tmp_path / "colour16.png"
+    cv2.imwrite(str(png), colour16)
+    photo = load_photo(png)
+    assert photo.bit_depth == 16 and tuple(photo.rgb[0, 0]) == (128, 0, 255) and tuple(photo.rgb[-1, 0]) == (0, 255, 0)
 
 
 def test_grayscale_and_sepia_are_detected_colour_is_not(tmp_path, photo_rgb):
