@@ -83,8 +83,9 @@ def tiny(**kw):
 
 def test_full_size_layout_and_parameter_counts():
     # counts of the published landscape models (343 tensors each)
-    image = VQGAN(VQGANConfig(masked_encoder=True))
-    seg = VQGAN(VQGANConfig(in_channels=182, out_ch=182, n_labels=182))
+    with torch.device("meta"):
+        image = VQGAN(VQGANConfig(masked_encoder=True))
+        seg = VQGAN(VQGANConfig(in_channels=182, out_ch=182, n_labels=182))
     assert {k: tuple(v.shape) for k, v in image.state_dict().items()} == official_vqgan_shapes(
         ch=128, nrb=2, z=256, n_embed=1024, embed_dim=256)
     assert sum(p.numel() for p in image.parameters()) == 72_141_699
@@ -143,7 +144,10 @@ def test_asset_checkpoint_splits_into_masked_image_and_seg_tokenizers(tmp_path):
     assert set(transformer) == {"shared.weight"} and rest == {}
 
     labels = torch.randint(0, 182, (1, 64, 64))
+    labels[:, :20] = 7
     codes = seg.encode_labels(labels)
+    assert torch.allclose(seg.label_conv_in(labels), seg.encoder.conv_in(seg.one_hot(labels)), atol=1e-5)
+    assert torch.equal(codes, seg.encode(seg.one_hot(labels))[1])
     assert codes.shape == (1, 4, 4) and seg.decode_labels(codes).shape == (1, 64, 64)
     with pytest.raises(InputError, match="182"):
         seg.encode_labels(torch.full((1, 32, 32), 200))
@@ -153,11 +157,11 @@ def test_codes_outside_the_hole_do_not_depend_on_hole_content():
     image = tiny(masked_encoder=True)
     plain = tiny()
     plain.load_state_dict(image.state_dict())
-    x = torch.rand(1, 3, 128, 128) * 2 - 1
-    mask = torch.zeros(1, 1, 128, 128)
-    mask[..., 40:90, 21:77] = 1  # not aligned to the 16 px token grid
+    x = torch.rand(1, 3, 96, 96) * 2 - 1
+    mask = torch.zeros(1, 1, 96, 96)
+    mask[..., 30:70, 21:57] = 1  # not aligned to the 16 px token grid
     other = torch.where(mask.bool(), torch.rand_like(x) * 2 - 1, x)
-    token_hole = F.interpolate(mask, size=(8, 8))[0, 0].bool()
+    token_hole = F.interpolate(mask, size=(6, 6))[0, 0].bool()
 
     z1, z2 = image.encode_z(x, mask), image.encode_z(other, mask)
     assert torch.allclose(z1[..., ~token_hole], z2[..., ~token_hole], atol=1e-5)
@@ -170,10 +174,10 @@ def test_codes_outside_the_hole_do_not_depend_on_hole_content():
 
 def test_mask_none_means_no_edit_and_full_masks_are_refused():
     image = tiny(masked_encoder=True)
-    x = torch.rand(2, 3, 64, 64)
-    assert torch.equal(image.encode_z(x), image.encode_z(x, torch.zeros(2, 64, 64)))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(image.encode_z(x), image.encode_z(x, torch.zeros(2, 32, 32)))
     with pytest.raises(InputError, match="whole image"):
-        image.encode(x, torch.ones(2, 1, 64, 64))
+        image.encode(x, torch.ones(2, 1, 32, 32))
     with pytest.raises(InputError, match="multiple of 16"):
         image.encode(torch.rand(1, 3, 72, 64))
 
@@ -212,3 +216,32 @@ def test_quantizer_legacy_flag_moves_beta_between_terms():
         assert torch.equal(idx.flatten(), d.argmin(1))
     assert torch.allclose(grads[True][0] * 0.25, grads[False][0], atol=1e-7)  # commitment: 1 vs beta
     assert torch.allclose(grads[True][1], grads[False][1] * 0.25, atol=1e-7)  # codebook: beta vs 1
+
+
+def test_import_asset_bundle(tmp_path):
+    from engine.models.asset import ASSET, ASSETConfig
+
+    torch.manual_seed(0)
+    cfg = ASSETConfig(vocab_size=128, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=1,
+                      decoder_attention_heads=1, encoder_ffn_dim=64, decoder_ffn_dim=64)
+    sga, guiding = ASSET(cfg).state_dict(), ASSET(cfg).state_dict()
+    image_sd = random_state_dict(official_vqgan_shapes(), seed=1)
+    seg_sd = random_state_dict(official_vqgan_shapes(cin=182, cout=182), seed=2)
+    seg_sd["colorize"] = torch.randn(3, 182, 1, 1)
+    torch.save({"state_dict": {**{f"first_stage_model.{k}": v for k, v in image_sd.items()},
+                               **{f"cond_stage_model.{k}": v for k, v in seg_sd.items()},
+                               **{f"transformer.{k}": v for k, v in sga.items()},
+                               **{f"guiding_transformer.{k}": v for k, v in guiding.items()}}},
+               tmp_path / "landscape_1024.ckpt")
+    torch.save({"state_dict": {f"transformer.{k}": v for k, v in guiding.items()}}, tmp_path / "guiding.ckpt")
+
+    assert cli(["import", "asset", str(tmp_path / "landscape_1024.ckpt"), "--guiding",
+                str(tmp_path / "guiding.ckpt")]) == 0
+    [info] = list_models("asset")
+    assert info.name == "landscape_1024" and info.source == "imported"
+    image = load_vqgan(info.path, "image_vqgan")
+    assert image.config.masked_encoder and load_vqgan(info.path, "seg_vqgan").config.n_labels == 182
+    for key, value in image.state_dict().items():
+        assert torch.equal(value, image_sd[key])
+    weights = read_checkpoint(info.path / "guiding.safetensors")
+    assert all(torch.equal(weights[k], v) for k, v in guiding.items())

@@ -251,8 +251,11 @@ class Encoder(nn.Module):
         self.conv_out = _conv3(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, masked)
 
     def forward(self, x, mask=None):
-        h = self.conv_in(x, mask)
-        for level, down in enumerate(self.down):
+        return self.features(self.conv_in(x, mask), mask)
+
+    def features(self, h, mask=None):
+        """Everything after conv_in."""
+        for down in self.down:
             for i, block in enumerate(down.block):
                 h = block(h, mask)
                 if len(down.attn):
@@ -395,16 +398,44 @@ class VQGAN(nn.Module):
 
     # Segmentation VQGAN helpers: label maps (B,H,W) of 0-based class ids.
 
-    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+    def label_conv_in(self, labels: torch.Tensor) -> torch.Tensor:
+        """encoder.conv_in of the one-hot map of `labels` (B,H,W), computed as nine table lookups: equal to the
+        convolution up to summation order, without building the (B, n_labels, H, W) one-hot tensor."""
+        conv = self.encoder.conv_in
+        _, h, w = labels.shape
+        taps = F.pad(conv.weight.permute(2, 3, 1, 0), (0, 0, 1, 0))  # 3,3,n_labels+1,C; row 0 = outside
+        padded = F.pad(labels.long() + 1, (1, 1, 1, 1))
+        out = conv.bias
+        for ky in range(3):
+            for kx in range(3):
+                out = out + F.embedding(padded[:, ky:ky + h, kx:kx + w], taps[ky, kx])
+        return out.permute(0, 3, 1, 2).contiguous()
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
         n = self.config.n_labels
-        if labels.numel() and int(labels.max()) >= n:
-            raise InputError(f"label id {int(labels.max())} is outside this model's {n} classes")
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < n:
+            raise InputError(f"label ids {int(labels.min())}..{int(labels.max())} are outside this model's {n} classes")
+        f = self.config.factor
+        if labels.shape[-1] % f or labels.shape[-2] % f:
+            raise InputError(f"label map size {labels.shape[-1]}x{labels.shape[-2]} is not a multiple of {f}")
+
+    def forward_labels(self, labels: torch.Tensor):
+        """(class logits (B,n_labels,H,W), quantiser loss, indices) for label maps; the training path."""
+        self._check_labels(labels)
+        z = self.quant_conv(self.encoder.features(self.label_conv_in(labels)))
+        quant, qloss, indices = self.quantize(z)
+        return self.decode(quant), qloss, indices
+
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        self._check_labels(labels)
+        n = self.config.n_labels
         return F.one_hot(labels.long(), n).permute(0, 3, 1, 2).to(self.quant_conv.weight.dtype)
 
     @torch.no_grad()
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Codes (B,h,w) of label maps (B,H,W)."""
-        return self.encode(self.one_hot(labels))[1]
+        """Codes (B,h,w) of label maps (B,H,W) of 0-based class ids."""
+        self._check_labels(labels)
+        return self.quantize.codes(self.quant_conv(self.encoder.features(self.label_conv_in(labels))))
 
     @torch.no_grad()
     def decode_labels(self, indices: torch.Tensor) -> torch.Tensor:
@@ -496,3 +527,54 @@ def split_asset_tokenizers(sd: dict[str, torch.Tensor], source: str) -> tuple[VQ
     image = vqgan_from_state_dict(parts["first_stage_model"], f"{source} (first_stage_model)", masked_encoder=True)
     seg = vqgan_from_state_dict(parts["cond_stage_model"], f"{source} (cond_stage_model)")
     return image, seg, parts["transformer"], parts[""]
+
+
+def _import_asset(args: argparse.Namespace) -> Path:
+    from engine.models import asset  # the transformer half; imported here so the tokenizers work without it
+
+    source, guiding_source = str(args.file), str(args.guiding)
+    image, seg, transformer_sd, rest = split_asset_tokenizers(read_checkpoint(args.file), source)
+    if not transformer_sd:
+        raise CheckpointError(f"{source}: no transformer.* keys; not an ASSET checkpoint")
+    guiding_sd = split_by_prefix(read_checkpoint(args.guiding), ["transformer"])["transformer"]
+    if not guiding_sd:
+        raise CheckpointError(f"{guiding_source}: no transformer.* keys; not an ASSET guiding checkpoint")
+    transformers = {}
+    for stem, sd, where in (("sga", transformer_sd, source), ("guiding", guiding_sd, guiding_source)):
+        cfg = asset.config_from_state_dict(sd)
+        model = asset.ASSET(cfg)
+        load_state_dict_strict(model, sd, f"{where} (transformer)")
+        transformers[stem] = (cfg, model.state_dict())
+    if transformers["sga"][0].vocab_size != image.config.n_embed:
+        raise CheckpointError(f"{source}: transformer vocabulary {transformers['sga'][0].vocab_size} does not match "
+                              f"the image VQGAN's {image.config.n_embed} codes")
+    n_labels = seg.config.in_channels
+    directory = new_model_dir(args.name or Path(source).stem.replace(" ", "-"), overwrite=args.force)
+    config = {
+        "kind": "asset",
+        "title": f"ASSET {Path(source).stem} ({image.config.n_embed} codes, {n_labels} classes)",
+        "source": [Path(source).name, Path(guiding_source).name],
+        # landscape models use the 182 0-based COCO-Stuff ids, COCO models 183 with 0 = unlabeled
+        "label_set": "coco-stuff-182" if n_labels == 182 else f"coco-stuff-{n_labels}",
+        "image_vqgan": image.config.to_dict(),
+        "seg_vqgan": seg.config.to_dict(),
+        "sga": transformers["sga"][0].to_dict(),
+        "guiding": transformers["guiding"][0].to_dict(),
+        # Lightning also saved the SGA model's frozen copy of the guiding transformer; the guiding file is used
+        "ignored_keys": sorted({k.split(".")[0] for k in rest}),
+    }
+    save_model_dir(directory, {"image_vqgan": image.state_dict(), "seg_vqgan": seg.state_dict(),
+                               "sga": transformers["sga"][1], "guiding": transformers["guiding"][1]}, config)
+    return directory
+
+
+def _asset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guiding", type=Path, required=True, metavar="GUIDING.ckpt",
+                        help="the guiding transformer checkpoint of the same bundle (e.g. landscape_guiding.ckpt)")
+    parser.epilog = ("Example: sgraffito import asset landscape/landscape_1024.ckpt "
+                     "--guiding landscape/landscape_guiding.ckpt --name asset-landscape")
+
+
+register_importer("asset", _asset_arguments, _import_asset,
+                  help="an official ASSET bundle: the SGA checkpoint (image + seg VQGANs + transformer) and its "
+                       "guiding checkpoint")

@@ -1,0 +1,270 @@
+"""Training tasks "vqgan" (ASSET's mask-aware image VQGAN) and "seg_vqgan" (the label-map VQGAN) on synthetic
+landscapes, and their export into the ASSET demo model folder.
+
+Both train on random crops (`options.crop`, default 128 px) of scenes rendered at `options.scene_size` (256), so
+the models see the scale they are used at, for a quarter of the compute of whole scenes.
+
+vqgan: L1 + a multi-scale image-gradient L1 (a cheap stand-in for LPIPS, whose VGG weights cannot be fetched)
++ the VectorQuantizer2 codebook/commitment loss; no discriminator. As in ASSET the encoder gets edit masks from
+step 0: half of the crops carry the (dilated) region of one class, like ASSET's generate_mask_from_seg.
+seg_vqgan: cross-entropy of the per-class logits + the codebook loss (the one-hot input is a table lookup).
+Codebook rows unused for a while are restarted on random encoder outputs of the current batch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoints import read_model_config, save_model_dir
+from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene
+from engine.metrics import psnr
+from engine.models.vqgan import VQGAN, VQGANConfig
+from engine.paths import assets_dir
+from engine.train.task import TrainConfig, TrainTask, register_task
+
+DEMO_DIR = "demo-asset-landscape"
+CARD_BEGIN, CARD_END = "<!-- tokenizers: begin -->", "<!-- tokenizers: end -->"
+
+
+def class_mask(labels: np.ndarray, rng: np.random.Generator, max_ratio: float = 0.6) -> np.ndarray:
+    """A training edit mask (1 = edit): the region of the class under a random pixel, dilated; halved when it
+    covers more than max_ratio, so some of the image always stays visible."""
+    h, w = labels.shape
+    y, x = int(rng.integers(h)), int(rng.integers(w))
+    mask = (labels == labels[y, x]).astype(np.uint8)
+    mask = cv2.dilate(mask, np.ones((5, 5), np.uint8), iterations=2)
+    if mask.mean() > max_ratio:
+        if rng.random() < 0.5:
+            mask[: h // 2] = 0
+        else:
+            mask[:, : w // 2] = 0
+    return mask.astype(np.float32)
+
+
+class LandscapeCrops(torch.utils.data.IterableDataset):
+    """Endless random crops (with flips) of training scenes; several crops per rendered scene."""
+
+    def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float):
+        self.scene_size, self.crop, self.crops_per_scene, self.mask_prob = scene_size, crop, crops_per_scene, mask_prob
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([torch.initial_seed() % 2**32, info.id if info else 0])
+        c = self.crop
+        while True:
+            scene = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.scene_size)
+            for _ in range(self.crops_per_scene):
+                y, x = (int(rng.integers(0, n - c + 1)) for n in scene.labels.shape)
+                image, labels = scene.image[y:y + c, x:x + c], scene.labels[y:y + c, x:x + c]
+                if rng.random() < 0.5:
+                    image, labels = image[:, ::-1], labels[:, ::-1]
+                labels = np.ascontiguousarray(labels)
+                mask = class_mask(labels, rng) if rng.random() < self.mask_prob else np.zeros((c, c), np.float32)
+                yield {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1,
+                       "labels": torch.from_numpy(labels.astype(np.int64)),
+                       "mask": torch.from_numpy(mask)[None]}
+
+
+def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    """L1 between the horizontal and vertical differences of a and b at 1, 1/2, 1/4 scale: edges and texture."""
+    total = a.new_zeros(())
+    for s in range(scales):
+        if s:
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        total = total + (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
+    return total / scales
+
+
+class _CodebookRestart:
+    """Tracks code usage (decayed counts) and re-seeds rows unused for a while with random encoder outputs."""
+
+    def __init__(self, model: VQGAN, every: int, decay: float = 0.99):
+        self.every, self.decay = every, decay
+        self.usage = torch.ones(model.config.n_embed)
+        self.latest = None
+        model.quant_conv.register_forward_hook(lambda _m, _i, out: setattr(self, "latest", out.detach()))
+
+    @torch.no_grad()
+    def update(self, model: VQGAN, indices: torch.Tensor, step: int) -> float:
+        counts = torch.bincount(indices.flatten().cpu(), minlength=self.usage.numel()).float()
+        self.usage.mul_(self.decay).add_(counts)
+        dead = self.usage < 1e-2 * counts.sum() / self.usage.numel()
+        restarted = 0
+        if step and step % self.every == 0 and dead.any() and self.latest is not None:
+            z = self.latest.permute(0, 2, 3, 1).reshape(-1, self.latest.shape[1])
+            rows = dead.nonzero().flatten()
+            pick = torch.randint(len(z), (len(rows),))
+            weight = model.quantize.embedding.weight
+            weight[rows.to(weight.device)] = z[pick].to(weight) + 1e-3 * torch.randn_like(z[pick]).to(weight)
+            self.usage[rows] = counts.sum() / self.usage.numel()
+            restarted = len(rows)
+        return restarted
+
+
+def _vqgan_config(options: dict, **fixed) -> VQGANConfig:
+    arch = {k: options[k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed")
+            if k in options}
+    return VQGANConfig(**{**arch, **fixed})
+
+
+def _eval_scenes(count: int, size: int):
+    return [generate_scene(int(seed), size) for seed in list(EVAL_SEEDS)[:count]]
+
+
+def _write_card_section(directory: Path, section: str) -> None:
+    """Put `section` between the tokenizer markers of MODEL_CARD.md, keeping what other exporters wrote."""
+    card = directory / "MODEL_CARD.md"
+    text = card.read_text() if card.is_file() else "# ASSET demo models: synthetic landscapes\n\n"
+    block = f"{CARD_BEGIN}\n{section.strip()}\n{CARD_END}"
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + block + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = card.with_name(".MODEL_CARD.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(card)
+
+
+def _demo_dir(task: TrainTask) -> Path:
+    return Path(task.config.options.get("export_dir") or assets_dir() / "models" / DEMO_DIR)
+
+
+def _record(directory: Path, stem: str, entry: dict) -> dict:
+    """Training facts for the card, kept in config.json under "training" so each exporter can rebuild the card."""
+    training = {}
+    if (directory / "config.json").is_file():
+        training = dict(read_model_config(directory).get("training", {}))
+    training[stem] = entry
+    return training
+
+
+def _card(training: dict) -> str:
+    lines = ["## Tokenizers (image VQGAN and segmentation VQGAN)", ""]
+    lines.append("Trained from scratch with `sgraffito train vqgan|seg_vqgan` (engine/train/tasks_vqgan.py) on "
+                 "procedural landscapes (engine.data.landscapes, TRAIN_SEEDS), random 128 px crops of 256 px "
+                 "scenes; evaluated on held-out EVAL_SEEDS scenes at 256 px. Weights stored as float32.")
+    for stem, t in training.items():
+        lines += ["", f"### {stem}.safetensors", ""]
+        lines += [f"- {k}: {v}" for k, v in t.items()]
+    return "\n".join(lines) + "\n"
+
+
+class _VQGANTaskBase(TrainTask):
+    stem = ""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.options = dict(config.options)
+        self.started = time.monotonic()
+        self.restart = None
+
+    def train_dataset(self):
+        o = self.options
+        return LandscapeCrops(o.get("scene_size", 256), o.get("crop", 128), o.get("crops_per_scene", 4),
+                              o.get("mask_prob", 0.5 if self.stem == "image_vqgan" else 0.0))
+
+    def _restart(self, model, indices) -> float:
+        raw = getattr(model, "module", model)
+        if self.restart is None:
+            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 50))
+        return self.restart.update(raw, indices, self.step)
+
+    def export(self, model, out_dir: Path) -> Path:
+        directory = _demo_dir(self)
+        metrics = self.evaluate(model)
+        model_cfg = model.config
+        entry = {
+            "architecture": (f"f{model_cfg.factor}, ch {model_cfg.ch}, ch_mult {list(model_cfg.ch_mult)}, "
+                             f"{model_cfg.num_res_blocks} res blocks, codebook {model_cfg.n_embed} x "
+                             f"{model_cfg.embed_dim}"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "steps": self.step + 1,
+            "batch": f"{self.config.batch_size} crops of {self.options.get('crop', 128)} px",
+            "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
+            "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
+        }
+        training = _record(directory, self.stem, entry)
+        config = {"kind": "asset", "title": "ASSET demo (synthetic landscapes)", "label_set": LABEL_SET,
+                  self.stem: model_cfg.to_dict(), "training": training}
+        save_model_dir(directory, {self.stem: model.state_dict()}, config, merge_config=True)
+        _write_card_section(directory, _card(training))
+        return directory
+
+
+@register_task("vqgan")
+class ImageVQGANTask(_VQGANTaskBase):
+    stem = "image_vqgan"
+
+    def build_model(self):
+        return VQGAN(_vqgan_config(self.options, masked_encoder=True))
+
+    def loss(self, model, batch):
+        x, mask = batch["image"], batch["mask"]
+        xrec, qloss, indices = model(x, mask)
+        l1 = (xrec - x).abs().mean()
+        grad = gradient_loss(xrec, x)
+        restarted = self._restart(model, indices)
+        loss = l1 + self.options.get("gradient_weight", 1.0) * grad + qloss
+        with torch.no_grad():
+            mse = F.mse_loss(xrec.clamp(-1, 1), x)
+        return loss, {"l1": l1.item(), "grad": grad.item(), "codebook": qloss.item(),
+                      "psnr": float(10 * torch.log10(4 / mse)), "restarted": restarted,
+                      "codes_used": float(indices.unique().numel())}
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        scenes = _eval_scenes(self.options.get("eval_scenes", 16), 256)
+        ours, cells, codes = [], [], set()
+        for scene in scenes:
+            x = torch.from_numpy(scene.image.transpose(2, 0, 1).copy()).float()[None].to(self.device) / 127.5 - 1
+            _, indices = model.encode(x)
+            codes.update(indices.flatten().tolist())
+            rec = model.decode_code(indices).float()
+            rec = ((rec[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+            ours.append(psnr(rec, scene.image))
+            # naive baseline with more bits per token: the mean colour of each 16x16 cell, upsampled bicubically
+            small = cv2.resize(scene.image, (16, 16), interpolation=cv2.INTER_AREA)
+            cells.append(psnr(cv2.resize(small, (256, 256), interpolation=cv2.INTER_CUBIC), scene.image))
+        return {"eval_psnr_db": float(np.mean(ours)), "baseline_cell_mean_psnr_db": float(np.mean(cells)),
+                "eval_codes_used": float(len(codes)), "eval_scenes": float(len(scenes))}
+
+
+@register_task("seg_vqgan")
+class SegVQGANTask(_VQGANTaskBase):
+    stem = "seg_vqgan"
+
+    def build_model(self):
+        return VQGAN(_vqgan_config(self.options, in_channels=182, out_ch=182, n_labels=182))
+
+    def loss(self, model, batch):
+        labels = batch["labels"]
+        raw = getattr(model, "module", model)
+        logits, qloss, indices = raw.forward_labels(labels)
+        ce = F.cross_entropy(logits, labels)
+        restarted = self._restart(model, indices)
+        with torch.no_grad():
+            accuracy = (logits.argmax(1) == labels).float().mean()
+        return ce + qloss, {"ce": ce.item(), "codebook": qloss.item(), "accuracy": accuracy.item(),
+                            "restarted": restarted, "codes_used": float(indices.unique().numel())}
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        scenes = _eval_scenes(self.options.get("eval_scenes", 16), 256)
+        ours, cells = [], []
+        for scene in scenes:
+            labels = torch.from_numpy(scene.labels.astype(np.int64))[None].to(self.device)
+            rec = model.decode_labels(model.encode_labels(labels))[0].cpu().numpy()
+            ours.append(float((rec == scene.labels).mean()))
+            # naive baseline: the label of each 16x16 cell's top-left pixel (ASSET's token-mask rule), upsampled
+            cell = scene.labels[::16, ::16].repeat(16, 0).repeat(16, 1)
+            cells.append(float((cell == scene.labels).mean()))
+        return {"eval_pixel_accuracy": float(np.mean(ours)), "baseline_cell_label_accuracy": float(np.mean(cells)),
+                "eval_scenes": float(len(scenes))}
