@@ -112,6 +112,12 @@ class Document(QObject):
         self.path_changed.emit()
         self.dirty_changed.emit(self.dirty)
 
+    def mark_modified(self) -> None:
+        """A change outside the undo history (a candidate kept, a hint list edited) still needs saving."""
+        self.unsaved = True
+        self.revision += 1
+        self.dirty_changed.emit(True)
+
     def replace_label_maps(self, labels: np.ndarray) -> None:
         """A new original map for the same photo (File > Open Label Map): not undoable, so the history clears."""
         self.labels = np.ascontiguousarray(labels, dtype=np.uint16)

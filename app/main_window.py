@@ -75,7 +75,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
 
         self.autosave_job: Future | None = None
-        self._autosaved: tuple[str, int] | None = None
+        self._autosaved: tuple | None = None  # what the last autosave wrote: doc id, revision, list lengths
         self._autosave_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autosave")
         self.autosave_timer = QTimer(self, interval=AUTOSAVE_MS)
         self.autosave_timer.timeout.connect(self.autosave)
@@ -438,7 +438,7 @@ class MainWindow(QMainWindow):
         job = self.autosave_job
         if job is not None and job.done() and job.exception() is not None:
             self.statusBar().showMessage(f"Autosave failed: {job.exception()}", 8000)
-        state = (doc.doc_id, doc.revision)
+        state = (doc.doc_id, doc.revision, len(doc.candidates), len(doc.history), len(doc.hints))
         if doc.is_open and doc.dirty and state != self._autosaved and (job is None or job.done()):
             self._autosaved = state
             snapshot = files.to_project(doc, copy=True)
