@@ -89,6 +89,7 @@ class MainWindow(QMainWindow):
         self.canvas.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
         self.canvas.left.connect(lambda: self.hover_label.setText(""))
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
+        self.setAcceptDrops(True)
         self.select_tool("brush")
         self._update_title()
         self._update_enabled()
@@ -112,7 +113,7 @@ class MainWindow(QMainWindow):
         a("save_as", "Save &As…", lambda: self.save_as(), ["Ctrl+Shift+S"])
         a("export_image", "&Export Image…", lambda: self.export_image(), ["Ctrl+E"])
         a("export_labels", "Export Label &Map…", lambda: self.export_label_map(), ["Ctrl+Shift+E"])
-        a("quit", "&Quit", self.close, [QKeySequence.StandardKey.Quit])
+        a("quit", "&Quit", self.close, ["Ctrl+Q"])
 
         undo = self.undo_stack.createUndoAction(self, "&Undo")
         undo.setShortcuts([QKeySequence("Ctrl+Z")])
@@ -141,6 +142,7 @@ class MainWindow(QMainWindow):
             self.tool_group.addAction(action)
         a("brush_smaller", "Smaller Brush", lambda: self.settings.grow(1 / 1.2), ["["])
         a("brush_larger", "Larger Brush", lambda: self.settings.grow(1.2), ["]"])
+        a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1"])
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -151,6 +153,7 @@ class MainWindow(QMainWindow):
             "view": ("&View", ["zoom_in", "zoom_out", "fit", "actual_size", None]
                      + [f"view_{m}" for m in VIEW_MODES]),
             "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger"]),
+            "help": ("&Help", ["shortcuts"]),
         }
         for key, (title, names) in layout.items():
             menu = bar.addMenu(title)
@@ -215,6 +218,31 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.hover_label)
         bar.addPermanentWidget(self.size_label)
         bar.addPermanentWidget(self.zoom_label)
+
+    def shortcut_table(self) -> list[tuple[str, str]]:
+        rows = [(action.text().split("\t")[0].replace("&", "").rstrip("…"),
+                 ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()))
+                for action in self.actions.values() if action.shortcuts()]
+        return rows + [("Pan", "Space+drag, middle-drag"), ("Zoom around the cursor", "mouse wheel"),
+                       ("Fill everywhere", "Shift+click with Fill"),
+                       ("GrabCut: mark object / background", "Shift+drag / Ctrl+drag")]
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td>{name}</td><td><b>{keys}</b></td></tr>" for name, keys in self.shortcut_table())
+        box = QMessageBox(self)
+        box.setWindowTitle("Keyboard shortcuts")
+        box.setText(f"<table cellspacing='4'>{rows}</table>")
+        box.show()
+
+    def dragEnterEvent(self, event) -> None:
+        if any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        files_dropped = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if files_dropped:
+            event.acceptProposedAction()
+            self.open_path(files_dropped[0])
 
     # ---- reactions -----------------------------------------------------------------------------------------
     def select_tool(self, name: str) -> None:

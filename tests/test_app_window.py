@@ -563,3 +563,17 @@ def test_export_dialog_asks_jpeg_quality(opened, tmp_path, monkeypatch):
     monkeypatch.setattr(opened, "ask_path", lambda *a, **k: tmp_path / "plain")
     opened.actions["export_image"].trigger()
     assert (tmp_path / "plain.png").is_file() and opened.errors == []
+
+
+def test_dropping_a_photo_opens_it_and_the_shortcut_sheet_lists_the_tools(window, photo_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(photo_path))])
+    drop = QDropEvent(QPointF(100, 100), Qt.DropAction.CopyAction, data, Qt.MouseButton.NoButton,
+                      Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(drop)
+    assert window.document.title == "valley.jpg"
+    table = dict(window.shortcut_table())
+    assert table["Brush"] == "B" and table["Lasso"] == "L" and "Ctrl+Shift+Z" in table["Redo"]
