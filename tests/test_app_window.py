@@ -577,3 +577,25 @@ def test_dropping_a_photo_opens_it_and_the_shortcut_sheet_lists_the_tools(window
     assert window.document.title == "valley.jpg"
     table = dict(window.shortcut_table())
     assert table["Brush"] == "B" and table["Lasso"] == "L" and "Ctrl+Shift+Z" in table["Redo"]
+
+
+def test_the_canvas_shows_label_colours_over_the_photo(opened):
+    window, doc = opened, opened.document
+    doc.set_active_label(ROCK)
+    drag(window, [(90, 60)])
+    rock = np.array(doc.label_set.by_id[ROCK].color)
+
+    def shown(x, y):
+        image = window.canvas.viewport().grab().toImage()
+        colour = image.pixelColor(view_point(window, x, y))
+        return np.array([colour.red(), colour.green(), colour.blue()])
+
+    window.actions["view_labels"].trigger()
+    np.testing.assert_array_equal(shown(90, 60), rock)
+    np.testing.assert_array_equal(shown(10, 10), doc.label_set.by_id[SKY].color)
+    window.actions["view_photo"].trigger()
+    photo = doc.image[60, 90].astype(int)
+    assert np.abs(shown(90, 60) - photo).max() <= 2
+    window.actions["view_both"].trigger()
+    window.opacity_slider.setValue(50)
+    assert np.abs(shown(90, 60) - (photo + rock) / 2).max() <= 3
