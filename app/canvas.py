@@ -91,6 +91,7 @@ class Canvas(QGraphicsView):
         self.lut = np.zeros(65536, np.uint32)  # label id -> RGBA packed in memory order
         self._lut_set = None
         self._overlay_fresh = False
+        self._fitted = False
         self.tool = None  # app.tools.Tool: receives presses/moves/releases in image coordinates
         self.preview_items: list[QGraphicsItem] = []
         self._pan_from: QPointF | None = None
@@ -198,6 +199,7 @@ class Canvas(QGraphicsView):
 
     def set_zoom(self, zoom: float, anchor: QPointF | None = None) -> None:
         zoom = min(MAX_ZOOM, max(MIN_ZOOM, zoom))
+        self._fitted = False
         if anchor is None:
             anchor = self.mapToScene(self.viewport().rect().center())
         view_pos = self.mapFromScene(anchor)
@@ -221,7 +223,13 @@ class Canvas(QGraphicsView):
         if not self.document.is_open:
             return
         self.fitInView(self.scene().sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        self._fitted = True
         self.zoom_changed.emit(self.zoom)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self._fitted:  # still showing the whole image: keep doing so as the window changes size
+            self.fit()
 
     def wheelEvent(self, event) -> None:
         steps = event.angleDelta().y() / 120.0

@@ -599,3 +599,14 @@ def test_the_canvas_shows_label_colours_over_the_photo(opened):
     window.actions["view_both"].trigger()
     window.opacity_slider.setValue(50)
     assert np.abs(shown(90, 60) - (photo + rock) / 2).max() <= 3
+
+
+def test_fit_follows_the_window_size_until_the_user_zooms(opened, qtbot):
+    window, canvas = opened, opened.canvas
+    fitted = canvas.zoom
+    window.resize(1200, 900)
+    qtbot.waitUntil(lambda: canvas.zoom > fitted * 1.1)
+    keys(window, "1")
+    window.resize(900, 650)
+    qtbot.wait(50)
+    assert canvas.zoom == pytest.approx(1.0)
