@@ -258,9 +258,10 @@ class LayerEdit:
             b = self.bounds
             self.bounds = [min(b[0], x0), min(b[1], y0), max(b[2], x1), max(b[3], y1)]
 
-    def paint(self, x0: int, y0: int, mask: np.ndarray, value: int | np.ndarray) -> None:
+    def paint(self, x0: int, y0: int, mask: np.ndarray, value: int | np.ndarray, only: int | None = None) -> None:
         """Set the pixels where `mask` (placed at x0, y0) is true to `value`: a scalar, or a whole-image array
-        to copy from (the eraser passes the original labels)."""
+        to copy from (the eraser passes the original labels). With `only`, pixels of other values are kept
+        (painting only over unlabeled ones)."""
         h, w = mask.shape
         clipped = self.clip(x0, y0, x0 + w, y0 + h)
         if clipped is None:
@@ -268,10 +269,12 @@ class LayerEdit:
         cx0, cy0, cx1, cy1 = clipped
         local = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
         mask = mask[local]
+        target = self.document.layer(self.layer)[cy0:cy1, cx0:cx1]
+        if only is not None:
+            mask = mask & (target == only)
         if not mask.any():
             return
         self._save_tiles(cx0, cy0, cx1, cy1)
-        target = self.document.layer(self.layer)[cy0:cy1, cx0:cx1]
         target[mask] = value if np.isscalar(value) else value[cy0:cy1, cx0:cx1][mask]
         self.document._written(self.layer, QRect(cx0, cy0, cx1 - cx0, cy1 - cy0))
 

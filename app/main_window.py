@@ -187,6 +187,9 @@ class MainWindow(QMainWindow):
         self.global_check = QCheckBox("Global fill")
         self.global_check.setToolTip("Fill replaces the clicked label everywhere (Shift+click does it once)")
         self.global_check.toggled.connect(self.settings.set_global_fill)
+        self.only_check = QCheckBox("Only unlabeled")
+        self.only_check.setToolTip("Brush, superpixel, lasso, rectangle and GrabCut keep pixels that have a label")
+        self.only_check.toggled.connect(self.settings.set_only_unlabeled)
         self.settings.changed.connect(self._settings_changed)
         self.view_combo = QComboBox()
         self.view_combo.setAccessibleName("View mode")
@@ -199,7 +202,7 @@ class MainWindow(QMainWindow):
         self.opacity_slider.setAccessibleName("Label overlay opacity")
         self.opacity_slider.setValue(round(self.document.overlay_opacity * 100))
         self.opacity_slider.valueChanged.connect(lambda v: self.document.set_overlay_opacity(v / 100))
-        for widget in (self.size_spin, self.shape_combo, self.global_check):
+        for widget in (self.size_spin, self.shape_combo, self.global_check, self.only_check):
             options.addWidget(widget)
         options.addSeparator()
         options.addWidget(QLabel(" View "))
@@ -261,6 +264,7 @@ class MainWindow(QMainWindow):
         self.size_spin.blockSignals(False)
         self.shape_combo.setCurrentIndex(1 if self.settings.square else 0)
         self.global_check.setChecked(self.settings.global_fill)
+        self.only_check.setChecked(self.settings.only_unlabeled)
 
     def _view_changed(self) -> None:
         doc = self.document

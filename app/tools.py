@@ -34,6 +34,7 @@ class ToolSettings(QObject):
         self.radius = 24
         self.square = False
         self.global_fill = False
+        self.only_unlabeled = False  # painting tools keep pixels that already have a label
 
     def set_radius(self, radius: int) -> None:
         self.radius = int(min(MAX_RADIUS, max(MIN_RADIUS, radius)))
@@ -50,6 +51,10 @@ class ToolSettings(QObject):
 
     def set_global_fill(self, on: bool) -> None:
         self.global_fill = bool(on)
+        self.changed.emit()
+
+    def set_only_unlabeled(self, on: bool) -> None:
+        self.only_unlabeled = bool(on)
         self.changed.emit()
 
 
@@ -107,6 +112,10 @@ class Tool:
 
     def paint_value(self) -> int:
         return self.document.active_label
+
+    def only(self) -> int | None:
+        """The value painting may replace when "only unlabeled" is on."""
+        return self.document.label_set.unlabeled if self.settings.only_unlabeled else None
 
 
 class StrokeTool(Tool):
@@ -177,7 +186,7 @@ class StrokeTool(Tool):
 
     def stamp(self, a: tuple[int, int], b: tuple[int, int]) -> None:
         x0, y0, mask = self.footprint(a, b)
-        self.edit.paint(x0, y0, mask, self.paint_value())
+        self.edit.paint(x0, y0, mask, self.paint_value(), self.only())
 
     def press(self, pos, event) -> None:
         if event.button() != Qt.MouseButton.LeftButton:
@@ -280,7 +289,7 @@ class SuperpixelTool(StrokeTool):
             self.painted.add(int(segment))
             region = superpixels.region(int(segment))
             if region is not None:
-                self.edit.paint(region[0], region[1], region[2], self.paint_value())
+                self.edit.paint(region[0], region[1], region[2], self.paint_value(), self.only())
 
 
 class FillTool(Tool):
@@ -349,7 +358,7 @@ class RegionTool(Tool):
 
     def fill_mask(self, x0: int, y0: int, mask: np.ndarray, text: str) -> None:
         edit = self.document.edit(text)
-        edit.paint(x0, y0, mask, self.paint_value())
+        edit.paint(x0, y0, mask, self.paint_value(), self.only())
         if edit.commit() is not None:
             self.document.note_used(self.paint_value())
 
@@ -564,7 +573,7 @@ class GrabCutTool(RectangleTool):
             self.document.undo_stack.undo()  # the refined result replaces the previous one
         x0, y0, mask = self.session.result()
         edit = self.document.edit(self.text)
-        edit.paint(x0, y0, mask, self.paint_value())
+        edit.paint(x0, y0, mask, self.paint_value(), self.only())
         self.command = edit.commit()
         if self.command is not None:
             self.document.note_used(self.paint_value())

@@ -193,3 +193,11 @@ def test_grabcut_scribbles_refine_the_last_result_in_place(qtbot):
     # with the result undone there is nothing to refine: a scribble alone changes nothing
     stroke(tool, [(50, 47), (56, 47)], shift=True)
     assert not (doc.labels == ROCK).any()
+
+
+def test_only_unlabeled_keeps_pixels_that_have_a_label(doc, canvas):
+    doc.set_active_label(ROCK)
+    stroke(make(BrushTool, doc, canvas, radius=6, only_unlabeled=True), [(40.5, 32.5)])  # across the sky border
+    assert doc.labels[28, 40] == SKY and doc.labels[36, 40] == ROCK
+    stroke(make(RectangleTool, doc, canvas, only_unlabeled=True), [(0, 0), (95, 63)])
+    assert (doc.labels[:32] == SKY).all() and (doc.labels[32:] == ROCK).all()
