@@ -160,6 +160,9 @@ class MainWindow(QMainWindow):
             for name in names:
                 menu.addSeparator() if name is None else menu.addAction(self.actions[name])
             self.menus[key] = menu
+        self.menus["recent"] = recent = QMenu("Open &Recent", self)
+        self.menus["file"].insertMenu(self.actions["open_labels"], recent)
+        recent.aboutToShow.connect(self._fill_recent)
         self.menus["view"].addSeparator()
         self.menus["view"].addAction(self.palette.toggleViewAction())
 
@@ -221,6 +224,14 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.hover_label)
         bar.addPermanentWidget(self.size_label)
         bar.addPermanentWidget(self.zoom_label)
+
+    def _fill_recent(self) -> None:
+        menu = self.menus["recent"]
+        menu.clear()
+        for path in files.recent_files():
+            menu.addAction(path.name, lambda p=path: self.open_path(p)).setToolTip(str(path))
+        if menu.isEmpty():
+            menu.addAction("(none)").setEnabled(False)
 
     def shortcut_table(self) -> list[tuple[str, str]]:
         rows = [(action.text().split("\t")[0].replace("&", "").rstrip("…"),
@@ -375,9 +386,12 @@ class MainWindow(QMainWindow):
             return False
         path = Path(path)
         if path.suffix.lower() == files.PROJECT_SUFFIX:
-            return self._attempt(self._load, files.read_project, path)
-        label_set = label_set or self.document.label_set
-        return self._attempt(self._load, files.read_photo, path, labels, label_set)
+            opened = self._attempt(self._load, files.read_project, path)
+        else:
+            opened = self._attempt(self._load, files.read_photo, path, labels, label_set or self.document.label_set)
+        if opened:
+            files.remember(path)
+        return opened
 
     def new_from_label_map(self, path=None, label_set: LabelSet | None = None) -> bool:
         path = path or self.ask_path("New document from a label map", LABEL_FILTER)
@@ -426,6 +440,7 @@ class MainWindow(QMainWindow):
         project = files.write_project(self.document, path)
         self.document.mark_saved(path, project)
         self._forget_autosave()
+        files.remember(path)
         self.statusBar().showMessage(f"Saved {path}", 4000)
 
     def export_image(self, path=None) -> bool:

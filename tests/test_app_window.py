@@ -610,3 +610,14 @@ def test_fit_follows_the_window_size_until_the_user_zooms(opened, qtbot):
     window.resize(900, 650)
     qtbot.wait(50)
     assert canvas.zoom == pytest.approx(1.0)
+
+
+def test_open_recent_lists_opened_and_saved_files(window, photo_path, tmp_path):
+    assert window.open_path(photo_path)
+    project = tmp_path / "kept.sgraffito"
+    assert window.save_as(project)
+    window.menus["recent"].aboutToShow.emit()
+    actions = window.menus["recent"].actions()
+    assert [a.text() for a in actions] == ["kept.sgraffito", "valley.jpg"]
+    actions[1].trigger()
+    assert window.document.path is None and window.document.title == "valley.jpg"
