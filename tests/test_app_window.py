@@ -621,3 +621,19 @@ def test_open_recent_lists_opened_and_saved_files(window, photo_path, tmp_path):
     assert [a.text() for a in actions] == ["kept.sgraffito", "valley.jpg"]
     actions[1].trigger()
     assert window.document.path is None and window.document.title == "valley.jpg"
+
+
+def test_label_map_document_round_trips_through_a_project(window, labels_path, tmp_path, qtbot):
+    assert window.new_from_label_map(labels_path)
+    window.document.set_active_label(ROCK)
+    drag(window, [(20, 20)])
+    edited = window.document.labels.copy()
+    path = tmp_path / "map-only.sgraffito"
+    assert window.save_as(path)
+    again = MainWindow()
+    qtbot.addWidget(again)
+    assert again.open_path(path)
+    doc = again.document
+    assert doc.photo is None and doc.image is None and doc.mode == "translate" and doc.title == "map-only.sgraffito"
+    np.testing.assert_array_equal(doc.labels, edited)
+    assert (doc.original_labels[20, 20] == SKY) and doc.labels[20, 20] == ROCK
