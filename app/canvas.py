@@ -263,7 +263,16 @@ class Canvas(QGraphicsView):
             self._pan_from = event.position()
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
             return
-        if self.document.is_open and self.tool is not None:
+        if not self.document.is_open:
+            return
+        if button == Qt.MouseButton.RightButton:  # picks the label under the cursor with any tool
+            pos = self.image_pos(event)
+            x, y = int(np.floor(pos.x())), int(np.floor(pos.y()))
+            width, height = self.document.size
+            if 0 <= x < width and 0 <= y < height:
+                self.document.set_active_label(int(self.document.labels[y, x]))
+            return
+        if self.tool is not None:
             self.tool.press(self.image_pos(event), event)
 
     def mouseMoveEvent(self, event) -> None:

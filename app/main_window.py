@@ -238,6 +238,7 @@ class MainWindow(QMainWindow):
                  ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()))
                 for action in self.actions.values() if action.shortcuts()]
         return rows + [("Pan", "Space+drag, middle-drag"), ("Zoom around the cursor", "mouse wheel"),
+                       ("Pick the label under the cursor", "right-click"),
                        ("Fill everywhere", "Shift+click with Fill"),
                        ("GrabCut: mark object / background", "Shift+drag / Ctrl+drag")]
 

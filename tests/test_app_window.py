@@ -139,6 +139,11 @@ def test_eyedropper_hover_names_the_label_in_the_status_bar(opened):
     drag(window, [(5, 5)])
     assert window.document.active_label == SKY
     assert "sky-other" in window.palette.active.text()
+    keys(window, "B")  # right-click picks with any tool, without painting
+    labels = window.document.labels.copy()
+    drag(window, [(5, 60)], button=Qt.MouseButton.RightButton)
+    assert window.document.active_label == GRASS
+    np.testing.assert_array_equal(window.document.labels, labels)
 
 
 def test_view_modes_and_overlay_opacity(opened):
