@@ -8,6 +8,7 @@ progress to ~20 events per second, so a backend that reports every token cannot 
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
@@ -25,6 +26,10 @@ class EngineBridge(QObject):
 
     def __init__(self, runtime: Runtime | None = None, parent: QObject | None = None, *, device: str | None = None):
         super().__init__(parent)
+        # A backend's Python code (sampling loops between torch ops) holds the GIL; the UI thread gets it back only
+        # at the next switch. 1 ms instead of CPython's 5 ms keeps the event loop's stalls short while costing
+        # the worker almost nothing (it only switches when the UI thread actually wants to run).
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         self.runtime = runtime or Runtime(device=device)
         self._owns_runtime = runtime is None
         # queued explicitly: the listener below emits from the worker thread

@@ -373,8 +373,9 @@ class GalleryDock(QDockWidget):
         self.document.dirty_changed.emit(True)
 
     # ---- generating ----------------------------------------------------------------------------------------
-    def generate(self) -> int | None:
-        """Snapshot the document and queue a request; returns the job id (None when there is nothing to do)."""
+    def generate(self, params: dict | None = None) -> int | None:
+        """Snapshot the document and queue a request with the chosen model and sampling `params`; returns the
+        job id (None when there is nothing to do, after telling the user why)."""
         choice = self.model_box.currentData()
         if choice is None:
             self.error.emit("no model for this document: import one with `sgraffito import` (see the README)")
@@ -383,7 +384,7 @@ class GalleryDock(QDockWidget):
         seed = secrets.randbelow(2 ** 31)
         try:
             request = build_request(self.document, backend, model, k=self.samples.value(), seed=seed,
-                                    baseline=self.baseline)
+                                    params=params, baseline=self.baseline)
         except InputError as error:
             self.error.emit(str(error))
             return None
