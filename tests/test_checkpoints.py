@@ -221,3 +221,16 @@ def test_model_dirs_roundtrip_and_listing(tmp_path, monkeypatch, isolated_user_d
     with pytest.raises(CheckpointError, match="kind"):
         save_model_dir(tmp_path / "bad", {}, {"kind": "gan", "title": "x"})
     assert json.loads((demo / "config.json").read_text())["guiding"] == {"layers": 2}
+
+
+def test_models_command_lists_imported_and_demo_models(tmp_path, monkeypatch, isolated_user_data, capsys):
+    from app.cli import main as cli
+
+    monkeypatch.setenv("SGRAFFITO_ASSETS", str(tmp_path / "assets"))
+    save_model_dir(tmp_path / "assets" / "models" / "demo-x", {}, {"kind": "asset", "title": "Demo X"})
+    save_model_dir(isolated_user_data / "models" / "mine", {}, {"kind": "vqgan", "title": "Mine"})
+    assert cli(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["mine", "vqgan", "imported"] and out[1].split()[:3] == ["demo-x", "asset", "demo"]
+    assert cli(["models", "--kind", "asset"]) == 0
+    assert "mine" not in capsys.readouterr().out

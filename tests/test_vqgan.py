@@ -245,3 +245,32 @@ def test_import_asset_bundle(tmp_path):
         assert torch.equal(value, image_sd[key])
     weights = read_checkpoint(info.path / "guiding.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in guiding.items())
+
+
+def test_training_tasks_export_into_one_shared_demo_folder(tmp_path):
+    import json
+
+    from engine.checkpoints import save_model_dir
+    from engine.train import TrainConfig, train
+
+    demo = tmp_path / "demo"
+    # another exporter (the transformer) already wrote its part of the folder
+    save_model_dir(demo, {"guiding": {"w": torch.ones(2)}}, {"kind": "asset", "title": "t", "guiding": {"d": 1}})
+    (demo / "MODEL_CARD.md").write_text("# ASSET demo\n\n## Transformers\n\nguiding notes\n")
+    options = dict(ch=32, num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32, crop=32, scene_size=64,
+                   eval_scenes=1, eval_size=32, export_dir=str(demo))
+    for task in ("vqgan", "seg_vqgan"):
+        config = TrainConfig(task=task, steps=2, batch_size=2, ema_decay=0, eval_every=0, save_every=0,
+                             log_every=1, device="cpu", out_dir=str(tmp_path / task), options=options)
+        result = train(config)
+        assert result.step == 2 and result.metrics
+    config = json.loads((demo / "config.json").read_text())
+    assert config["guiding"] == {"d": 1} and config["image_vqgan"]["masked_encoder"]
+    assert config["seg_vqgan"]["n_labels"] == 182
+    assert set(config["training"]) == {"image_vqgan", "seg_vqgan"}
+    assert "eval_psnr_db" in config["training"]["image_vqgan"]
+    assert "eval_pixel_accuracy" in config["training"]["seg_vqgan"]
+    card = (demo / "MODEL_CARD.md").read_text()
+    assert "guiding notes" in card and "### image_vqgan.safetensors" in card and "### seg_vqgan.safetensors" in card
+    assert load_vqgan(demo, "image_vqgan").config.masked_encoder
+    assert (demo / "guiding.safetensors").is_file()

@@ -164,6 +164,7 @@ class _VQGANTaskBase(TrainTask):
         self.options = dict(config.options)
         self.started = time.monotonic()
         self.restart = None
+        self.metrics: dict = {}  # the last evaluation, reused by export
 
     def train_dataset(self):
         o = self.options
@@ -178,7 +179,7 @@ class _VQGANTaskBase(TrainTask):
 
     def export(self, model, out_dir: Path) -> Path:
         directory = _demo_dir(self)
-        metrics = self.evaluate(model)
+        metrics = self.metrics or self.evaluate(model)
         model_cfg = model.config
         entry = {
             "architecture": (f"f{model_cfg.factor}, ch {model_cfg.ch}, ch_mult {list(model_cfg.ch_mult)}, "
@@ -221,7 +222,8 @@ class ImageVQGANTask(_VQGANTaskBase):
 
     @torch.no_grad()
     def evaluate(self, model):
-        scenes = _eval_scenes(self.options.get("eval_scenes", 16), 256)
+        size = self.options.get("eval_size", 256)
+        scenes = _eval_scenes(self.options.get("eval_scenes", 16), size)
         ours, cells, codes = [], [], set()
         for scene in scenes:
             x = torch.from_numpy(scene.image.transpose(2, 0, 1).copy()).float()[None].to(self.device) / 127.5 - 1
@@ -231,10 +233,12 @@ class ImageVQGANTask(_VQGANTaskBase):
             rec = ((rec[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
             ours.append(psnr(rec, scene.image))
             # naive baseline with more bits per token: the mean colour of each 16x16 cell, upsampled bicubically
-            small = cv2.resize(scene.image, (16, 16), interpolation=cv2.INTER_AREA)
-            cells.append(psnr(cv2.resize(small, (256, 256), interpolation=cv2.INTER_CUBIC), scene.image))
-        return {"eval_psnr_db": float(np.mean(ours)), "baseline_cell_mean_psnr_db": float(np.mean(cells)),
-                "eval_codes_used": float(len(codes)), "eval_scenes": float(len(scenes))}
+            small = cv2.resize(scene.image, (size // 16, size // 16), interpolation=cv2.INTER_AREA)
+            cells.append(psnr(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), scene.image))
+        self.metrics = {"eval_psnr_db": float(np.mean(ours)), "baseline_cell_mean_psnr_db": float(np.mean(cells)),
+                        "eval_codes_used": float(len(codes)), "eval_scenes": float(len(scenes)),
+                        "eval_size_px": float(size)}
+        return self.metrics
 
 
 @register_task("seg_vqgan")
@@ -257,7 +261,8 @@ class SegVQGANTask(_VQGANTaskBase):
 
     @torch.no_grad()
     def evaluate(self, model):
-        scenes = _eval_scenes(self.options.get("eval_scenes", 16), 256)
+        size = self.options.get("eval_size", 256)
+        scenes = _eval_scenes(self.options.get("eval_scenes", 16), size)
         ours, cells = [], []
         for scene in scenes:
             labels = torch.from_numpy(scene.labels.astype(np.int64))[None].to(self.device)
@@ -266,5 +271,7 @@ class SegVQGANTask(_VQGANTaskBase):
             # naive baseline: the label of each 16x16 cell's top-left pixel (ASSET's token-mask rule), upsampled
             cell = scene.labels[::16, ::16].repeat(16, 0).repeat(16, 1)
             cells.append(float((cell == scene.labels).mean()))
-        return {"eval_pixel_accuracy": float(np.mean(ours)), "baseline_cell_label_accuracy": float(np.mean(cells)),
-                "eval_scenes": float(len(scenes))}
+        self.metrics = {"eval_pixel_accuracy": float(np.mean(ours)),
+                        "baseline_cell_label_accuracy": float(np.mean(cells)), "eval_scenes": float(len(scenes)),
+                        "eval_size_px": float(size)}
+        return self.metrics
