@@ -269,13 +269,18 @@ class _Scene(_Painter):
         ridge = self.ridge(base, height, int(self.rng.integers(2, 6)), self.rng.uniform(0.08, 0.2))
         self.band(float(ridge.min()), base + 0.01)
         mask = (self.y >= ridge[None, :]) & (self.y < base + 0.01)
-        # terrain: the ridge carried down the slopes, plus gullies; shade by its slope facing the sun
-        gullies = self.fbm(5.0, 5, 0.5, sy=0.6, sx=2.0, ridged=True)
+        # terrain: faces turn with the smoothed ridge (a lit and a shadowed flank per peak), crags and gullies
+        # from ridged noise; shade by the slope facing the sun, which stands to one side and above
+        gullies = self.fbm(5.0, 5, 0.5, sy=0.8, sx=1.6, ridged=True)
         bumps = self.fbm(6.0, 4, 0.55)
         below = np.clip(self.y - ridge[None, :], 0, None) / max(height, 1e-3)
-        terrain = -ridge[None, :] * 3 * np.exp(-2 * below) + 0.03 * (gullies + 0.7 * bumps) * (below + 0.25)
-        slope = np.gradient(terrain, axis=1) * (self.w / 3)
-        shade = np.clip(0.55 - 6.0 * self.sun_side * slope, 0.05, 1.0)
+        smooth = cv2.GaussianBlur(ridge[None, :], (0, 0), sigmaX=max(1.0, 0.03 * self.w))[0]
+        flank = np.gradient(smooth)[None, :] * self.w * np.exp(-1.5 * below)  # >0 where the ridge falls to the right
+        crag = 0.025 * (gullies + 0.6 * bumps) * (below + 0.3)
+        crag_x = np.gradient(crag, axis=1) * self.w
+        crag_y = np.gradient(crag, axis=0) * self.h
+        slope = 0.35 * np.tanh(3 * flank) + 1.2 * crag_x
+        shade = np.clip(0.55 - 1.6 * self.sun_side * slope - 0.8 * crag_y, 0.05, 1.0)
         if self.style["weather"] == "overcast":
             shade = _mix(shade, 0.55, 0.6)
         rock = np.float32(self.rng.uniform(0.32, 0.45)) * np.float32([1.0, 0.97, 0.92])
@@ -441,21 +446,59 @@ class _Scene(_Painter):
         n = self.fbm(cells, 4, 0.55, sy=sy)
         return region & (n > np.quantile(n[region], 1 - share))
 
+    def mounds(self, region: np.ndarray, count: int, size: float, lumps: int, flat: float):
+        """Round objects standing on the ground inside `region` (full height): `count` clusters of up to `lumps`
+        overlapping ellipsoids each, sized by perspective. Yields (window, mask, shade) per lump,
+        far to near, with `shade` from the lump's sphere normal against the sun (Lambert)."""
+        top = float(self.full_y[np.flatnonzero(region.any(axis=1))[0], 0]) if region.any() else 1.0
+        spots = []
+        for _ in range(count):
+            x, y = self.rng.uniform(0, 1), self.rng.uniform(top, 1)
+            r = size * (0.25 + (y - self.horizon) / (1 - self.horizon)) * self.rng.uniform(0.6, 1.3)
+            n = int(self.rng.integers(1, lumps + 1))
+            offsets = self.rng.uniform(-1, 1, (n, 2)) * np.float32([1.2, 0.3])
+            radii = self.rng.uniform(0.55, 1.0, n)
+            row, col = min(self.h - 1, int(y * self.h)), min(self.w - 1, int(x * self.w))
+            if region[row, col]:
+                spots.append((y, x, r, offsets, radii))
+        light = np.float32([0.55 * self.sun_side, -0.7, 0.55])
+        light /= np.linalg.norm(light)
+        for y, x, r, offsets, radii in sorted(spots, key=lambda spot: spot[0]):
+            for (ox, oy), k in zip(offsets, radii):
+                rr = r * k
+                cy, cx = y - rr * flat + oy * r, x + ox * r / self.aspect
+                r0, r1 = int((cy - rr * flat) * self.h), int(np.ceil(min(y, cy + rr * flat) * self.h)) + 1
+                c0, c1 = int((cx - rr / self.aspect) * self.w), int(np.ceil((cx + rr / self.aspect) * self.w)) + 1
+                r0, r1, c0, c1 = max(r0, 0), min(r1, self.h), max(c0, 0), min(c1, self.w)
+                if r1 - r0 < 1 or c1 - c0 < 1:
+                    continue
+                dy = (self.full_y[r0:r1] - cy) / (rr * flat)
+                dx = (self.x[:, c0:c1] - cx) * self.aspect / rr
+                d2 = dx * dx + dy * dy
+                mask = (d2 < 1) & (self.full_y[r0:r1] <= y)
+                if not mask.any():
+                    continue
+                nz = np.sqrt(np.clip(1 - d2, 0, 1))
+                shade = np.clip(dx * light[0] + dy * light[1] + nz * light[2], 0, 1)
+                yield (slice(r0, r1), slice(c0, c1)), mask, shade
+
     def bushes(self, region: np.ndarray):
         i = ids()
-        share = self.rng.uniform(0.05, 0.2)
-        if (region := self.region_band(region)) is None:
-            return
-        mask = self.blobs(region, share, 5.0, sy=1.6)
         season = self.style["season"]
-        albedo = {"autumn": [0.45, 0.30, 0.10], "winter": [0.30, 0.27, 0.22]}.get(season, [0.16, 0.30, 0.12])
-        leaves = self.fbm(40.0, 2, 0.6)
-        dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3) * (20 / self.h)
-        shade = np.clip(0.3 + 0.5 * np.clip(dist, 0, 1) + 0.25 * leaves, 0.05, 1)
-        colour = self.lit(np.float32(albedo), shade)
-        if season == "winter":
-            colour = np.where((leaves > 0.2)[..., None], self.lit(np.float32([0.9, 0.9, 0.94]), shade), colour)
-        self.put(mask, colour, i.bush)
+        albedo = np.float32({"autumn": [0.42, 0.28, 0.09], "winter": [0.30, 0.27, 0.22]}.get(season, [0.17, 0.31, 0.12]))
+        albedo = albedo * np.float32(self.rng.uniform(0.8, 1.2))
+        self.band(0.0, 1.0)
+        leaves = self.fbm(64.0, 2, 0.6)
+        count = int(self.rng.integers(3, 14))
+        for window, mask, shade in self.mounds(region, count, 0.07, 6, 0.75):
+            leafy = leaves[window]
+            shade = np.clip(0.12 + 0.75 * shade + 0.22 * leafy, 0.03, 1)
+            colour = self.lit(albedo, shade)
+            if season == "winter":  # snow on the upper side, twigs showing through below
+                snowy = _smoothstep(-0.3, 0.3, shade - 0.35 + 0.15 * leafy)[..., None] * np.float32(0.9)
+                colour = _mix(colour, self.lit(np.float32([0.9, 0.9, 0.94]), shade * 0.6 + 0.3), snowy)
+            np.copyto(self.full_image[window], colour, where=mask[..., None])
+            self.full_labels[window][mask] = i.bush
 
     def flowers(self, region: np.ndarray):
         i = ids()
@@ -472,15 +515,17 @@ class _Scene(_Painter):
 
     def rocks(self, region: np.ndarray):
         i = ids()
-        share = self.rng.uniform(0.03, 0.1)
-        grey = np.float32(self.rng.uniform(0.35, 0.5)) * np.float32([1.0, 0.98, 0.95])
-        if (region := self.region_band(region)) is None:
-            return
-        mask = self.blobs(region, share, 7.0, sy=1.3)
-        dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3) * (25 / self.h)
-        top_light = np.clip(np.gradient(-dist, axis=0) * (8 * self.h / 256) + 0.5, 0, 1)
-        shade = np.clip(0.3 + 0.2 * np.clip(dist, 0, 1) + 0.4 * top_light + 0.1 * self.fbm(16.0, 3), 0.05, 1)
-        self.put(mask, self.lit(grey, shade) * (1 + self.grain(0.04))[..., None], i.rock)
+        grey = np.float32(self.rng.uniform(0.35, 0.55)) * np.float32([1.0, 0.97, 0.93])
+        self.band(0.0, 1.0)
+        cracks = self.fbm(24.0, 3, 0.6, ridged=True)
+        count = int(self.rng.integers(2, 9))
+        for window, mask, shade in self.mounds(region, count, 0.05, 2, 0.55):
+            shade = np.clip(0.1 + 0.8 * shade + 0.12 * cracks[window], 0.03, 1)
+            colour = self.lit(grey, shade) * (1 + self.grain(0.04)[window])[..., None]
+            if self.style["season"] == "winter":
+                colour = np.where((shade > 0.65)[..., None], self.lit(np.float32([0.9, 0.9, 0.94]), shade), colour)
+            np.copyto(self.full_image[window], colour, where=mask[..., None])
+            self.full_labels[window][mask] = i.rock
 
     def road(self, top: float):
         i = ids()
