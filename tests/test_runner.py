@@ -138,3 +138,37 @@ def test_ctrl_c_cancels_cleanly_with_exit_130(photo_file, tmp_path):
     assert process.returncode == 130, err
     assert "cancelled" in err
     assert not list(out.glob("candidate_*.png")) and not (out / "candidates.json").exists()
+
+
+# ---- the benchmark harness (`make bench`) ------------------------------------------------------------------
+
+
+def test_the_bench_harness_reports_a_failing_module_instead_of_hiding_it(tmp_path, monkeypatch, capsys):
+    import types
+
+    import tests.bench.__main__ as bench
+
+    good = types.ModuleType("tests.bench.bench_good")
+    good.run = lambda: [{"name": "speed", "value": 1.5, "unit": "s", "target": "< 2", "note": "fine"}]
+    bad = types.ModuleType("tests.bench.bench_bad")
+    bad.run = lambda: [{"name": "speed", "value": "fast"}]
+    monkeypatch.setitem(sys.modules, "tests.bench.bench_good", good)
+    monkeypatch.setitem(sys.modules, "tests.bench.bench_bad", bad)
+    monkeypatch.setattr(bench, "modules", lambda selected: ["bench_bad", "bench_good"])
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu": "test"})
+    out = tmp_path / "bench-results.json"
+    assert bench.main(["--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "'value' must be" in printed and "speed" in printed
+    report = json.loads(out.read_text())
+    assert [m["status"] for m in report["modules"]] == ["failed", "ok"]
+    assert report["results"] == [{"module": "bench_good", "name": "speed", "value": 1.5, "unit": "s",
+                                  "target": "< 2", "note": "fine"}]
+    assert report["machine"] == {"cpu": "test"}
+
+
+def test_the_bench_machine_description_names_cpu_cores_and_ram():
+    import tests.bench.__main__ as bench
+
+    info = bench.machine()
+    assert info["cores"] >= 1 and info["cpu"] and "torch" in info and "device" in info
