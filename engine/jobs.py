@@ -10,22 +10,31 @@ serves (config.json), so the GUI can map a model to its backend::
     from engine import composite
     from engine.jobs import Candidate, JobContext, Request, register_backend
 
-    class ColTranBackend:
-        name = "coltran"
+    GEOMETRY = composite.ModelGeometry(size=(256, 256), grid=16, fit="stretch")
+
+    class AssetBackend:
+        name = "asset"
 
         def run(self, request: Request, ctx: JobContext) -> list[Candidate]:
-            model = self._load(request.model, ctx.device)       # cache it: the instance lives as long as the runtime
-            region = request.region or composite.full_region(request.photo)
+            model = self._load(request.model, ctx.device)        # cache it: the instance lives as long as the runtime
+            mask = request.edit_mask()                           # (H, W) bool: user mask, else the label diff
+            region = request.region or composite.working_region(mask, GEOMETRY)
+            image, fit = composite.to_model(request.photo, region, GEOMETRY)
+            labels, _ = composite.to_model(request.labels_after, region, GEOMETRY, kind="labels")
+            small_mask, _ = composite.to_model(mask, region, GEOMETRY, kind="mask")
             out = []
             for i, seed in enumerate(ctx.seeds):                 # candidate i depends only on (request, seed + i)
-                for row in range(64):
+                for token in range(n_tokens):
                     ctx.check_cancelled()                        # at least once per sampled row or token
                     ...
-                    ctx.progress((i + (row + 1) / 64) / request.k, f"candidate {i + 1}/{request.k}: row {row + 1}/64")
-                out.append(Candidate(image=patch, region=region, seed=seed, info={"nll": nll}))
+                    ctx.progress((i + (token + 1) / n_tokens) / request.k, f"candidate {i + 1}/{request.k}")
+                patch = composite.paste_back(request.photo, mask, output, fit)   # Laplacian blend, full res
+                out.append(Candidate(image=patch, region=fit.region, seed=seed, info={"nll": nll}))
             return out
 
-    register_backend("coltran", ColTranBackend)
+    register_backend("asset", AssetBackend)
+
+Colorization backends use `composite.transfer_chroma(original_region, model_output)` instead of `paste_back`.
 
 Contract
 * `run` is called on the runtime's single worker thread, never on the UI thread, one job at a time; it may
