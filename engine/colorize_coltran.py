@@ -1,0 +1,199 @@
+"""Colorization with ColTran: gray photo -> k colourings at the photo's full resolution.
+
+Stages as the official `custom_colorize.py` runs them: the gray image is brought to 256x256 and 64x64 with
+TF-style AREA resizing and half-to-even rounding; the colorizer samples 64x64 coarse colours (3 bits per
+channel) pixel by pixel; the colour upsampler turns them into 8-bit colour (argmax); the result is
+pixel-replicated to 256x256 and the spatial upsampler sharpens it (argmax). Then the model's chroma goes onto the
+original full-resolution luminance (engine.composite.transfer_chroma), as the ColTran authors advise for
+outputs above 256 px.
+
+Framing: the official script centre-crops to a square. A user's photo must keep all of its pixels, so by default
+we stretch the whole photo to the square and stretch the chroma back (`framing="stretch"`); `framing="crop"` is
+the official centre crop, for comparisons with the reference.
+
+Colour hints (beyond ColTran; {x, y, radius, rgb} in photo pixels, the same format as the PixelCNN colorizer):
+every 64x64 cell a hint's disk covers may only take the hint's coarse colour bin (or bins within
+`hint_tolerance` levels per channel), by masking the colorizer's logits before sampling. The autoregressive
+decoder then sees the hinted colour as context for the pixels after it, so hints also steer their
+surroundings. Limits: a hint fixes 3-bit colour (8 levels per channel), the upsamplers are not constrained
+(their output is conditioned on the coarse colours, so they follow), and the final luminance is always the
+photo's own, so a hint changes hue and saturation, not brightness.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.colorize_pixelcnn import Hint, parse_hints
+from engine.errors import InputError
+from engine.models.coltran import ColTran, ColTranConfig, rgb_to_symbols, symbols_to_rgb
+
+DEFAULT_MODEL = "demo-coltran"
+COARSE, FINE = 64, 256
+
+
+def area_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of TF's AREA resize: each output pixel averages the input interval it covers, with
+    fractional weights at the interval's ends (upsampling degenerates to pixel replication)."""
+    scale = in_size / out_size
+    weights = np.zeros((out_size, in_size), np.float64)
+    for o in range(out_size):
+        start, end = o * scale, (o + 1) * scale
+        for i in range(int(np.floor(start)), min(int(np.ceil(end)), in_size)):
+            weights[o, i] = min(end, i + 1) - max(start, i)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """TF `tf.image.resize(method='area')` then `tf.round` (half to even): (H, W[, C]) -> (height, width[, C])."""
+    rows, cols = area_matrix(image.shape[0], height), area_matrix(image.shape[1], width)
+    resized = np.einsum("oh,hw...,pw->op...", rows, image.astype(np.float64), cols)
+    return np.rint(resized)
+
+
+def to_gray(photo: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 gray; colour photos (sepia scans) by BT.601 luma, the luminance chroma transfer keeps."""
+    if photo.ndim == 2:
+        return photo
+    luma = photo.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+
+
+def frame(gray: np.ndarray, framing: str) -> np.ndarray:
+    if framing == "crop":
+        side = min(gray.shape)
+        top, left = (gray.shape[0] - side) // 2, (gray.shape[1] - side) // 2
+        return gray[top: top + side, left: left + side]
+    if framing != "stretch":
+        raise InputError(f"framing must be 'stretch' or 'crop', not {framing!r}")
+    return gray
+
+
+def hint_constraints(hints: list[Hint], photo_hw: tuple[int, int], framing: str, tolerance: int = 0) -> np.ndarray | None:
+    """(64, 64, 512) bool of allowed coarse symbols per cell, or None without hints."""
+    if not hints:
+        return None
+    height, width = photo_hw
+    if framing == "crop":
+        side = min(height, width)
+        top, left, sy, sx = (height - side) / 2, (width - side) / 2, COARSE / side, COARSE / side
+    else:
+        top, left, sy, sx = 0.0, 0.0, COARSE / height, COARSE / width
+    allowed = np.ones((COARSE, COARSE, 512), bool)
+    levels = np.stack(np.meshgrid(np.arange(8), np.arange(8), np.arange(8), indexing="ij"), -1).reshape(512, 3)
+    cy, cx = np.mgrid[0:COARSE, 0:COARSE] + 0.5
+    for hint in hints:
+        bins = np.array(hint.rgb) // 32
+        symbols_ok = (np.abs(levels - bins) <= tolerance).all(-1)
+        # cells whose centre lies in the disk, and always the cell under the hint's centre
+        inside = ((cy / sy + top - hint.y) ** 2 + (cx / sx + left - hint.x) ** 2) <= hint.radius ** 2
+        row, col = int((hint.y - top) * sy), int((hint.x - left) * sx)
+        if 0 <= row < COARSE and 0 <= col < COARSE:
+            inside[row, col] = True
+        allowed[inside] = symbols_ok
+    return allowed
+
+
+def uniforms(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Per-candidate uniforms, each drawn from its own seed: candidate i does not depend on the batch."""
+    return torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+                        for s in seeds])
+
+
+@torch.no_grad()
+def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature: float = 1.0,
+             hints: list[Hint] = (), hint_tolerance: int = 0, framing: str = "stretch", mode: str = "sample",
+             row_context_quirk: bool = True, device: str = "cpu",
+             on_row: Callable[[int, int], None] | None = None,
+             on_preview: Callable[[np.ndarray], None] | None = None) -> list[np.ndarray]:
+    """A gray (H, W) or RGB (H, W, 3) uint8 photo -> one (H, W, 3) uint8 colouring per seed (crop framing:
+    the centre square)."""
+    from engine.composite import transfer_chroma
+
+    gray_full = to_gray(photo)
+    framed = frame(gray_full, framing)
+    gray_fine = area_resize(framed, FINE, FINE)
+    gray_coarse = area_resize(gray_fine, COARSE, COARSE)
+    batch = len(seeds)
+    fine = torch.from_numpy(gray_fine).long().to(device).expand(batch, -1, -1)
+    coarse = torch.from_numpy(gray_coarse).long().to(device).expand(batch, -1, -1)
+    colorizer = model.colorizer
+    if on_preview is not None:
+        preview = symbols_to_rgb(colorizer.parallel_preview(coarse[:1]))[0].cpu().numpy() * 32 + 16
+        on_preview(transfer_chroma(gray_coarse.astype(np.uint8), preview.astype(np.uint8)))
+    constraints = hint_constraints(list(hints), framed.shape if framing == "crop" else gray_full.shape, framing,
+                                   hint_tolerance)
+    if constraints is not None:
+        constraints = torch.from_numpy(constraints).to(device).expand(batch, -1, -1, -1)
+    symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (COARSE, COARSE)).to(device), mode=mode,
+                               temperature=temperature, constraints=constraints,
+                               row_context_quirk=row_context_quirk, on_row=on_row)
+    rgb64 = model.color_upsampler(symbols_to_rgb(symbols), coarse).argmax(-1)  # (B, 64, 64, 3) 0..255
+    blurry = rgb64.repeat_interleave(FINE // COARSE, dim=1).repeat_interleave(FINE // COARSE, dim=2)
+    rgb256 = model.spatial_upsampler(blurry, fine).argmax(-1).to(torch.uint8).cpu().numpy()
+    base = framed if framing == "crop" else photo
+    return [transfer_chroma(base, image) for image in rgb256]
+
+
+def load_model(name: str = "", device: str = "cpu") -> ColTran:
+    """A model folder by name (searched in engine.paths.models_dirs()) or path; "" is the demo model."""
+    from engine.checkpoints import find_model, load_model_dir, load_state_dict_strict
+
+    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "coltran").path
+    config, states = load_model_dir(path, ["colorizer", "color_upsampler", "spatial_upsampler"])
+    if config["kind"] != "coltran":
+        raise InputError(f"{path}: a {config['kind']!r} model, not ColTran")
+    model = ColTran(ColTranConfig.from_dict(config["architecture"]))
+    for stage in ("colorizer", "color_upsampler", "spatial_upsampler"):
+        load_state_dict_strict(getattr(model, stage), states[stage], str(path / f"{stage}.safetensors"))
+    return model.eval().to(device)
+
+
+class ColTranBackend:
+    """The "coltran" engine backend. params: temperature (default 1; 0 = most likely colours), hints,
+    hint_tolerance (coarse levels per channel, default 0), framing ("stretch" or "crop")."""
+
+    name = "coltran"
+
+    def __init__(self):
+        self._models: dict[tuple[str, str], ColTran] = {}
+
+    def run(self, request, ctx):
+        import time
+
+        from engine.composite import full_region
+        from engine.jobs import Candidate, thaw
+
+        key = (request.model, ctx.device)
+        if key not in self._models:
+            ctx.progress(0.0, "loading ColTran")
+            self._models[key] = load_model(request.model, ctx.device)
+        model = self._models[key]
+        params = thaw(request.params)
+        temperature = float(params.get("temperature", 1.0))
+        framing = params.get("framing", "stretch")
+        x0, y0, x1, y1 = region = request.region or full_region(request.photo)
+        hints = [Hint(h.x - x0, h.y - y0, h.radius, h.rgb) for h in parse_hints(params.get("hints", []), "hints")
+                 if x0 <= h.x < x1 and y0 <= h.y < y1]
+
+        def on_row(done: int, rows: int) -> None:
+            ctx.check_cancelled()
+            ctx.progress(0.02 + 0.9 * done / rows, f"ColTran: colouring {request.k} candidates, row {done}/{rows}")
+
+        started = time.perf_counter()
+        images = colorize(model, request.photo[y0:y1, x0:x1], ctx.seeds, temperature=temperature, hints=hints,
+                          hint_tolerance=int(params.get("hint_tolerance", 0)), framing=framing,
+                          device=ctx.device, on_row=on_row,
+                          on_preview=lambda image: ctx.progress(0.02, "ColTran: parallel-head preview", image))
+        if framing == "crop":
+            side = min(y1 - y0, x1 - x0)
+            top, left = y0 + (y1 - y0 - side) // 2, x0 + (x1 - x0 - side) // 2
+            region = (left, top, left + side, top + side)
+        seconds = (time.perf_counter() - started) / len(images)
+        info = {"temperature": temperature, "hints": len(hints), "framing": framing}
+        return [Candidate(image=image, region=region, seed=seed, info=info, seconds=seconds)
+                for image, seed in zip(images, ctx.seeds)]

@@ -1,0 +1,932 @@
+"""ColTran, the Colorization Transformer (Kumar, Weissenborn, Kalchbrenner, ICLR 2021), as the official TF2 code
+builds it, so that its checkpoints convert tensor for tensor (engine/coltran_import.py).
+
+Three stages: `ColTranCore` samples a 64x64 coarse colouring (512 symbols = 3 bits per RGB channel) pixel by pixel
+with an axial transformer conditioned on the grayscale image; `ColorUpsampler` turns it into 8-bit colour at 64x64;
+`SpatialUpsampler` brings that to 256x256. Both upsamplers are parallel and deterministic (argmax).
+
+Faithful to the code, not the paper figure: activations are channels-last (B, H, W, D) so every Keras Dense is a
+Linear on the last axis; blocks are post-LN, x = norm(x + sublayer(x)); LayerNorm epsilon is Keras' 1e-3; the
+attention adds a learned relative position bias and masks the future with -1e6 (the current position stays
+visible); conditioning splits its projections in three different orders (attention: per head scale|shift; MLP:
+shift|scale; layer norm: scale|shift).
+
+Sampling. `ColTranCore.sample_reference` recomputes like the official sampler: the outer decoder over the whole
+canvas once per row, the inner decoder over the whole row once per pixel. `ColTranCore.sample` is the exact
+incremental decoder: per-layer key/value caches for the causal column attention (outer) and the causal row
+attention (inner), and every context projection computed once per row, so a pixel costs one pass of the inner
+layers on a single position and a row one pass of the outer layers on a single row. Both give identical samples
+for the same generator (tests/test_coltran.py).
+
+Sampling-time quirk of the reference: while sampling, the inner decoder's conditional layer norms get only the
+current row of the grayscale context, and their learned spatial average (1, H, W, 1) broadcasts over it, so the
+context is mean_ij w[i, j] z[r, j] instead of the training-time mean_ij w[i, j] z[i, j]. `row_context_quirk=True`
+(the default) reproduces it; False uses the training-time context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_SYMBOLS = 512  # 8 levels of each of R, G, B
+LN_EPS = 1e-3  # Keras LayerNormalization default
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class CoreConfig:
+    hidden_size: int = 512
+    ff_size: int = 512
+    num_heads: int = 4
+    num_encoder_layers: int = 4
+    num_outer_layers: int = 2
+    num_inner_layers: int = 2
+    resolution: tuple[int, int] = (64, 64)
+
+
+@dataclass
+class UpsamplerConfig:
+    hidden_size: int = 512
+    ff_size: int = 512
+    num_heads: int = 4
+    num_encoder_layers: int = 4  # 4 for the colour upsampler, 3 for the spatial one
+    resolution: tuple[int, int] = (64, 64)  # (256, 256) for the spatial upsampler
+
+
+@dataclass
+class ColTranConfig:
+    core: CoreConfig = field(default_factory=CoreConfig)
+    color_upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    spatial_upsampler: UpsamplerConfig = field(
+        default_factory=lambda: UpsamplerConfig(num_encoder_layers=3, resolution=(256, 256)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ColTranConfig":
+        def up(part):
+            return UpsamplerConfig(**{**part, "resolution": tuple(part["resolution"])})
+
+        return cls(CoreConfig(**{**raw["core"], "resolution": tuple(raw["core"]["resolution"])}),
+                   up(raw["color_upsampler"]), up(raw["spatial_upsampler"]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks (coltran/models/layers.py)
+
+
+class PositionEmbed(nn.Module):
+    """Two additive tables, broadcast: rows [H, 1, D] and columns [W, D]."""
+
+    def __init__(self, height: int, width: int, dim: int):
+        super().__init__()
+        self.position_embedding_0 = nn.Parameter(torch.randn(height, 1, dim) * dim**-0.5)
+        self.position_embedding_1 = nn.Parameter(torch.randn(width, dim) * dim**-0.5)
+
+    def table(self) -> torch.Tensor:  # (H, W, D)
+        return self.position_embedding_0 + self.position_embedding_1
+
+    def forward(self, x):
+        return x + self.table()
+
+
+def relative_bias(weight: torch.Tensor, length: int) -> torch.Tensor:
+    """(heads, 2L) learned weights -> (heads, L, L) bias with bias[h, i, j] = weight[h, L - 1 + j - i]."""
+    offsets = torch.arange(length, device=weight.device)
+    index = (length - 1) + offsets[None, :] - offsets[:, None]
+    return weight[:, index]
+
+
+class AxialAttention(nn.Module):
+    """SelfAttentionND along one axis: rows (attend across the width) or columns (across the height).
+
+    q/k/v/output are the DenseND kernels [D, heads, D/heads] and [heads, D/heads, D] flattened head-major.
+    cond_q/k/v project a context to per-head (scale | shift) pairs that modulate q, k and v.
+    """
+
+    def __init__(self, dim: int, heads: int, axis: str, length: int, causal: bool = False,
+                 context_dim: int | None = None):
+        super().__init__()
+        assert axis in ("row", "column")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.axis, self.length, self.causal = axis, length, causal
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim, bias=False)
+        # the official weight is named after the attended axis of nd_block_size [1, W] (1) or [H, 1] (0)
+        bias = nn.Parameter(torch.zeros(heads, 2 * length))
+        setattr(self, "relative_attention_bias_1" if axis == "row" else "relative_attention_bias_0", bias)
+        self.conditional = context_dim is not None
+        if self.conditional:
+            self.cond_q = nn.Linear(context_dim, 2 * dim, bias=False)
+            self.cond_k = nn.Linear(context_dim, 2 * dim, bias=False)
+            self.cond_v = nn.Linear(context_dim, 2 * dim, bias=False)
+
+    @property
+    def bias_weight(self) -> nn.Parameter:
+        return self.relative_attention_bias_1 if self.axis == "row" else self.relative_attention_bias_0
+
+    def attention_bias(self) -> torch.Tensor:
+        """(heads, L, L): relative position bias, plus -1e6 on keys after the query when causal."""
+        bias = relative_bias(self.bias_weight, self.length)
+        if self.causal:
+            future = torch.ones(self.length, self.length, dtype=torch.bool, device=bias.device).triu(1)
+            bias = bias + future * -1e6
+        return bias
+
+    def _split(self, x):  # (..., D) -> (..., heads, head_dim)
+        return x.unflatten(-1, (self.heads, self.head_dim))
+
+    def _modulate(self, x, layer, context):
+        """x (..., heads, hd); scale|shift per head from the context (cond_scale=True, identity activation)."""
+        scale, shift = layer(context).unflatten(-1, (self.heads, 2 * self.head_dim)).chunk(2, dim=-1)
+        return x * scale + shift
+
+    def project(self, x, context=None):
+        """q (scaled by hd^-0.5 after conditioning, as the reference), k, v: each (..., heads, hd)."""
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        if self.conditional:
+            q = self._modulate(q, self.cond_q, context)
+            k = self._modulate(k, self.cond_k, context)
+            v = self._modulate(v, self.cond_v, context)
+        return q * self.head_dim**-0.5, k, v
+
+    def forward(self, x, context=None):
+        """x (B, H, W, D) -> (B, H, W, D), attending along this module's axis."""
+        q, k, v = self.project(x, context)  # (B, H, W, heads, hd)
+        if self.axis == "row":  # sequences are rows: (B, H, heads, W, hd)
+            q, k, v = (t.permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        else:  # sequences are columns: (B, W, heads, H, hd)
+            q, k, v = (t.permute(0, 2, 3, 1, 4) for t in (q, k, v))
+        bias = self.attention_bias()[:, : q.shape[-2], : k.shape[-2]]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+        out = out.permute(0, 1, 3, 2, 4) if self.axis == "row" else out.permute(0, 3, 1, 2, 4)
+        return self.output(out.flatten(-2))
+
+    def attend_one(self, q, k_cache, v_cache, position: int):
+        """One query at `position` against cached keys/values 0..position (causal, so nothing later exists).
+
+        q (N, heads, hd); k_cache, v_cache (N, heads, position + 1, hd) -> (N, D).
+        """
+        bias = self.bias_weight[:, self.length - 1 - position: self.length]  # offsets j - position, j <= position
+        out = F.scaled_dot_product_attention(q.unsqueeze(-2), k_cache, v_cache,
+                                             attn_mask=bias[:, None, :].to(q.dtype), scale=1.0)
+        return self.output(out.squeeze(-2).flatten(-2))
+
+
+class FeedForward(nn.Module):
+    """Keras Sequential([Dense(ff, relu), Dense(D)])."""
+
+    def __init__(self, dim: int, ff_size: int):
+        super().__init__()
+        self.dense_in = nn.Linear(dim, ff_size)
+        self.dense_out = nn.Linear(ff_size, dim)
+
+    def forward(self, x):
+        return self.dense_out(F.relu(self.dense_in(x)))
+
+
+class ConditionalLayerNorm(nn.Module):
+    """LayerNorm (fixed gamma 1, beta 0, named `normalize`) whose scale and shift come from the context:
+    learned spatial weights, mean over H and W, then Dense(2D) split into (scale, shift); one pair per image."""
+
+    def __init__(self, height: int, width: int, dim: int, context_dim: int):
+        super().__init__()
+        self.normalize = nn.LayerNorm(dim, eps=LN_EPS)
+        self.normalize.requires_grad_(False)  # non-trainable in the reference
+        self.spatial_average = nn.Parameter(torch.ones(1, height, width, 1))
+        self.channel_dense = nn.Linear(context_dim, 2 * dim)
+
+    def scale_shift(self, context):
+        """context (B, H, W, C), or one row (B, 1, W, C) which broadcasts as in the reference sampler."""
+        pooled = (self.spatial_average * context).mean(dim=(1, 2), keepdim=True)
+        return self.channel_dense(pooled).chunk(2, dim=-1)  # each (B, 1, 1, D)
+
+    def forward(self, x, context=None, scale_shift=None):
+        scale, shift = scale_shift if scale_shift is not None else self.scale_shift(context)
+        return self.normalize(x) * scale + shift
+
+
+def affine(x, layer, context):
+    """Conditional MLP (cond_mlp='affine'): Dense(2D) on the context split into (shift, scale)."""
+    shift, scale = layer(context).chunk(2, dim=-1)
+    return x * scale + shift
+
+
+class FactorizedAttention(nn.Module):
+    """Unconditional axial encoder: per layer [row attention, FF, column attention, FF], each post-LN."""
+
+    def __init__(self, height: int, width: int, dim: int, ff_size: int, heads: int, num_layers: int):
+        super().__init__()
+        self.pos_embed = PositionEmbed(height, width, dim)
+        layers = []
+        for _ in range(num_layers):
+            layers += [AxialAttention(dim, heads, "row", width), FeedForward(dim, ff_size),
+                       AxialAttention(dim, heads, "column", height), FeedForward(dim, ff_size)]
+        self.residual_layers = nn.ModuleList(layers)
+        self.layer_norms = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in layers)
+
+    def forward(self, x):
+        x = self.pos_embed(x)
+        for layer, norm in zip(self.residual_layers, self.layer_norms):
+            x = norm(x + layer(x))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The colorizer (coltran/models/core.py, colorizer.py)
+
+
+class GrayScaleEncoder(nn.Module):
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        height, width = config.resolution
+        self.embedding = nn.Linear(256, config.hidden_size)  # one-hot gray -> Dense with bias
+        self.encoder = FactorizedAttention(height, width, config.hidden_size, config.ff_size, config.num_heads,
+                                           config.num_encoder_layers)
+
+    def forward(self, gray):  # (B, H, W) int 0..255 -> z (B, H, W, D)
+        return self.encoder(self.embedding.weight.t()[gray] + self.embedding.bias)
+
+
+class OuterDecoder(nn.Module):
+    """Row attention + causal column attention over the colour embeddings, conditioned on z, then shift down:
+    row r of the output summarises rows < r."""
+
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        height, width = config.resolution
+        dim, heads = config.hidden_size, config.num_heads
+        self.num_layers = config.num_outer_layers
+        self.pos_embed = PositionEmbed(height, width, dim)
+        for i in range(self.num_layers):
+            setattr(self, f"unmask_row_att_{i}", AxialAttention(dim, heads, "row", width, context_dim=dim))
+            setattr(self, f"row_dense_{i}", FeedForward(dim, config.ff_size))
+            setattr(self, f"mask_col_att_{i}",
+                    AxialAttention(dim, heads, "column", height, causal=True, context_dim=dim))
+            setattr(self, f"col_dense_{i}", FeedForward(dim, config.ff_size))
+            setattr(self, f"affine_r_{i}", nn.Linear(dim, 2 * dim))
+            setattr(self, f"affine_c_{i}", nn.Linear(dim, 2 * dim))
+        self.layer_norms = nn.ModuleList(
+            ConditionalLayerNorm(height, width, dim, dim) for _ in range(4 * self.num_layers))
+
+    def layer(self, i):
+        return (getattr(self, f"unmask_row_att_{i}"), getattr(self, f"row_dense_{i}"), getattr(self, f"affine_r_{i}"),
+                getattr(self, f"mask_col_att_{i}"), getattr(self, f"col_dense_{i}"), getattr(self, f"affine_c_{i}"))
+
+    def forward(self, embeddings, z):
+        x = self.pos_embed(embeddings) + z
+        for i in range(self.num_layers):
+            row_att, row_ff, affine_r, col_att, col_ff, affine_c = self.layer(i)
+            norms = self.layer_norms[4 * i: 4 * i + 4]
+            x = norms[0](x + row_att(x, z), z)
+            x = norms[1](x + affine(row_ff(x), affine_r, z), z)
+            x = norms[2](x + col_att(x, z), z)
+            x = norms[3](x + affine(col_ff(x), affine_c, z), z)
+        return F.pad(x, (0, 0, 0, 0, 1, 0))[:, :-1]  # shift down
+
+
+class InnerDecoder(nn.Module):
+    """Causal row attention over the colour embeddings shifted right, conditioned on z and the outer context."""
+
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        height, width = config.resolution
+        dim, heads = config.hidden_size, config.num_heads
+        self.num_layers = config.num_inner_layers
+        self.pos_embed = PositionEmbed(height, width, dim)
+        for i in range(self.num_layers):
+            setattr(self, f"mask_row_att_{i}",
+                    AxialAttention(dim, heads, "row", width, causal=True, context_dim=2 * dim))
+            setattr(self, f"dense_{i}", FeedForward(dim, config.ff_size))
+            setattr(self, f"affine_c_{i}", nn.Linear(2 * dim, 2 * dim))
+        # context z only: the outer context through the spatial average would leak later pixels
+        self.layer_norms = nn.ModuleList(
+            ConditionalLayerNorm(height, width, dim, dim) for _ in range(2 * self.num_layers))
+
+    def layer(self, i):
+        return getattr(self, f"mask_row_att_{i}"), getattr(self, f"dense_{i}"), getattr(self, f"affine_c_{i}")
+
+    def forward(self, embeddings, upper, z, row: int | None = None, norm_context=None):
+        """Training: embeddings, upper, z all (B, H, W, D). Reference sampling: one row each (B, 1, W, D) and
+        `row` selects the positional embedding; `norm_context` overrides the layer norms' context."""
+        shifted = F.pad(embeddings, (0, 0, 1, 0))[:, :, :-1]  # shift right
+        table = self.pos_embed.table()
+        x = shifted + (table if row is None else table[row: row + 1]) + z + upper
+        all_context = torch.cat((z, upper), dim=-1)
+        norm_context = z if norm_context is None else norm_context
+        for i in range(self.num_layers):
+            att, ff, affine_c = self.layer(i)
+            x = self.layer_norms[2 * i](x + att(x, all_context), norm_context)
+            x = self.layer_norms[2 * i + 1](x + affine(ff(x), affine_c, all_context), norm_context)
+        return x
+
+
+class ColTranCore(nn.Module):
+    """The autoregressive colorizer, stage 'encoder_decoder' (with the parallel head)."""
+
+    def __init__(self, config: CoreConfig):
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        self.encoder = GrayScaleEncoder(config)
+        self.parallel_logits = nn.Linear(dim, NUM_SYMBOLS, bias=False)
+        self.pixel_embed_layer = nn.Linear(NUM_SYMBOLS, dim, bias=False)  # one-hot symbol -> embedding
+        self.outer_decoder = OuterDecoder(config)
+        self.inner_decoder = InnerDecoder(config)
+        self.final_norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.auto_logits = nn.Linear(dim, NUM_SYMBOLS)
+
+    def embed(self, symbols):  # (...) int -> (..., D)
+        return self.pixel_embed_layer.weight.t()[symbols]
+
+    def forward(self, gray, symbols):
+        """Teacher forcing. gray, symbols (B, H, W) -> (autoregressive logits, parallel logits), (B, H, W, 512)."""
+        z = self.encoder(gray)
+        embeddings = self.embed(symbols)
+        upper = self.outer_decoder(embeddings, z)
+        inner = self.inner_decoder(embeddings, upper, z)
+        return self.auto_logits(self.final_norm(inner)), self.parallel_logits(z)
+
+    def parallel_preview(self, gray):
+        """The one-shot colouring of the auxiliary head: argmax symbols (B, H, W)."""
+        return self.parallel_logits(self.encoder(gray)).argmax(-1)
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_reference(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
+                         row_context_quirk=True, on_row=None):
+        """The official procedure: the outer decoder over the whole canvas once per row, the inner decoder over
+        the whole row once per pixel. Slow; kept as the oracle for `sample`."""
+        z = self.encoder(gray)
+        batch, height, width, dim = z.shape
+        canvas = torch.zeros_like(z)
+        upper = torch.zeros_like(z)
+        symbols = torch.zeros(batch, height, width, dtype=torch.long, device=z.device)
+        for r in range(height):
+            row_cache = torch.zeros(batch, 1, width, dim, dtype=z.dtype, device=z.device)
+            z_row, upper_row = z[:, r: r + 1], upper[:, r: r + 1]
+            for c in range(width):
+                inner = self.inner_decoder(row_cache, upper_row, z_row, row=r,
+                                           norm_context=z_row if row_context_quirk else z)
+                logits = self.auto_logits(self.final_norm(inner[:, 0, c]))
+                chosen = choose(logits, mode, temperature, _uniform(uniforms, r, c), _constraint(constraints, r, c))
+                symbols[:, r, c] = chosen
+                embedding = self.embed(chosen)
+                row_cache[:, 0, c] = embedding
+                canvas[:, r, c] = embedding
+            upper = self.outer_decoder(canvas, z)
+            if on_row:
+                on_row(r + 1, height)
+        return symbols
+
+    @torch.no_grad()
+    def sample(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
+               row_context_quirk=True, on_row=None):
+        """Exact incremental decoding; the same symbols as `sample_reference` for the same uniforms.
+
+        gray (B, H, W) int; uniforms (B, H, W) in [0, 1) drive mode "sample"; constraints: optional bool (B, H, W, 512) of allowed symbols per pixel (colour hints);
+        on_row(done, total) is called after every row (progress and cancellation: it may raise).
+        Returns symbols (B, H, W).
+        """
+        z = self.encoder(gray)
+        batch, height, width, dim = z.shape
+        outer, inner = self.outer_decoder, self.inner_decoder
+        heads, head_dim = self.config.num_heads, dim // self.config.num_heads
+        outer_table, inner_table = outer.pos_embed.table(), inner.pos_embed.table()
+        # conditional layer norms of the outer decoder see all of z: one (scale, shift) per image and norm
+        outer_norms = [norm.scale_shift(z) for norm in outer.layer_norms]
+        if not row_context_quirk:
+            inner_norms = [norm.scale_shift(z) for norm in inner.layer_norms]
+        # causal column attention: per layer, keys and values of every generated row, (B * W, heads, rows, hd)
+        col_keys = [z.new_zeros(batch * width, heads, height, head_dim) for _ in range(outer.num_layers)]
+        col_values = [z.new_zeros(batch * width, heads, height, head_dim) for _ in range(outer.num_layers)]
+        upper_row = torch.zeros(batch, 1, width, dim, dtype=z.dtype, device=z.device)
+        symbols = torch.zeros(batch, height, width, dtype=torch.long, device=z.device)
+
+        for r in range(height):
+            z_row = z[:, r: r + 1]  # (B, 1, W, D)
+            all_context = torch.cat((z_row, upper_row), dim=-1)
+            if row_context_quirk:
+                inner_norms = [norm.scale_shift(z_row) for norm in inner.layer_norms]
+            # everything that depends only on the row's context, for all of its pixels at once
+            base = inner_table[r: r + 1] + z_row + upper_row  # (B, 1, W, D)
+            row_cond = []
+            for i in range(inner.num_layers):
+                att, _, affine_c = inner.layer(i)
+                row_cond.append([layer(all_context).unflatten(-1, (heads, 2 * head_dim)).chunk(2, dim=-1)
+                                 for layer in (att.cond_q, att.cond_k, att.cond_v)] + [affine_c(all_context)])
+            row_keys = [z.new_zeros(batch, heads, width, head_dim) for _ in range(inner.num_layers)]
+            row_values = [z.new_zeros(batch, heads, width, head_dim) for _ in range(inner.num_layers)]
+            previous = torch.zeros(batch, dim, dtype=z.dtype, device=z.device)  # shift right: zeros at column 0
+            row_embeddings = torch.zeros(batch, width, dim, dtype=z.dtype, device=z.device)
+
+            for c in range(width):
+                x = base[:, 0, c] + previous  # (B, D)
+                for i in range(inner.num_layers):
+                    att, ff, _ = inner.layer(i)
+                    (q_scale, q_shift), (k_scale, k_shift), (v_scale, v_shift), mlp = row_cond[i]
+                    q = att._split(att.q(x)) * q_scale[:, 0, c] + q_shift[:, 0, c]
+                    row_keys[i][:, :, c] = att._split(att.k(x)) * k_scale[:, 0, c] + k_shift[:, 0, c]
+                    row_values[i][:, :, c] = att._split(att.v(x)) * v_scale[:, 0, c] + v_shift[:, 0, c]
+                    attended = att.attend_one(q * head_dim**-0.5, row_keys[i][:, :, : c + 1],
+                                              row_values[i][:, :, : c + 1], c)
+                    x = _apply_norm(inner.layer_norms[2 * i], x + attended, inner_norms[2 * i])
+                    shift, scale = mlp[:, 0, c].chunk(2, dim=-1)
+                    x = _apply_norm(inner.layer_norms[2 * i + 1], x + ff(x) * scale + shift, inner_norms[2 * i + 1])
+                logits = self.auto_logits(self.final_norm(x))
+                chosen = choose(logits, mode, temperature, _uniform(uniforms, r, c), _constraint(constraints, r, c))
+                symbols[:, r, c] = chosen
+                previous = self.embed(chosen)
+                row_embeddings[:, c] = previous
+
+            # the outer decoder on the finished row gives the upper context of the next one
+            x = row_embeddings[:, None] + outer_table[r: r + 1] + z_row  # (B, 1, W, D)
+            for i in range(outer.num_layers):
+                row_att, row_ff, affine_r, col_att, col_ff, affine_c = outer.layer(i)
+                norms = outer.layer_norms[4 * i: 4 * i + 4]
+                x = norms[0](x + row_att(x, z_row), scale_shift=outer_norms[4 * i])
+                x = norms[1](x + affine(row_ff(x), affine_r, z_row), scale_shift=outer_norms[4 * i + 1])
+                q, k, v = col_att.project(x, z_row)  # (B, 1, W, heads, hd)
+                col_keys[i][:, :, r] = k[:, 0].flatten(0, 1)
+                col_values[i][:, :, r] = v[:, 0].flatten(0, 1)
+                attended = col_att.attend_one(q[:, 0].flatten(0, 1), col_keys[i][:, :, : r + 1],
+                                              col_values[i][:, :, : r + 1], r)
+                x = norms[2](x + attended.unflatten(0, (batch, width))[:, None], scale_shift=outer_norms[4 * i + 2])
+                x = norms[3](x + affine(col_ff(x), affine_c, z_row), scale_shift=outer_norms[4 * i + 3])
+            upper_row = x
+            if on_row:
+                on_row(r + 1, height)
+        return symbols
+
+
+def _apply_norm(norm: ConditionalLayerNorm, x, scale_shift):
+    """A conditional layer norm on one position per image: x (B, D), scale/shift (B, 1, 1, D)."""
+    scale, shift = scale_shift
+    return norm.normalize(x) * scale[:, 0, 0] + shift[:, 0, 0]
+
+
+def _uniform(uniforms, r, c):
+    return None if uniforms is None else uniforms[:, r, c]
+
+
+def _constraint(constraints, r, c):
+    return None if constraints is None else constraints[:, r, c]
+
+
+def choose(logits, mode: str, temperature: float, uniform, allowed=None):
+    """Pick one symbol per image from (B, 512) logits: a categorical sample by inverting the CDF at `uniform`
+    (B,) in [0, 1), with temperature (our extension; T = 1 is the reference), or argmax. Drawing the uniforms
+    per candidate from its own seed makes candidate i independent of the batch it was sampled in.
+    `allowed` (B, 512) bool restricts the choice (colour hints)."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if mode == "argmax" or temperature == 0:
+        return logits.argmax(-1)
+    cdf = torch.softmax(logits.double() / temperature, dim=-1).cumsum(-1)
+    chosen = (cdf < uniform.double()[:, None]).sum(-1).clamp(max=NUM_SYMBOLS - 1)
+    if allowed is not None:  # rounding at a plateau of the CDF can land next to the allowed symbols
+        chosen = torch.where(allowed.gather(1, chosen[:, None])[:, 0], chosen, logits.argmax(-1))
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Upsamplers (coltran/models/upsampler.py): each of R, G, B upsampled independently with shared weights
+
+
+class ColorUpsampler(nn.Module):
+    """Coarse 3-bit colour + gray at 64x64 -> 8-bit colour logits (B, H, W, 3, 256)."""
+
+    def __init__(self, config: UpsamplerConfig):
+        super().__init__()
+        height, width = config.resolution
+        dim = config.hidden_size
+        self.bit_embedding = nn.Linear(24, dim, bias=False)  # one-hot of value + 8 * channel
+        self.gray_embedding = nn.Linear(256, dim, bias=False)
+        self.input_dense = nn.Linear(2 * dim, dim)
+        self.encoder = FactorizedAttention(height, width, dim, config.ff_size, config.num_heads,
+                                           config.num_encoder_layers)
+        self.final_dense = nn.Linear(dim, 256)
+
+    def forward(self, coarse, gray):
+        """coarse (B, H, W, 3) int 0..7; gray (B, H, W) int 0..255."""
+        return _upsample(self, self.bit_embedding, coarse, gray, 8)
+
+
+class SpatialUpsampler(nn.Module):
+    """Blurry 8-bit colour at 256x256 (the 64x64 result, pixel-replicated) + gray -> logits (B, H, W, 3, 256)."""
+
+    def __init__(self, config: UpsamplerConfig):
+        super().__init__()
+        height, width = config.resolution
+        dim = config.hidden_size
+        self.channel_embedding = nn.Linear(768, dim, bias=False)  # one-hot of value + 256 * channel
+        self.gray_embedding = nn.Linear(256, dim, bias=False)
+        self.input_dense = nn.Linear(2 * dim, dim)
+        self.encoder = FactorizedAttention(height, width, dim, config.ff_size, config.num_heads,
+                                           config.num_encoder_layers)
+        self.final_dense = nn.Linear(dim, 256)
+
+    def forward(self, colour, gray):
+        """colour (B, H, W, 3) int 0..255; gray (B, H, W) int 0..255."""
+        return _upsample(self, self.channel_embedding, colour, gray, 256)
+
+
+def _upsample(model, channel_embedding, values, gray, levels):
+    batch = values.shape[0]
+    gray_embed = model.gray_embedding.weight.t()[gray]  # (B, H, W, D)
+    offsets = torch.arange(3, device=values.device) * levels
+    channel_embed = channel_embedding.weight.t()[values + offsets]  # (B, H, W, 3, D)
+    channel_embed = channel_embed.permute(3, 0, 1, 2, 4).flatten(0, 1)  # channels batched: (3B, H, W, D)
+    x = model.input_dense(torch.cat((channel_embed, gray_embed.repeat(3, 1, 1, 1)), dim=-1))
+    logits = model.final_dense(model.encoder(x))  # (3B, H, W, 256)
+    return logits.unflatten(0, (3, batch)).permute(1, 2, 3, 0, 4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Symbols
+
+
+def symbols_to_rgb(symbols):
+    """512-symbol coarse colours -> 3-bit (R, G, B), R most significant: symbol = 64 R + 8 G + B."""
+    return torch.stack((symbols // 64, (symbols // 8) % 8, symbols % 8), dim=-1)
+
+
+def rgb_to_symbols(rgb8):
+    """8-bit RGB (..., 3) -> 512-symbol coarse colours (truncating 8 -> 3 bits, as convert_bits does)."""
+    r, g, b = (rgb8 // 32).unbind(-1)
+    return r * 64 + g * 8 + b
+
+
+class ColTran(nn.Module):
+    """The three stages together, as one model folder holds them."""
+
+    def __init__(self, config: ColTranConfig):
+        super().__init__()
+        self.config = config
+        self.colorizer = ColTranCore(config.core)
+        self.color_upsampler = ColorUpsampler(config.color_upsampler)
+        self.spatial_upsampler = SpatialUpsampler(config.spatial_upsampler)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official TF2 checkpoints -> our state dicts
+#
+# The official code saves every variable under its Keras name (`tf.train.Checkpoint(**{v.name: v})`) plus an EMA
+# shadow per trainable variable, and restores by overwriting trainable weights with their shadows. Keras numbers
+# unnamed layers with process-wide counters (`dense_17`, `self_attention_nd_3`, ...), so the numbers depend on what
+# else was built first. We therefore rank auto-numbered layers among their siblings of the same kind in the same
+# scope ("canonical names"), which only depends on creation order, and map canonical names to our parameters.
+# The feed-forward Dense layers inside Keras Sequentials carry no scope at all (`dense_6/kernel:0`): they rank
+# globally, in creation order (encoder, then outer decoder, then inner decoder).
+
+AUTO_NUMBERED = ("dense", "self_attention_nd", "layer_normalization", "conditional_layer_norm", "position_embed")
+STAGE_SCOPES = {"colorizer": "col_tran_core", "color_upsampler": "color_upsampler",
+                "spatial_upsampler": "spatial_upsampler"}
+
+
+def unescape_checkpoint_key(key: str) -> str | None:
+    """'col_tran_core.Sdense.Skernel:0/.ATTRIBUTES/VARIABLE_VALUE' -> 'col_tran_core/dense/kernel:0'; None for
+    keys that are not variables of the model (optimizer slots, the object graph, save counters)."""
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    if not key.endswith(suffix) or key.startswith(("optimizer/", "save_counter")) or "OPTIMIZER_SLOT" in key:
+        return None
+    escaped, out, i = key[: -len(suffix)], [], 0
+    while i < len(escaped):  # TF escapes '.' as '..' and '/' as '.S' in local names
+        if escaped[i] == "." and i + 1 < len(escaped):
+            out.append("/" if escaped[i + 1] == "S" else escaped[i + 1])
+            i += 2
+        else:
+            out.append(escaped[i])
+            i += 1
+    return "".join(out)
+
+
+def _split_number(component: str) -> tuple[str, int]:
+    base, _, number = component.rpartition("_")
+    return (base, int(number)) if base and number.isdigit() else (component, -1)
+
+
+def canonical_names(variable_names) -> dict[str, str]:
+    """Official variable name (without ':0') -> canonical name, e.g.
+    'col_tran_core/outer_decoder/conditional_layer_norm_3/dense_13/kernel' ->
+    'col_tran_core/outer_decoder/conditional_layer_norm#3/dense#0/kernel' and 'dense_6/kernel' -> 'ff_dense#2/kernel'."""
+    siblings: dict[tuple[str, str], set[tuple[int, str]]] = {}
+    for name in variable_names:
+        parts = name.split("/")
+        for depth, component in enumerate(parts[:-1]):
+            base, number = _split_number(component)
+            if base in AUTO_NUMBERED:
+                siblings.setdefault(("/".join(parts[:depth]), base), set()).add((number, component))
+    ranks = {key: {component: rank for rank, (_, component) in enumerate(sorted(found))}
+             for key, found in siblings.items()}
+    canonical = {}
+    for name in variable_names:
+        parts = name.split("/")
+        out = []
+        for depth, component in enumerate(parts[:-1]):
+            base, _ = _split_number(component)
+            if base in AUTO_NUMBERED:
+                rank = ranks[("/".join(parts[:depth]), base)][component]
+                out.append(f"ff_dense#{rank}" if depth == 0 and base == "dense" else f"{base}#{rank}")
+            else:
+                out.append(component)
+        canonical[name] = "/".join(out + parts[-1:])
+    return canonical
+
+
+def _attention_entries(table, scope, ours, axis, conditional):
+    table[f"{scope}/q/kernel"] = (f"{ours}.q.weight", "heads_in")
+    table[f"{scope}/k/kernel"] = (f"{ours}.k.weight", "heads_in")
+    table[f"{scope}/v/kernel"] = (f"{ours}.v.weight", "heads_in")
+    table[f"{scope}/output/kernel"] = (f"{ours}.output.weight", "heads_out")
+    bias = "relative_attention_bias_1" if axis == "row" else "relative_attention_bias_0"
+    table[f"{scope}/{bias}"] = (f"{ours}.{bias}", "same")
+    if conditional:
+        for name in ("cond_q", "cond_k", "cond_v"):
+            table[f"{scope}/{name}/kernel"] = (f"{ours}.{name}.weight", "heads_in")
+
+
+def _dense_entries(table, scope, ours, bias=True):
+    table[f"{scope}/kernel"] = (f"{ours}.weight", "transpose")
+    if bias:
+        table[f"{scope}/bias"] = (f"{ours}.bias", "same")
+
+
+def _norm_entries(table, scope, ours):
+    table[f"{scope}/gamma"] = (f"{ours}.weight", "same")
+    table[f"{scope}/beta"] = (f"{ours}.bias", "same")
+
+
+class _FeedForwards:
+    """Hands out the global ranks of the scope-less feed-forward Dense layers in creation order."""
+
+    def __init__(self, table):
+        self.table, self.next = table, 0
+
+    def add(self, ours):
+        _dense_entries(self.table, f"ff_dense#{self.next}", f"{ours}.dense_in")
+        _dense_entries(self.table, f"ff_dense#{self.next + 1}", f"{ours}.dense_out")
+        self.next += 2
+
+
+def _factorized_entries(table, scope, ours, num_layers, ffs):
+    table[f"{scope}/position_embed#0/position_embedding_0"] = (f"{ours}.pos_embed.position_embedding_0", "same")
+    table[f"{scope}/position_embed#0/position_embedding_1"] = (f"{ours}.pos_embed.position_embedding_1", "same")
+    for j in range(2 * num_layers):
+        _attention_entries(table, f"{scope}/self_attention_nd#{j}", f"{ours}.residual_layers.{2 * j}",
+                           "row" if j % 2 == 0 else "column", conditional=False)
+        ffs.add(f"{ours}.residual_layers.{2 * j + 1}")
+    for k in range(4 * num_layers):
+        _norm_entries(table, f"{scope}/layer_normalization#{k}", f"{ours}.layer_norms.{k}")
+
+
+def _conditional_norm_entries(table, scope, ours):
+    table[f"{scope}/spatial_average"] = (f"{ours}.spatial_average", "same")
+    _dense_entries(table, f"{scope}/dense#0", f"{ours}.channel_dense")
+    _norm_entries(table, f"{scope}/normalize", f"{ours}.normalize")
+
+
+def official_table(stage: str, config) -> dict[str, tuple[str, str]]:
+    """Canonical official name -> (our state-dict key, how to transform the TF tensor)."""
+    root, table = STAGE_SCOPES[stage], {}
+    ffs = _FeedForwards(table)
+    if stage == "colorizer":
+        enc = f"{root}/gray_scale_encoder"
+        _dense_entries(table, f"{enc}/dense#0", "encoder.embedding")
+        _factorized_entries(table, f"{enc}/factorized_attention", "encoder.encoder", config.num_encoder_layers, ffs)
+        _dense_entries(table, f"{root}/parallel_logits", "parallel_logits", bias=False)
+        _dense_entries(table, f"{root}/dense#0", "pixel_embed_layer", bias=False)
+        outer = f"{root}/outer_decoder"
+        for name in ("position_embedding_0", "position_embedding_1"):
+            table[f"{outer}/position_embed#0/{name}"] = (f"outer_decoder.pos_embed.{name}", "same")
+        for i in range(config.num_outer_layers):
+            _attention_entries(table, f"{outer}/unmask_row_att_{i}", f"outer_decoder.unmask_row_att_{i}", "row", True)
+            ffs.add(f"outer_decoder.row_dense_{i}")
+            _attention_entries(table, f"{outer}/mask_col_att_{i}", f"outer_decoder.mask_col_att_{i}", "column", True)
+            ffs.add(f"outer_decoder.col_dense_{i}")
+            _dense_entries(table, f"{outer}/affine_r_{i}", f"outer_decoder.affine_r_{i}")
+            _dense_entries(table, f"{outer}/affine_c_{i}", f"outer_decoder.affine_c_{i}")
+        for k in range(4 * config.num_outer_layers):
+            _conditional_norm_entries(table, f"{outer}/conditional_layer_norm#{k}", f"outer_decoder.layer_norms.{k}")
+        inner = f"{root}/inner_decoder"
+        for name in ("position_embedding_0", "position_embedding_1"):
+            table[f"{inner}/position_embed#0/{name}"] = (f"inner_decoder.pos_embed.{name}", "same")
+        for i in range(config.num_inner_layers):
+            _attention_entries(table, f"{inner}/mask_row_att_{i}", f"inner_decoder.mask_row_att_{i}", "row", True)
+            ffs.add(f"inner_decoder.dense_{i}")
+            _dense_entries(table, f"{inner}/affine_c_{i}", f"inner_decoder.affine_c_{i}")
+        for k in range(2 * config.num_inner_layers):
+            _conditional_norm_entries(table, f"{inner}/conditional_layer_norm#{k}", f"inner_decoder.layer_norms.{k}")
+        _dense_entries(table, f"{root}/auto_logits", "auto_logits")
+        _norm_entries(table, f"{root}/layer_normalization#0", "final_norm")
+    else:
+        embedding = "bit_embedding" if stage == "color_upsampler" else "channel_embedding"
+        _dense_entries(table, f"{root}/dense#0", embedding, bias=False)
+        _dense_entries(table, f"{root}/dense#1", "gray_embedding", bias=False)
+        _dense_entries(table, f"{root}/dense#2", "input_dense")
+        _factorized_entries(table, f"{root}/factorized_attention", "encoder", config.num_encoder_layers, ffs)
+        _dense_entries(table, f"{root}/dense#3", "final_dense")
+    return table
+
+
+def _transform(array, how: str) -> torch.Tensor:
+    tensor = torch.from_numpy(array.copy())
+    if how == "transpose":  # Keras Dense kernel [in, out] -> Linear weight [out, in]
+        return tensor.t().contiguous()
+    if how == "heads_in":  # DenseND [D, heads, per_head] -> [heads * per_head, D]
+        return tensor.reshape(tensor.shape[0], -1).t().contiguous()
+    if how == "heads_out":  # DenseND [heads, per_head, D] -> [D, heads * per_head]
+        return tensor.reshape(-1, tensor.shape[-1]).t().contiguous()
+    return tensor
+
+
+def infer_stage_config(stage: str, variables: dict[str, "np.ndarray"]):
+    """The architecture of one stage from its official variables' canonical names and shapes."""
+    names = set(variables)
+    root = STAGE_SCOPES[stage]
+
+    def shape(name):
+        if name not in variables:
+            raise KeyError(name)
+        return variables[name].shape
+
+    fa = f"{root}/gray_scale_encoder/factorized_attention" if stage == "colorizer" else f"{root}/factorized_attention"
+    height, _, dim = shape(f"{fa}/position_embed#0/position_embedding_0")
+    width = shape(f"{fa}/position_embed#0/position_embedding_1")[0]
+    heads = shape(f"{fa}/self_attention_nd#0/q/kernel")[1]
+    ff_size = shape("ff_dense#0/kernel")[1]
+    encoder_layers = sum(1 for n in names if n.startswith(f"{fa}/self_attention_nd#") and n.endswith("/q/kernel")) // 2
+    if stage != "colorizer":
+        return UpsamplerConfig(hidden_size=dim, ff_size=ff_size, num_heads=heads,
+                               num_encoder_layers=encoder_layers, resolution=(height, width))
+    outer = sum(1 for n in names if n.startswith(f"{root}/outer_decoder/unmask_row_att_") and n.endswith("/q/kernel"))
+    inner = sum(1 for n in names if n.startswith(f"{root}/inner_decoder/mask_row_att_") and n.endswith("/q/kernel"))
+    return CoreConfig(hidden_size=dim, ff_size=ff_size, num_heads=heads, num_encoder_layers=encoder_layers,
+                      num_outer_layers=outer, num_inner_layers=inner, resolution=(height, width))
+
+
+def convert_official_stage(stage: str, tensors: dict, source: str):
+    """Bundle tensors of one stage (keys as in the checkpoint) -> (config, state dict), taking each trainable
+    weight's EMA shadow as the official restore does. Raises CheckpointError naming every official variable left
+    unmapped and every parameter of ours left without a value."""
+    from engine.errors import CheckpointError
+
+    raw, shadows = {}, {}
+    for key, array in tensors.items():
+        name = unescape_checkpoint_key(key)
+        if name is None:
+            continue
+        name = name.removesuffix(":0")
+        if name.endswith("/ExponentialMovingAverage"):
+            shadows[name.removesuffix("/ExponentialMovingAverage")] = array
+        else:
+            raw[name] = array
+    root = STAGE_SCOPES[stage]
+    if not any(n.startswith(root + "/") for n in raw):
+        found = sorted({n.split("/")[0] for n in raw if not n.startswith("ff_dense") and "/" in n})
+        raise CheckpointError(f"{source}: no {stage} variables (scope {root!r}); scopes found: {', '.join(found) or 'none'}")
+    canonical = canonical_names(raw)
+    values = {canonical[n]: shadows.get(n, array) for n, array in raw.items()}
+    try:
+        config = infer_stage_config(stage, values)
+    except KeyError as missing:
+        raise CheckpointError(f"{source}: cannot infer the {stage} architecture, variable {missing} is missing") from None
+    model = ColTranCore(config) if stage == "colorizer" else (
+        ColorUpsampler(config) if stage == "color_upsampler" else SpatialUpsampler(config))
+    expected = model.state_dict()
+    table = official_table(stage, config)
+    by_canonical = {c: n for n, c in canonical.items()}
+    unmapped = sorted(by_canonical[c] for c in values if c not in table)
+    missing = sorted(f"{c} (for {ours})" for c, (ours, _) in table.items() if c not in values)
+    state, mismatched = {}, []
+    for name, (ours, how) in table.items():
+        if name not in values:
+            continue
+        tensor = _transform(values[name], how)
+        if tuple(tensor.shape) != tuple(expected[ours].shape):
+            mismatched.append(f"{by_canonical[name]} {tuple(values[name].shape)} -> {ours} {tuple(expected[ours].shape)}")
+        state[ours] = tensor
+    uncovered = sorted(set(expected) - set(state) - {k for _, (k, _) in table.items()})
+    problems = [(f"{len(unmapped)} official variables with no place in our model", unmapped),
+                (f"{len(missing)} variables our model needs are not in the checkpoint", missing),
+                (f"{len(mismatched)} shape mismatches", mismatched),
+                (f"{len(uncovered)} of our parameters have no official counterpart", uncovered)]
+    report = [f"  {title}:\n" + "\n".join(f"    {item}" for item in items) for title, items in problems if items]
+    if report:
+        raise CheckpointError(f"{source}: the {stage} checkpoint does not match ColTran:\n" + "\n".join(report))
+    return config, state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `sgraffito import coltran DIR_OR_ZIP` and the "coltran" runtime backend
+
+
+def find_stage_checkpoints(root) -> dict[str, tuple[str, dict]]:
+    """Every stage's newest bundle under `root`: {stage: (prefix, tensors)}, recognised by its variables'
+    scope, not by folder names (users unzip the release in different layouts)."""
+    import re
+    from pathlib import Path
+
+    from engine.tfbundle import read_bundle
+
+    def step(prefix: Path) -> int:
+        match = re.search(r"-(\d+)$", prefix.name)
+        return int(match.group(1)) if match else -1
+
+    found: dict[str, tuple[int, str, dict]] = {}
+    for index in sorted(Path(root).rglob("*.index")):
+        prefix = index.with_suffix("")
+        tensors = read_bundle(prefix)
+        names = {unescape_checkpoint_key(k) or "" for k in tensors}
+        for stage, scope in STAGE_SCOPES.items():
+            if any(n.startswith(scope + "/") for n in names) and step(prefix) > found.get(stage, (-2,))[0]:
+                found[stage] = (step(prefix), str(prefix), tensors)
+    return {stage: (prefix, tensors) for stage, (_, prefix, tensors) in found.items()}
+
+
+def _extract_zip(path, into) -> None:
+    import zipfile
+    from pathlib import PurePosixPath
+
+    from engine.errors import CheckpointError
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                parts = PurePosixPath(member.filename).parts
+                if member.filename.startswith("/") or ".." in parts:
+                    raise CheckpointError(f"{path}: member {member.filename!r} would escape the extraction folder")
+            archive.extractall(into)
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(f"{path}: not a valid zip file ({error})") from None
+
+
+def import_official(source, name: str, *, overwrite: bool = False):
+    """Convert the official release (a folder or the coltran.zip) into a model folder; returns its path."""
+    import tempfile
+    from pathlib import Path
+
+    from engine.checkpoints import new_model_dir, save_model_dir
+    from engine.errors import CheckpointError
+
+    source = Path(source)
+    if not source.exists():
+        raise CheckpointError(f"{source}: no such file or folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        if source.is_file():
+            _extract_zip(source, scratch)
+            root = Path(scratch)
+        else:
+            root = source
+        stages = find_stage_checkpoints(root)
+        missing = [s for s in STAGE_SCOPES if s not in stages]
+        if missing:
+            raise CheckpointError(f"{source}: no checkpoint found for {', '.join(missing)} "
+                                  f"(expected TF checkpoints model-N.index/.data-* of all three ColTran stages)")
+        configs, states = {}, {}
+        for stage, (prefix, tensors) in stages.items():
+            configs[stage], states[stage] = convert_official_stage(stage, tensors, prefix)
+    config = ColTranConfig(configs["colorizer"], configs["color_upsampler"], configs["spatial_upsampler"])
+    directory = new_model_dir(name, overwrite=overwrite)
+    return save_model_dir(directory, states, {
+        "kind": "coltran", "title": f"ColTran ({source.name})", "source": str(source),
+        "architecture": config.to_dict()})
+
+
+def _add_import_arguments(parser) -> None:
+    parser.description = ("Convert the official ColTran TF2 checkpoints (the coltran.zip release, or a folder "
+                          "holding colorizer/, color_upsampler/ and spatial_upsampler/ checkpoints) without "
+                          "TensorFlow: EMA weights, every tensor mapped by name and shape.")
+
+
+def _run_import(args):
+    return import_official(args.file, args.name or "coltran", overwrite=args.force)
+
+
+def _backend():
+    from engine.colorize_coltran import ColTranBackend
+
+    return ColTranBackend()
+
+
+def _register() -> None:
+    from engine.checkpoints import register_importer
+    from engine.jobs import register_backend
+
+    register_importer("coltran", _add_import_arguments, _run_import,
+                      help="official ColTran TF2 checkpoints (folder or coltran.zip)")
+    register_backend("coltran", _backend)
+
+
+_register()

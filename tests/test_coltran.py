@@ -1,0 +1,261 @@
+"""ColTran: exact cached decoding, causality, the TF-free importer, and the colorization pipeline."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from engine.colorize_coltran import area_resize, colorize, hint_constraints, load_model, to_gray
+from engine.colorize_pixelcnn import Hint
+from engine.errors import CheckpointError
+from engine.models.coltran import (STAGE_SCOPES, ColorUpsampler, ColTran, ColTranConfig, ColTranCore, CoreConfig,
+                                   SpatialUpsampler, UpsamplerConfig, convert_official_stage, official_table,
+                                   rgb_to_symbols)
+from engine.tfbundle import read_bundle
+from tests.tf_bundle_writer import write_bundle
+
+TINY = CoreConfig(hidden_size=16, ff_size=24, num_heads=2, num_encoder_layers=1, num_outer_layers=2,
+                  num_inner_layers=2, resolution=(6, 6))
+
+
+def randomized(module, seed=0):
+    """Random weights everywhere (zero-initialised biases included) so every path matters."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "normalize" not in name:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def core():
+    return randomized(ColTranCore(TINY))
+
+
+@pytest.mark.parametrize("quirk", [True, False])
+@pytest.mark.parametrize("mode", ["sample", "argmax"])
+def test_cached_decoder_gives_the_reference_samples(core, mode, quirk):
+    gray = torch.randint(0, 256, (3, 6, 6), generator=torch.Generator().manual_seed(1))
+    u = torch.rand(3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    reference = core.sample_reference(gray, uniforms=u, mode=mode, row_context_quirk=quirk)
+    cached = core.sample(gray, uniforms=u, mode=mode, row_context_quirk=quirk)
+    assert torch.equal(reference, cached)
+    assert reference.unique().numel() > 3  # not a degenerate constant image
+
+
+def test_without_the_quirk_sampling_follows_the_trained_model(core):
+    """Greedy samples are the argmax of the teacher-forced logits at every pixel: the incremental decoder
+    computes exactly the model that training optimises."""
+    gray = torch.randint(0, 256, (2, 6, 6), generator=torch.Generator().manual_seed(3))
+    symbols = core.sample(gray, mode="argmax", row_context_quirk=False)
+    logits, _ = core(gray, symbols)
+    assert torch.equal(logits.argmax(-1), symbols)
+
+
+def test_the_colorizer_is_causal_in_raster_order(core):
+    gray = torch.randint(0, 256, (1, 6, 6), generator=torch.Generator().manual_seed(4))
+    symbols = torch.randint(0, 512, (1, 6, 6), generator=torch.Generator().manual_seed(5))
+    base, _ = core(gray, symbols)
+    for r, c in [(0, 0), (2, 3), (5, 5)]:
+        changed = symbols.clone()
+        changed[0, r, c] = (changed[0, r, c] + 77) % 512
+        logits, _ = core(gray, changed)
+        moved = (logits - base).abs().amax(-1)[0]
+        position = torch.arange(36).view(6, 6)
+        assert moved[position <= r * 6 + c].max() == 0, "a pixel sees itself or a later pixel"
+        if r * 6 + c < 35:
+            assert moved[position > r * 6 + c].max() > 0, "later pixels ignore an earlier one"
+
+
+def test_temperature_zero_is_greedy_and_higher_temperature_diversifies(core):
+    gray = torch.randint(0, 256, (1, 6, 6), generator=torch.Generator().manual_seed(6)).expand(4, -1, -1)
+    u = torch.rand(4, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    greedy = core.sample(gray, mode="argmax")
+    assert torch.equal(core.sample(gray, uniforms=u, temperature=0), greedy)
+    hot = core.sample(gray, uniforms=u, temperature=5.0)
+    assert (hot != greedy).float().mean() > 0.5
+
+
+# --- the official checkpoint format ------------------------------------------------------------------------
+
+
+def official_names(stage, config, offset):
+    """Canonical name -> a Keras-style variable name, with auto-numbering that starts at arbitrary counters
+    (as in a process that built other layers first)."""
+    def name_of(canonical):
+        parts = []
+        for part in canonical.split("/"):
+            match = re.fullmatch(r"(\w+?)#(\d+)", part)
+            if match:
+                base, rank = match.group(1), int(match.group(2))
+                base = "dense" if base == "ff_dense" else base
+                parts.append(f"{base}_{rank + offset}")
+            else:
+                parts.append(part)
+        return "/".join(parts)
+
+    return {canonical: name_of(canonical) for canonical in official_table(stage, config)}
+
+
+def escape(name):
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def official_tensors(stage, model, config, offset=3, drop=(), extra=()):
+    """The tensors of a checkpoint made as train_utils.create_checkpoint does: raw variables (here junk, since
+    the restore replaces trainable ones by their EMA shadows), EMA shadows, optimizer state."""
+    state = model.state_dict()
+    heads = config.num_heads
+    tensors = {"optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE": np.array(1000, np.int64)}
+    for canonical, name in official_names(stage, config, offset).items():
+        if canonical in drop:
+            continue
+        ours, how = official_table(stage, config)[canonical]
+        value = state[ours].numpy()
+        if how == "transpose":
+            value = value.T
+        elif how == "heads_in":
+            value = value.T.reshape(value.shape[1], heads, -1)
+        elif how == "heads_out":
+            value = value.T.reshape(heads, -1, value.shape[0])
+        value = np.ascontiguousarray(value, np.float32)
+        if "normalize" in name:  # non-trainable: no shadow, the raw value is used
+            tensors[f"{escape(name)}:0/.ATTRIBUTES/VARIABLE_VALUE"] = value
+        else:
+            tensors[f"{escape(name)}:0/.ATTRIBUTES/VARIABLE_VALUE"] = np.full_like(value, 123.0)
+            tensors[f"{escape(name)}/ExponentialMovingAverage:0/.ATTRIBUTES/VARIABLE_VALUE"] = value
+            tensors[f"optimizer/{escape(name)}/.OPTIMIZER_SLOT/optimizer/rms/.ATTRIBUTES/VARIABLE_VALUE"] = value
+    for name in extra:
+        tensors[f"{escape(name)}:0/.ATTRIBUTES/VARIABLE_VALUE"] = np.zeros(3, np.float32)
+    return tensors
+
+
+UPSAMPLER = UpsamplerConfig(hidden_size=16, ff_size=24, num_heads=2, num_encoder_layers=2, resolution=(8, 8))
+
+
+@pytest.mark.parametrize("stage", ["colorizer", "color_upsampler", "spatial_upsampler"])
+def test_importer_round_trips_a_bundle_written_in_the_official_format(tmp_path, stage):
+    config = TINY if stage == "colorizer" else UPSAMPLER
+    model = randomized({"colorizer": ColTranCore, "color_upsampler": ColorUpsampler,
+                        "spatial_upsampler": SpatialUpsampler}[stage](config), seed=8)
+    write_bundle(str(tmp_path / "model-7"), official_tensors(stage, model, config),
+                 {"_CHECKPOINTABLE_OBJECT_GRAPH": b"\x0a\x00"})
+    inferred, state = convert_official_stage(stage, read_bundle(tmp_path / "model-7"), "model-7")
+    assert inferred == config
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_unmapped_and_missing_tensors_are_errors_that_name_them(tmp_path):
+    model = randomized(ColTranCore(TINY))
+    canonical = "col_tran_core/outer_decoder/affine_r_1/kernel"
+    tensors = official_tensors("colorizer", model, TINY, drop={canonical},
+                               extra=["col_tran_core/outer_decoder/mystery_layer/kernel"])
+    write_bundle(str(tmp_path / "model-1"), tensors)
+    with pytest.raises(CheckpointError) as error:
+        convert_official_stage("colorizer", read_bundle(tmp_path / "model-1"), "model-1")
+    message = str(error.value)
+    assert "col_tran_core/outer_decoder/mystery_layer/kernel" in message
+    assert "affine_r_1/kernel" in message and "outer_decoder.affine_r_1.weight" in message
+
+
+def test_a_truncated_or_corrupt_bundle_is_refused(tmp_path):
+    write_bundle(str(tmp_path / "m"), {"x:0/.ATTRIBUTES/VARIABLE_VALUE": np.arange(100, dtype=np.float32)})
+    data = tmp_path / "m.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+    with pytest.raises(CheckpointError, match="checksum"):
+        read_bundle(tmp_path / "m")
+    index = tmp_path / "m.index"
+    index.write_bytes(index.read_bytes()[:30])
+    with pytest.raises(CheckpointError, match="not a TensorFlow checkpoint index"):
+        read_bundle(tmp_path / "m")
+
+
+def tiny_coltran(seed=9):
+    config = ColTranConfig(
+        CoreConfig(hidden_size=16, ff_size=16, num_heads=2, num_encoder_layers=1, num_outer_layers=1,
+                   num_inner_layers=1, resolution=(64, 64)),
+        UpsamplerConfig(hidden_size=16, ff_size=16, num_heads=2, num_encoder_layers=1, resolution=(64, 64)),
+        UpsamplerConfig(hidden_size=8, ff_size=8, num_heads=1, num_encoder_layers=1, resolution=(256, 256)))
+    model = ColTran(config)
+    for stage in (model.colorizer, model.color_upsampler, model.spatial_upsampler):
+        randomized(stage, seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def imported_release(tmp_path_factory):
+    """An official-layout release folder (colorizer/, color_upsampler/, spatial_upsampler/) of a tiny model."""
+    root = tmp_path_factory.mktemp("release")
+    model = tiny_coltran()
+    for stage in STAGE_SCOPES:
+        (root / stage).mkdir()
+        part = getattr(model, stage)
+        write_bundle(str(root / stage / "model-3"),
+                     official_tensors(stage, part, getattr(model.config, "core" if stage == "colorizer" else stage)))
+        (root / stage / "checkpoint").write_text('model_checkpoint_path: "model-3"\n')
+    return root, model
+
+
+def test_sgraffito_import_coltran_makes_a_usable_model(imported_release, isolated_user_data, capsys):
+    root, model = imported_release
+    assert main(["import", "coltran", str(root), "--name", "tiny-coltran"]) == 0
+    assert "tiny-coltran" in capsys.readouterr().out
+    loaded = load_model("tiny-coltran")
+    for stage in STAGE_SCOPES:
+        for key, value in getattr(model, stage).state_dict().items():
+            assert torch.equal(getattr(loaded, stage).state_dict()[key], value)
+    assert main(["import", "coltran", str(root / "colorizer"), "--name", "broken"]) == 2
+    assert "no checkpoint found for color_upsampler, spatial_upsampler" in capsys.readouterr().err
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------
+
+
+def test_area_resize_is_tf_area_with_half_to_even_rounding():
+    image = np.arange(16, dtype=np.float64).reshape(4, 4)
+    assert np.array_equal(area_resize(image, 2, 2), np.rint([[2.5, 4.5], [10.5, 12.5]]))  # 2, 4, 10, 12
+    assert area_resize(np.array([[0.0, 1.0, 2.0]]), 1, 2).tolist() == [[0.0, 2.0]]  # 1/3 weights: 1/3, 5/3
+    assert area_resize(np.array([[7.0, 9.0]]), 1, 4).tolist() == [[7.0, 7.0, 9.0, 9.0]]  # upsampling replicates
+
+
+def gradient_photo(height=48, width=80):
+    y, x = np.mgrid[0:height, 0:width]
+    return ((x * 3 + y * 2) % 256).astype(np.uint8)
+
+
+def test_colorize_keeps_the_original_luminance_at_full_resolution():
+    model = tiny_coltran().eval()
+    gray = gradient_photo()
+    images = colorize(model, gray, [1, 2])
+    assert len(images) == 2 and images[0].shape == (48, 80, 3)
+    luma = images[0].astype(np.float64) @ [0.299, 0.587, 0.114]
+    assert np.abs(luma - gray).max() <= 1.0
+    assert not np.array_equal(images[0], images[1])  # different seeds, different colourings
+    assert np.array_equal(colorize(model, gray, [2])[0], images[1])  # candidate i depends only on its seed
+
+
+def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
+    model = tiny_coltran().eval()
+    hints = [Hint(x=20, y=12, radius=6, rgb=(200, 40, 40))]
+    allowed = hint_constraints(hints, (48, 80), "stretch")
+    cells = np.argwhere(~allowed.all(-1))
+    assert len(cells) >= 1
+    from engine.colorize_coltran import uniforms
+
+    coarse = torch.from_numpy(area_resize(area_resize(gradient_photo(), 256, 256), 64, 64)).long()[None]
+    symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (64, 64)),
+                                     constraints=torch.from_numpy(allowed)[None])
+    expected = int(rgb_to_symbols(torch.tensor([200, 40, 40])))
+    assert all(int(symbols[0, r, c]) == expected for r, c in cells)
+
+
+def test_sepia_photos_are_colorized_from_their_luma():
+    sepia = np.stack([gradient_photo() * 1.0, gradient_photo() * 0.85, gradient_photo() * 0.6], -1).astype(np.uint8)
+    gray = to_gray(sepia)
+    assert gray.shape == (48, 80) and abs(int(gray[10, 10]) - round(0.299 * sepia[10, 10, 0] + 0.587 * sepia[10, 10, 1]
+                                                              + 0.114 * sepia[10, 10, 2])) <= 1
