@@ -201,3 +201,35 @@ def test_only_unlabeled_keeps_pixels_that_have_a_label(doc, canvas):
     assert doc.labels[28, 40] == SKY and doc.labels[36, 40] == ROCK
     stroke(make(RectangleTool, doc, canvas, only_unlabeled=True), [(0, 0), (95, 63)])
     assert (doc.labels[:32] == SKY).all() and (doc.labels[32:] == ROCK).all()
+
+
+def test_random_edits_undo_and_redo_to_the_exact_states(doc, canvas, monkeypatch):
+    """Tile-saving patches against full snapshots, with tiles small enough that strokes cross many of them."""
+    monkeypatch.setattr("app.document.LayerEdit.TILE", 16)
+    rng = np.random.default_rng(7)
+    tools = {"brush": make(BrushTool, doc, canvas), "fill": make(FillTool, doc, canvas),
+             "eraser": make(EraserTool, doc, canvas), "rect": make(RectangleTool, doc, canvas)}
+    states = [doc.labels.copy()]
+    for step in range(40):
+        doc.set_active_label(int(rng.choice([SKY, GRASS, ROCK, 0])))
+        kind = rng.choice(list(tools))
+        tools[kind].settings.radius = int(rng.integers(1, 9))
+        points = [(float(rng.uniform(-5, 100)), float(rng.uniform(-5, 70))) for _ in range(rng.integers(1, 5))]
+        index = doc.undo_stack.index()
+        if kind == "fill":
+            tools[kind].fill(int(rng.integers(0, 96)), int(rng.integers(0, 64)), bool(rng.integers(0, 2)))
+        else:
+            stroke(tools[kind], points)
+        if doc.undo_stack.index() > index:  # a command was pushed (and any redo branch dropped)
+            states = states[: index + 1] + [doc.labels.copy()]
+        np.testing.assert_array_equal(doc.labels, states[doc.undo_stack.index()])
+        if rng.random() < 0.3:  # step back a few and sometimes forward again
+            for _ in range(int(rng.integers(1, 4))):
+                doc.undo_stack.undo()
+            np.testing.assert_array_equal(doc.labels, states[doc.undo_stack.index()])
+            if rng.random() < 0.5:
+                doc.undo_stack.redo()
+                np.testing.assert_array_equal(doc.labels, states[doc.undo_stack.index()])
+    while doc.undo_stack.canUndo():
+        doc.undo_stack.undo()
+    np.testing.assert_array_equal(doc.labels, states[0])
