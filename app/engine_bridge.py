@@ -34,7 +34,13 @@ class EngineBridge(QObject):
         self._owns_runtime = runtime is None
         # queued explicitly: the listener below emits from the worker thread
         self._event.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
-        self._remove_listener = self.runtime.add_listener(self._event.emit)
+        self._remove_listener = self.runtime.add_listener(self._forward)
+
+    def _forward(self, event: JobEvent) -> None:
+        try:
+            self._event.emit(event)
+        except RuntimeError:  # the bridge was deleted (window closed) while the worker still reports
+            self._remove_listener()
 
     def submit(self, request: Request, *, supersede: bool = True) -> int:
         return self.runtime.submit(request, supersede=supersede).id

@@ -476,8 +476,8 @@ class GalleryDock(QDockWidget):
         self._set_group_status(group, group.status)
 
     def _label(self, stored: StoredCandidate) -> str:
-        marks = ("📌 " if stored.pinned else "") + ("✓ " if stored.id in self.applied else "")
-        return f"{marks}seed {stored.meta.get('seed')}"
+        marks = (" · pinned" if stored.pinned else "") + (" · applied" if stored.id in self.applied else "")
+        return f"seed {stored.meta.get('seed')}{marks}"
 
     @staticmethod
     def _tooltip(stored: StoredCandidate) -> str:
