@@ -73,7 +73,6 @@ class Canvas(QGraphicsView):
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
         self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setCursor(Qt.CursorShape.CrossCursor)
@@ -93,7 +92,6 @@ class Canvas(QGraphicsView):
         self._overlay_fresh = False
         self._fitted = False
         self.tool = None  # app.tools.Tool: receives presses/moves/releases in image coordinates
-        self.preview_items: list[QGraphicsItem] = []
         self._pan_from: QPointF | None = None
         self._space = False
         self._outline_timer = QTimer(self, singleShot=True, interval=120)
