@@ -224,6 +224,7 @@ class GalleryDock(QDockWidget):
         self.applied: set[str] = set()
         self.baseline: np.ndarray | None = None
         self.models: list = []  # engine.checkpoints.ModelInfo
+        self.extra_choices: list[tuple[str, tuple[str, str]]] = []
         self.last_notice = ""
         self.preview = PreviewItem()
         if canvas is not None:
@@ -235,6 +236,7 @@ class GalleryDock(QDockWidget):
         controls = QHBoxLayout()
         self.model_box = QComboBox()
         self.model_box.setAccessibleName("Model")
+        self.model_box.setPlaceholderText("No models installed")
         self.model_box.setToolTip("The model that generates candidates")
         self.samples = QSpinBox(minimum=1, maximum=32, value=4)
         self.samples.setPrefix("× ")
@@ -317,17 +319,23 @@ class GalleryDock(QDockWidget):
         usable.sort(key=lambda m: (m.kind not in kinds, m.kind, m.name))
         for info in usable:
             self.model_box.addItem(f"{info.title} ({info.kind})", (info.kind, info.name))
+        for title, choice in self.extra_choices:
+            self.model_box.addItem(title, choice)
         if current is not None and (index := self.model_box.findData(current)) >= 0:
             self.model_box.setCurrentIndex(index)
 
     def add_backend_choice(self, title: str, backend: str, model: str = "") -> None:
         """A choice that is not a model folder (tests, or a backend with a built-in default model)."""
+        self.extra_choices.append((title, (backend, model)))
         self.model_box.addItem(title, (backend, model))
         self.model_box.setCurrentIndex(self.model_box.count() - 1)
 
     # ---- document ------------------------------------------------------------------------------------------
     def on_reset(self) -> None:
         """A new document (or a loaded project): show its stored candidates, grouped by request."""
+        previous = self.progress.slot
+        if previous and previous != self.document.doc_id:
+            self.bridge.cancel_all(previous)  # the old document's jobs can no longer be applied anywhere
         self.tree.clear()
         self.groups.clear()
         self.job_groups.clear()
@@ -636,3 +644,42 @@ class GalleryDock(QDockWidget):
             text += f"\n{self.last_notice}"
         self.size_label.setText(text)
         self.size_label.setStyleSheet("color: #e05050;" if over else "")
+
+
+def install_gallery(window) -> GalleryDock:
+    """Add the gallery to app.main_window.MainWindow: the dock, a Generate menu (Ctrl+Return), the status-bar
+    progress, error dialogs and the model list. Idempotent: returns the existing gallery if already there."""
+    if getattr(window, "gallery", None) is not None:
+        return window.gallery
+    from PySide6.QtWidgets import QApplication
+
+    bridge = EngineBridge(parent=window)
+    gallery = GalleryDock(window.document, bridge, window.canvas, window)
+    window.gallery = gallery
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, gallery)
+    window.statusBar().addPermanentWidget(gallery.progress)
+    gallery.error.connect(window.show_error)
+    gallery.notice.connect(lambda message: window.statusBar().showMessage(message, 10_000))
+
+    menu = window.menuBar().addMenu("&Generate")
+    for name, text, keys, slot in (
+        ("generate", "&Generate", ("Ctrl+Return", "Ctrl+Enter"), lambda: gallery.generate()),
+        ("more_like_this", "&More Like This", ("Ctrl+Shift+Return",), lambda: gallery.more_like_this()),
+        ("apply_candidate", "&Apply Candidate", (), lambda: gallery.apply()),
+        ("cancel_generation", "&Cancel Generation", (), lambda: bridge.cancel_all(window.document.doc_id)),
+    ):
+        action = QAction(text, window)
+        action.setShortcuts([QKeySequence(k) for k in keys])
+        action.triggered.connect(slot)
+        window.addAction(action)
+        window.actions[name] = action
+        menu.addAction(action)
+    menu.addAction(gallery.toggle_action)
+    window.actions["before_after"] = gallery.toggle_action
+    if hasattr(window, "menus"):
+        window.menus["generate"] = menu
+        if "view" in window.menus:
+            window.menus["view"].addAction(gallery.toggleViewAction())
+    bridge.list_models_async()
+    QApplication.instance().aboutToQuit.connect(bridge.shutdown)
+    return gallery

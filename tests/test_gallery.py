@@ -242,3 +242,35 @@ def test_build_request_snapshots_the_document(document):
     document.labels[:] = document.original_labels
     with pytest.raises(InputError):
         build_request(document, "fake", "", k=2, seed=5)
+
+
+def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtbot, tmp_path):
+    from PySide6.QtGui import QKeySequence
+
+    from app.gallery import install_gallery
+    from app.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.ask_save_changes = lambda: "discard"
+    photo, before, after = fake_backend.scene(size=64)
+    path = tmp_path / "scene.png"
+    Image.fromarray(photo).save(path)
+    window.document.load(label_set=load_label_set(DEFAULT_SET), labels=after, original_labels=before,
+                         photo=load_photo(path), mode="edit")
+    gallery = install_gallery(window)
+    assert install_gallery(window) is gallery, "installing twice is harmless"
+    assert QKeySequence("Ctrl+Return") in window.actions["generate"].shortcuts()
+    assert gallery.progress.parent() is not None
+    gallery.add_backend_choice("Fake", fake_backend.NAME)
+    gallery.samples.setValue(2)
+    window.actions["generate"].trigger()
+    qtbot.waitUntil(lambda: len(window.document.candidates) == 2, timeout=TIMEOUT)
+    errors = []
+    window.show_error = lambda message, title="": errors.append(message)
+    gallery.error.disconnect()
+    gallery.error.connect(window.show_error)
+    window.document.labels[:] = window.document.original_labels
+    window.actions["generate"].trigger()
+    assert errors and "paint a new label" in errors[0]
+    gallery.bridge.shutdown()
