@@ -187,6 +187,14 @@ def _rebuild_from_type(func, new_type, args, state):
     return func(*args)
 
 
+def _placeholder_attribute(obj, name):
+    """getattr as Python >= 3.12 pickles enum members (`getattr(EnumClass, "NAME")`): allowed on placeholders only."""
+    if isinstance(obj, type) and issubclass(obj, Opaque) and isinstance(name, str):
+        module, _, owner = obj._qualname.rpartition(".")
+        return _placeholder(module, f"{owner}.{name}")
+    raise CheckpointError(f"refusing getattr({obj!r}, {name!r}) while unpickling")
+
+
 def _latin1(text, encoding="latin1"):
     if encoding != "latin1":
         raise CheckpointError(f"_codecs.encode with encoding {encoding!r}")
@@ -213,6 +221,7 @@ _ALLOWED = {
     ("builtins", "dict"): dict,
     ("builtins", "bytearray"): bytearray,
     ("_codecs", "encode"): _latin1,
+    ("builtins", "getattr"): _placeholder_attribute,
 }
 _CALLABLE = set(map(id, _ALLOWED.values()))
 

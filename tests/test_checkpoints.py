@@ -128,6 +128,36 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, legacy):
     assert f"{os.system.__module__}.system" in str(error.value) and "evil.ckpt" in str(error.value)
 
 
+def test_getattr_only_reaches_placeholders(tmp_path):
+    class EnumMember:  # how Python >= 3.12 pickles an enum member of a Lightning class
+        def __reduce__(self):
+            return getattr, (Stage, "FIT")
+
+    class Stage:
+        pass
+
+    class Evil:  # reaching a real object's attributes would be a way out of the allow-list
+        def __reduce__(self):
+            return getattr, (OrderedDict, "fromkeys")
+
+    module = fake_module("pytorch_lightning.trainer.states", Stage=Stage)
+    sys.modules["pytorch_lightning"] = types.ModuleType("pytorch_lightning")
+    sys.modules["pytorch_lightning.trainer"] = types.ModuleType("pytorch_lightning.trainer")
+    sys.modules["pytorch_lightning.trainer.states"] = module
+    try:
+        good = pickle.dumps({"state_dict": {}, "stage": EnumMember()})
+    finally:
+        for name in ("pytorch_lightning", "pytorch_lightning.trainer", "pytorch_lightning.trainer.states"):
+            del sys.modules[name]
+    torch.save({"w": torch.ones(1)}, tmp_path / "w.pt")
+    (tmp_path / "enum.pkl").write_bytes(good)
+    with pytest.raises(CheckpointError, match="no tensors"):  # parsed fine; this pickle simply holds no tensors
+        read_checkpoint(tmp_path / "enum.pkl")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(CheckpointError, match="getattr"):
+        read_checkpoint(tmp_path / "evil.pkl")
+
+
 def test_plain_pickle_calling_eval_is_refused(tmp_path):
     marker = tmp_path / "pwned"
 
