@@ -41,6 +41,7 @@ class PaletteDock(QDockWidget):
         # long set titles must not widen the dock: the full title is in the popup
         self.set_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.set_combo.setMinimumContentsLength(16)
+        self.set_combo.currentIndexChanged.connect(lambda i: self.set_combo.setToolTip(self.set_combo.itemText(i)))
         self.subset_check = QCheckBox("Landscape labels only")
         self.subset_check.setChecked(True)
         self.subset_check.toggled.connect(self.refresh)
@@ -108,10 +109,14 @@ class PaletteDock(QDockWidget):
 
     def _entry(self, label_id: int) -> QListWidgetItem:
         label_set = self.document.label_set
-        label = label_set.by_id[label_id]
-        item = QListWidgetItem(swatch(label.color), f"{label.name}  ({label.id})")
-        item.setData(ID_ROLE, label.id)
-        item.setToolTip(f"{label.name}: id {label.id}, colour #{'%02x%02x%02x' % label.color}")
+        if label_id == label_set.unlabeled:
+            item = QListWidgetItem(swatch((0, 0, 0)), f"unlabeled  ({label_id})")
+            item.setToolTip("Clears the label: the overlay shows the photo there")
+        else:
+            label = label_set.by_id[label_id]
+            item = QListWidgetItem(swatch(label.color), f"{label.name}  ({label.id})")
+            item.setToolTip(f"{label.name}: id {label.id}, colour #{'%02x%02x%02x' % label.color}")
+        item.setData(ID_ROLE, label_id)
         return item
 
     def visible_ids(self) -> list[int]:
@@ -123,9 +128,10 @@ class PaletteDock(QDockWidget):
             ids += [i for i in self.present if i not in subset and i in label_set.by_id]
         else:
             ids = [label.id for label in label_set.labels if label.id != label_set.unlabeled]
+        ids.append(label_set.unlabeled)  # last: painting "unlabeled" clears labels
         needle = self.search.text().strip().lower()
         if needle:
-            ids = [i for i in ids if needle in label_set.by_id[i].name.lower() or needle == str(i)]
+            ids = [i for i in ids if needle in label_set.name_of(i).lower() or needle == str(i)]
         return ids
 
     def refresh(self) -> None:

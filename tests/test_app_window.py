@@ -220,7 +220,15 @@ def test_new_document_starts_unlabeled_in_the_landscape_palette(window, photo_pa
     assert (doc.labels == UNLABELED).all() and doc.mode == "edit" and not window.banner.isVisible()
     assert doc.label_set.name == "coco-stuff-182"
     names = [window.palette.labels.item(i).text() for i in range(window.palette.labels.count())]
-    assert names[0].startswith("sky-other") and len(names) == len(doc.label_set.subsets["landscape"])
+    assert names[0].startswith("sky-other") and len(names) == len(doc.label_set.subsets["landscape"]) + 1
+    assert names[-1] == "unlabeled  (255)"
+    doc.set_active_label(ROCK)
+    drag(window, [(30, 30)])
+    last = window.palette.labels.item(window.palette.labels.count() - 1)
+    window.palette.labels.itemClicked.emit(last)
+    assert doc.active_label == UNLABELED
+    drag(window, [(30, 30)])
+    assert (doc.labels == UNLABELED).all()
     window.palette.search.setText("riv")
     assert [window.palette.labels.item(i).text() for i in range(window.palette.labels.count())] == ["river  (147)"]
 
@@ -487,7 +495,7 @@ def test_palette_lists_labels_the_map_uses_beyond_the_landscape_subset(window, p
     assert window.open_path(photo_path, labels=path)
     ids = [window.palette.labels.item(i).data(Qt.ItemDataRole.UserRole)
            for i in range(window.palette.labels.count())]
-    assert ids[-1] == 95 and GRASS in ids and 0 in ids
+    assert ids[-2:] == [95, UNLABELED] and GRASS in ids and 0 in ids
 
 
 def test_wheel_zooms_around_the_cursor_and_space_or_middle_drag_pans(opened):
