@@ -331,7 +331,10 @@ class _Scene(_Painter):
             albedo = np.float32(_GRASS[season]) + self.rng.normal(0, 0.02, 3).astype(np.float32)
             dry = np.float32([0.58, 0.52, 0.30])
             colour = _mix(albedo, dry, np.clip(0.25 * patches + 0.15, 0, 0.6)[..., None])
-            shade = np.clip(0.72 + 0.14 * blades * (0.4 + depth) + 0.08 * patches, 0.2, 1)
+            # blades at pixel scale, taller near the camera: vertical streaks of grain
+            streaks = cv2.GaussianBlur(self.grain(1.0), (0, 0), sigmaX=0.6, sigmaY=1.0 + 2.5 * self.h / 256)
+            streaks *= np.float32(2.5) * depth
+            shade = np.clip(0.72 + 0.14 * blades * (0.4 + depth) + 0.08 * patches + 0.12 * streaks, 0.2, 1)
             label = i.grass
         elif kind == "snow":
             colour = np.float32([0.92, 0.93, 0.96])
