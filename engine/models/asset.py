@@ -1,0 +1,632 @@
+"""ASSET transformer (Liu et al. 2022): a BART-style encoder/decoder over VQGAN tokens with block (strip)
+embeddings, PEG, and Sparsified Guided Attention (SGA) at high resolution.
+
+Attribute names are the keys of the official checkpoints under their `transformer.` prefix
+(DifanLiu/ASSET, asset/modules/transformer/asset.py), including the shared-embedding aliases
+(`shared` = `encoder.embed_tokens` = `decoder.embed_tokens`, likewise `shared_pos` and `shared_block`).
+
+Token layout. A square grid of side S (16, 32, 64) is cut into block_h x block_w = 16 x 4 blocks of
+(S/16) x (S/4) tokens; "strip order" lists blocks in raster order and tokens inside each block in raster
+order. Everything inside the transformer runs in strip order; the decoder sequence is [START] + the image
+tokens, so decoder position p > 0 holds strip token p - 1 and the output at position p predicts strip token p.
+
+Attention. The guiding transformer runs dense attention at 16x16 tokens. At 32x32 and 64x64 tokens SGA
+restricts every query block to 6 key blocks: 3 sliding neighbours plus 3 blocks picked per layer and head
+from the guiding transformer's block-pooled attention (`Guidance`). It is computed here with blocked
+gathers (each query block gathers its key blocks, then scaled_dot_product_attention on 1 + 6 blocks),
+never as a dense L x L matrix. Duplicate key blocks count twice, as in the official code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_GUIDED = 3  # guided blocks per query block
+N_SLIDING = 3  # sliding blocks per query block (the block itself included)
+N_FULL_CAUSAL = N_GUIDED + N_SLIDING - 1  # causal rows 0..4 attend to all previous blocks
+
+
+@dataclass
+class ASSETConfig:
+    vocab_size: int = 1024  # image codebook size; the token table adds [MASK] = vocab and [START] = vocab + 1
+    d_model: int = 1024
+    encoder_layers: int = 7
+    decoder_layers: int = 15
+    encoder_attention_heads: int = 16
+    decoder_attention_heads: int = 16
+    encoder_ffn_dim: int = 4096
+    decoder_ffn_dim: int = 4096
+    max_position_embeddings: int = 256  # only row max_position_embeddings ([START]) of shared_pos is used
+    cond_vocab_size: int | None = None  # rows of embed_cond; the official code uses vocab_size
+    block_h: int = 16
+    block_w: int = 4
+    peg_list: tuple[str, ...] = ("E_all", "D_0")
+    peg_ks: int = 5
+    # The official guidance leaves causal rows 5 and 6 unpenalised, so their 3 guided blocks may repeat
+    # blocks i-2, i-1 and i; the guided copy of block i is not causally masked, so a token there sees later
+    # tokens of its own block. True reproduces that (needed for the published weights); False penalises
+    # columns >= i-2 from row 5 on, which makes the decoder strictly causal.
+    reference_rows_5_6: bool = True
+
+    def __post_init__(self):
+        self.peg_list = tuple(self.peg_list)
+        if self.cond_vocab_size is None:
+            self.cond_vocab_size = self.vocab_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_h * self.block_w
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size
+
+    @property
+    def start_token(self) -> int:
+        return self.vocab_size + 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["peg_list"] = list(self.peg_list)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ASSETConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides) -> ASSETConfig:
+    """Infer the architecture from the shapes of a `transformer.`-less ASSET state dict.
+
+    Head counts cannot be read from shapes; they default to d_model // 64 (the official head size)."""
+    tokens, d_model = sd["shared.weight"].shape
+    n_enc = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
+    n_dec = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.layers."))
+    peg = [f"E_{i}" for i in range(n_enc) if f"encoder.layers.{i}.PEG_net.proj.0.weight" in sd]
+    peg = ["E_all"] if len(peg) == n_enc else peg
+    peg += [f"D_{i}" for i in range(n_dec) if f"decoder.layers.{i}.PEG_net.proj.0.weight" in sd]
+    peg_key = next((k for k in sd if k.endswith("PEG_net.proj.0.weight")), None)
+    n_blocks = sd["shared_block.weight"].shape[0]
+    cfg = dict(
+        vocab_size=tokens - 2,
+        d_model=d_model,
+        encoder_layers=n_enc,
+        decoder_layers=n_dec,
+        encoder_attention_heads=max(1, d_model // 64),
+        decoder_attention_heads=max(1, d_model // 64),
+        encoder_ffn_dim=sd["encoder.layers.0.fc1.weight"].shape[0],
+        decoder_ffn_dim=sd["decoder.layers.0.fc1.weight"].shape[0],
+        max_position_embeddings=sd["shared_pos.weight"].shape[0] - 1,
+        cond_vocab_size=sd["encoder.embed_cond.weight"].shape[0],
+        block_h=16,
+        block_w=n_blocks // 16,
+        peg_list=tuple(peg),
+        peg_ks=sd[peg_key].shape[-1] if peg_key else 5,
+    )
+    cfg.update(overrides)
+    return ASSETConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------------------------- orders
+
+
+def grid_side(length: int) -> int:
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"ASSET needs a square token grid, got {length} tokens")
+    return side
+
+
+def strip_permutation(side: int, block_h: int = 16, block_w: int = 4) -> torch.Tensor:
+    """perm[s] = raster index of strip position s."""
+    th, tw = side // block_h, side // block_w
+    raster = torch.arange(side * side).view(block_h, th, block_w, tw)
+    return raster.permute(0, 2, 1, 3).reshape(-1)
+
+
+def to_strip(x: torch.Tensor, block_h: int = 16, block_w: int = 4) -> torch.Tensor:
+    """(B, L, ...) raster order -> strip order."""
+    return x[:, strip_permutation(grid_side(x.shape[1]), block_h, block_w).to(x.device)]
+
+
+def to_raster(x: torch.Tensor, block_h: int = 16, block_w: int = 4) -> torch.Tensor:
+    """(B, L, ...) strip order -> raster order."""
+    perm = strip_permutation(grid_side(x.shape[1]), block_h, block_w).to(x.device)
+    return x[:, torch.argsort(perm)]
+
+
+# ------------------------------------------------------------------------------------------- guidance
+
+
+@dataclass
+class Guidance:
+    """Guided key blocks per layer, candidate, head and query block (block indices in strip order).
+
+    encoder: (encoder_layers, B, H, nb, 3); cross: (decoder_layers, B, H, nb, 3);
+    causal: (decoder_layers, B, H, nb - 5, 3) for causal rows 5 .. nb-1."""
+
+    encoder: torch.Tensor
+    causal: torch.Tensor
+    cross: torch.Tensor
+
+    def expand(self, batch: int) -> "Guidance":
+        def rep(t):
+            return t.expand(t.shape[0], batch, *t.shape[2:]).contiguous() if t.shape[1] == 1 else t
+
+        return Guidance(rep(self.encoder), rep(self.causal), rep(self.cross))
+
+    def own_block_rows(self) -> set[int]:
+        """Causal rows whose guided set contains the row's own block (only possible with reference_rows_5_6)."""
+        rows = torch.arange(N_FULL_CAUSAL, N_FULL_CAUSAL + self.causal.shape[3], device=self.causal.device)
+        hit = (self.causal >= rows.view(-1, 1)).flatten(0, 2).any(0).any(-1)
+        return {int(r) for r in rows[hit]}
+
+
+def full_penalty(nb: int) -> torch.Tensor:
+    """Block penalty for bidirectional rows: the sliding neighbours are never guided blocks."""
+    pen = torch.zeros(nb, nb)
+    pen[0, 0:2] = -10000.0
+    pen[-1, -2:] = -10000.0
+    for i in range(1, nb - 1):
+        pen[i, i - 1 : i + 2] = -10000.0
+    return pen
+
+
+def causal_penalty(nb: int, reference_rows_5_6: bool) -> torch.Tensor:
+    """Block penalty for causal rows: own block, 2 predecessors and the future are never guided.
+
+    The official code starts the penalty at row 7 (rows 5 and 6 may pick blocks i-2..i). Future blocks have
+    exactly zero pooled attention there, so penalising them too changes nothing unless attention underflows."""
+    pen = torch.zeros(nb, nb)
+    first = N_GUIDED + N_SLIDING + 1 if reference_rows_5_6 else N_FULL_CAUSAL
+    for i in range(nb):
+        if i >= first:
+            pen[i, i - (N_SLIDING - 1) :] = -10000.0
+        elif i + 1 < nb:
+            pen[i, i + 1 :] = -10000.0
+    return pen
+
+
+def pooled_topk(attn: torch.Tensor, penalty: torch.Tensor, nb: int) -> torch.Tensor:
+    """attn (..., L, L) probabilities at 16x16 tokens -> (..., nb, 3) top blocks of the block-pooled map."""
+    lead = attn.shape[:-2]
+    length = attn.shape[-1]
+    nt = length // nb
+    pooled = F.avg_pool2d(attn.reshape(-1, 1, length, length), nt, stride=nt).squeeze(1)
+    pooled = pooled + penalty.to(pooled.device)
+    return torch.topk(pooled, N_GUIDED, dim=-1).indices.view(*lead, nb, N_GUIDED)
+
+
+def guidance_from_attentions(enc, dec_self, cross, cfg: ASSETConfig) -> Guidance:
+    """Attention probabilities of a dense 16x16 pass (lists per layer: (B,H,256,256), (B,H,257,257),
+    (B,H,257,256)) -> Guidance for an SGA model with the same layer and head counts."""
+    nb = cfg.num_blocks
+    full = full_penalty(nb)
+    enc_idx = pooled_topk(torch.stack(enc), full, nb)
+    cross_idx = pooled_topk(torch.stack(cross)[..., 1:, :], full, nb)
+    causal_idx = pooled_topk(torch.stack(dec_self)[..., 1:, 1:], causal_penalty(nb, cfg.reference_rows_5_6), nb)
+    return Guidance(enc_idx, causal_idx[..., N_FULL_CAUSAL:, :].contiguous(), cross_idx)
+
+
+# ------------------------------------------------------------------------------------ key-block layouts
+
+
+def full_layout(guided: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional rows: key blocks [i-1, i, i+1, g0, g1, g2]. guided (B,H,nb,3) ->
+    table (B,H,nb,6) of block indices and valid (nb,6) (row 0 has no i-1, the last row no i+1)."""
+    rows = torch.arange(nb, device=guided.device)
+    sliding = torch.stack([rows - 1, rows, rows + 1], -1).clamp(0, nb - 1)
+    table = torch.cat([sliding.expand(*guided.shape[:2], nb, 3), guided], -1)
+    valid = torch.ones(nb, 6, dtype=torch.bool, device=guided.device)
+    valid[0, 0] = False
+    valid[-1, 2] = False
+    return table, valid
+
+
+def causal_layout(guided: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal rows: key blocks [g0, g1, g2, i-2, i-1, i] for rows >= 5, [.., 0, .., i-1, i] (all previous
+    blocks) for rows 0..4; the own block is always slot 5. guided (B,H,nb-5,3) -> table (B,H,nb,6), valid (nb,6)."""
+    b, h = guided.shape[:2]
+    dev = guided.device
+    rows = torch.arange(nb, device=dev)
+    offsets = torch.arange(-5, 1, device=dev)  # slot s holds block i - 5 + s
+    table = (rows.view(-1, 1) + offsets).clamp(min=0).expand(b, h, nb, 6).clone()
+    valid = (rows.view(-1, 1) + offsets) >= 0
+    table[:, :, N_FULL_CAUSAL:, :N_GUIDED] = guided
+    valid[N_FULL_CAUSAL:] = True
+    return table, valid
+
+
+def gather_blocks(blocked: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """blocked (B,H,nb,nt,d), table (B,H,R,S) -> (B,H,R,S*nt,d)."""
+    b, h, _, nt, d = blocked.shape
+    bi = torch.arange(b, device=table.device).view(b, 1, 1, 1)
+    hi = torch.arange(h, device=table.device).view(1, h, 1, 1)
+    out = blocked[bi, hi, table]  # B,H,R,S,nt,d
+    return out.flatten(3, 4)
+
+
+def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None, q_pos: torch.Tensor | None = None):
+    """Additive bias (R, nq, S*nt) from slot validity and the within-block causal rule of one slot.
+    q_pos: in-block positions of the queries (default 0..nt-1)."""
+    q_pos = torch.arange(nt, device=valid.device) if q_pos is None else q_pos
+    rows, slots = valid.shape
+    bias = torch.zeros(rows, q_pos.numel(), slots, nt, device=valid.device)
+    bias.masked_fill_(~valid.view(rows, 1, slots, 1), float("-inf"))
+    if causal_slot is not None:
+        future = torch.arange(nt, device=valid.device).view(1, -1) > q_pos.view(-1, 1)
+        bias[:, :, causal_slot].masked_fill_(future, float("-inf"))
+    return bias.flatten(2)
+
+
+# ------------------------------------------------------------------------------------------- modules
+
+
+class ASSETAttention(nn.Module):
+    """BART attention (q/k/v/out projections with bias). The scaling is folded into SDPA (head_dim^-0.5)."""
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, H, L, d)
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, L, d) -> projected (B, L, C)
+        return self.out_proj(x.transpose(1, 2).flatten(2))
+
+    def dense(self, x, kv=None, causal=False, need_weights=False):
+        kv = x if kv is None else kv
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(kv)), self.heads(self.v_proj(kv))
+        if not need_weights:
+            return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal)), None
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        weights = scores.softmax(-1)
+        return self.merge(weights @ v), weights
+
+    def sga_full(self, x, kv, guided, nb):
+        """Bidirectional SGA over image tokens (encoder self-attention, decoder cross-attention)."""
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(kv)), self.heads(self.v_proj(kv))
+        b, h, length, d = q.shape
+        nt = length // nb
+        table, valid = full_layout(guided, nb)
+        kb = gather_blocks(k.view(b, h, nb, nt, d), table)
+        vb = gather_blocks(v.view(b, h, nb, nt, d), table)
+        bias = slot_bias(valid, nt, None)
+        out = F.scaled_dot_product_attention(q.view(b, h, nb, nt, d), kb, vb, attn_mask=bias)
+        return self.merge(out.reshape(b, h, length, d))
+
+    def sga_causal(self, x, guided, nb):
+        """Causal SGA over [START] + image tokens (decoder self-attention). [START] attends to itself only."""
+        q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+        b, h, length, d = q.shape
+        length -= 1
+        nt = length // nb
+        table, valid = causal_layout(guided, nb)
+        kb = gather_blocks(k[:, :, 1:].reshape(b, h, nb, nt, d), table)
+        vb = gather_blocks(v[:, :, 1:].reshape(b, h, nb, nt, d), table)
+        kb = torch.cat([k[:, :, :1, None].expand(b, h, nb, 1, d), kb], 3)
+        vb = torch.cat([v[:, :, :1, None].expand(b, h, nb, 1, d), vb], 3)
+        bias = F.pad(slot_bias(valid, nt, causal_slot=5), (1, 0))
+        out = F.scaled_dot_product_attention(q[:, :, 1:].reshape(b, h, nb, nt, d), kb, vb, attn_mask=bias)
+        return self.merge(torch.cat([v[:, :, :1], out.reshape(b, h, length, d)], 2))
+
+    def sga_cross(self, x, kv, guided, nb):
+        """Decoder cross-attention: [START] attends densely to the whole encoder output, image tokens by SGA."""
+        start = self.dense(x[:, :1], kv)[0]
+        return torch.cat([start, self.sga_full(x[:, 1:], kv, guided, nb)], 1)
+
+
+class PosCNN(nn.Module):
+    """PEG: depth-wise conv applied per block (zero padding at every block border), strip order in and out."""
+
+    def __init__(self, embed_dim: int, ks: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(embed_dim, embed_dim, ks, 1, (ks - 1) // 2, groups=embed_dim))
+
+    def forward(self, x, block_h=16, block_w=4):
+        b, length, c = x.shape
+        side = grid_side(length)
+        th, tw = side // block_h, side // block_w
+        y = self.proj(x.reshape(b * block_h * block_w, th, tw, c).permute(0, 3, 1, 2))
+        return y.permute(0, 2, 3, 1).reshape(b, length, c)
+
+
+class ASSETEncoderLayer(nn.Module):
+    def __init__(self, cfg: ASSETConfig, use_peg: bool):
+        super().__init__()
+        d = cfg.d_model
+        if use_peg:
+            self.PEG_net = PosCNN(d, cfg.peg_ks)
+        self.self_attn = ASSETAttention(d, cfg.encoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.encoder_ffn_dim)
+        self.fc2 = nn.Linear(cfg.encoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.cfg = cfg
+
+    def forward(self, x, guided=None, need_weights=False):
+        if hasattr(self, "PEG_net"):
+            x = x + self.PEG_net(x, self.cfg.block_h, self.cfg.block_w)
+        if guided is None:
+            a, weights = self.self_attn.dense(x, need_weights=need_weights)
+        else:
+            a, weights = self.self_attn.sga_full(x, x, guided, self.cfg.num_blocks), None
+        x = self.self_attn_layer_norm(x + a)
+        x = self.final_layer_norm(x + self.fc2(F.gelu(self.fc1(x))))
+        return x, weights
+
+
+class ASSETDecoderLayer(nn.Module):
+    def __init__(self, cfg: ASSETConfig, use_peg: bool):
+        super().__init__()
+        d = cfg.d_model
+        if use_peg:
+            self.PEG_net = PosCNN(d, cfg.peg_ks)
+        self.self_attn = ASSETAttention(d, cfg.decoder_attention_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.encoder_attn = ASSETAttention(d, cfg.decoder_attention_heads)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.decoder_ffn_dim)
+        self.fc2 = nn.Linear(cfg.decoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.cfg = cfg
+
+    def peg(self, memory):
+        """PEG of the encoder output (strip order), added to the decoder's image positions."""
+        return self.PEG_net(memory, self.cfg.block_h, self.cfg.block_w)
+
+    def ffn(self, x):
+        return self.final_layer_norm(x + self.fc2(F.gelu(self.fc1(x))))
+
+    def forward(self, x, memory, causal_guided=None, cross_guided=None, need_weights=False):
+        if hasattr(self, "PEG_net"):
+            x = torch.cat([x[:, :1], x[:, 1:] + self.peg(memory)], 1)
+        nb = self.cfg.num_blocks
+        if causal_guided is None:
+            a, w_self = self.self_attn.dense(x, causal=True, need_weights=need_weights)
+        else:
+            a, w_self = self.self_attn.sga_causal(x, causal_guided, nb), None
+        x = self.self_attn_layer_norm(x + a)
+        if cross_guided is None:
+            a, w_cross = self.encoder_attn.dense(x, memory, need_weights=need_weights)
+        else:
+            a, w_cross = self.encoder_attn.sga_cross(x, memory, cross_guided, nb), None
+        x = self.encoder_attn_layer_norm(x + a)
+        return self.ffn(x), w_self, w_cross
+
+
+def _peg_flags(peg_list, prefix: str, n: int) -> list[bool]:
+    return [f"{prefix}_{i}" in peg_list or f"{prefix}_all" in peg_list for i in range(n)]
+
+
+class ASSETEncoder(nn.Module):
+    def __init__(self, cfg: ASSETConfig, embed_tokens, embed_positions, embed_blocks):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.embed_cond = nn.Embedding(cfg.cond_vocab_size, cfg.d_model)
+        self.embed_positions = embed_positions
+        self.embed_blocks = embed_blocks
+        flags = _peg_flags(cfg.peg_list, "E", cfg.encoder_layers)
+        self.layers = nn.ModuleList(ASSETEncoderLayer(cfg, f) for f in flags)
+        self.layernorm_embedding = nn.LayerNorm(cfg.d_model)
+        self.cfg = cfg
+
+    def forward(self, input_ids, cond_ids, guidance: Guidance | None = None, need_weights=False):
+        """input_ids, cond_ids: (B, L) raster order ([MASK] at masked tokens) -> (B, L, C) strip order."""
+        cfg = self.cfg
+        blocks = block_ids(input_ids.shape[1], cfg, input_ids.device)
+        x = self.embed_tokens(input_ids) + self.embed_blocks(blocks) + self.embed_cond(cond_ids)
+        x = to_strip(self.layernorm_embedding(x), cfg.block_h, cfg.block_w)
+        weights = []
+        for i, layer in enumerate(self.layers):
+            x, w = layer(x, None if guidance is None else guidance.encoder[i], need_weights)
+            weights.append(w)
+        return x, weights
+
+
+def block_ids(length: int, cfg: ASSETConfig, device=None) -> torch.Tensor:
+    """Block index of every raster position, (L,)."""
+    side = grid_side(length)
+    th, tw = side // cfg.block_h, side // cfg.block_w
+    rows = torch.arange(side, device=device) // th
+    cols = torch.arange(side, device=device) // tw
+    return (rows.view(-1, 1) * cfg.block_w + cols.view(1, -1)).reshape(-1)
+
+
+class ASSETDecoder(nn.Module):
+    def __init__(self, cfg: ASSETConfig, embed_tokens, embed_positions, embed_blocks):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.embed_positions = embed_positions
+        self.embed_blocks = embed_blocks
+        flags = _peg_flags(cfg.peg_list, "D", cfg.decoder_layers)
+        self.layers = nn.ModuleList(ASSETDecoderLayer(cfg, f) for f in flags)
+        self.layernorm_embedding = nn.LayerNorm(cfg.d_model)
+        self.cfg = cfg
+
+    def positions(self, length: int, device=None) -> torch.Tensor:
+        """Position embeddings of the decoder sequence in strip order, (1 + L, C)."""
+        cfg = self.cfg
+        start = self.embed_positions.weight[cfg.max_position_embeddings][None]
+        blocks = to_strip(block_ids(length, cfg, device)[None], cfg.block_h, cfg.block_w)[0]
+        return torch.cat([start, self.embed_blocks(blocks)], 0)
+
+    def embed(self, ids_strip: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ids_strip: (B, n) decoder tokens, positions: their (n, C) position embeddings -> layer input."""
+        return self.layernorm_embedding(self.embed_tokens(ids_strip) + positions)
+
+    def forward(self, ids_strip, memory, guidance: Guidance | None = None, need_weights=False):
+        """ids_strip: (B, 1 + L) = [START] + image tokens in strip order; memory: encoder output (strip)."""
+        x = self.embed(ids_strip, self.positions(ids_strip.shape[1] - 1, ids_strip.device))
+        w_self, w_cross = [], []
+        for i, layer in enumerate(self.layers):
+            cg = None if guidance is None else guidance.causal[i]
+            xg = None if guidance is None else guidance.cross[i]
+            x, ws, wc = layer(x, memory, cg, xg, need_weights)
+            w_self.append(ws)
+            w_cross.append(wc)
+        return x, w_self, w_cross
+
+
+class ASSET(nn.Module):
+    def __init__(self, cfg: ASSETConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.shared = nn.Embedding(cfg.vocab_size + 2, d)  # image tokens + [MASK] + [START]
+        self.shared_pos = nn.Embedding(cfg.max_position_embeddings + 1, d)
+        self.shared_block = nn.Embedding(cfg.num_blocks, d)
+        self.encoder = ASSETEncoder(cfg, self.shared, self.shared_pos, self.shared_block)
+        self.decoder = ASSETDecoder(cfg, self.shared, self.shared_pos, self.shared_block)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        # BART's init (std 0.02, zero bias); LayerNorm and conv keep torch defaults
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def decoder_ids(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) raster image tokens -> (B, 1 + L) [START] + strip-order tokens."""
+        start = torch.full_like(image_ids[:, :1], self.cfg.start_token)
+        return torch.cat([start, to_strip(image_ids, self.cfg.block_h, self.cfg.block_w)], 1)
+
+    def forward_strip(self, input_ids, cond_ids, image_ids, guidance=None, need_weights=False):
+        """Teacher-forced pass. Returns logits (B, 1 + L, V) in decoder (strip) order, where logits[:, p]
+        predicts strip token p, and the attention probabilities when need_weights (dense mode only)."""
+        if guidance is not None and need_weights:
+            raise ValueError("attention probabilities exist only for dense attention")
+        memory, w_enc = self.encoder(input_ids, cond_ids, guidance, need_weights)
+        x, w_self, w_cross = self.decoder(self.decoder_ids(image_ids), memory, guidance, need_weights)
+        return self.lm_head(x), (w_enc, w_self, w_cross)
+
+    def forward(self, input_ids, cond_ids, image_ids, guidance=None):
+        """Official output layout: (B, 1 + L, V); [:, 0] is [START]'s output, [:, 1:] the outputs of the
+        image tokens converted back to raster order (each predicts the next token in strip order)."""
+        logits, _ = self.forward_strip(input_ids, cond_ids, image_ids, guidance)
+        return torch.cat([logits[:, :1], to_raster(logits[:, 1:], self.cfg.block_h, self.cfg.block_w)], 1)
+
+    @torch.no_grad()
+    def guidance(self, input_ids, cond_ids, image_ids, target: ASSETConfig | None = None) -> Guidance:
+        """Dense pass at 16x16 tokens -> guided blocks for an SGA model (same layers and heads)."""
+        _, (w_enc, w_self, w_cross) = self.forward_strip(input_ids, cond_ids, image_ids, need_weights=True)
+        return guidance_from_attentions(w_enc, w_self, w_cross, target or self.cfg)
+
+
+# --------------------------------------------------------------------------------- incremental decoding
+
+
+@dataclass
+class DecoderCache:
+    """Per-layer self-attention K/V of every decoder position (strip order, [START] at 0), the encoder's
+    K/V for cross-attention and the PEG of the encoder output. Positions are written as they are fed."""
+
+    self_k: list[torch.Tensor]
+    self_v: list[torch.Tensor]
+    cross_k: list[torch.Tensor]
+    cross_v: list[torch.Tensor]
+    peg: dict[int, torch.Tensor]
+    positions: torch.Tensor
+    guidance: Guidance | None
+    nb: int
+    nt: int
+    tables: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def init_cache(model: ASSET, memory: torch.Tensor, guidance: Guidance | None) -> DecoderCache:
+    dec = model.decoder
+    b, length, _ = memory.shape
+    sk, sv, ck, cv, peg = [], [], [], [], {}
+    for i, layer in enumerate(dec.layers):
+        att = layer.self_attn
+        shape = (b, att.num_heads, length + 1, att.head_dim)
+        sk.append(memory.new_zeros(shape))
+        sv.append(memory.new_zeros(shape))
+        ck.append(layer.encoder_attn.heads(layer.encoder_attn.k_proj(memory)))
+        cv.append(layer.encoder_attn.heads(layer.encoder_attn.v_proj(memory)))
+        if hasattr(layer, "PEG_net"):
+            peg[i] = layer.peg(memory)
+    nb = model.cfg.num_blocks
+    return DecoderCache(sk, sv, ck, cv, peg, dec.positions(length, memory.device), guidance, nb, length // nb)
+
+
+def _row_tables(cache: DecoderCache, layer: int, row: int):
+    key = (layer, row)
+    if key not in cache.tables:
+        g = cache.guidance
+        ct, cvalid = causal_layout(g.causal[layer], cache.nb)
+        ft, fvalid = full_layout(g.cross[layer], cache.nb)
+        cache.tables[key] = (ct[:, :, row : row + 1], cvalid[row : row + 1], ft[:, :, row : row + 1], fvalid[row : row + 1])
+    return cache.tables[key]
+
+
+@torch.no_grad()
+def decode_step(model: ASSET, cache: DecoderCache, ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Feed decoder tokens `ids` (B, n) at decoder positions start .. start+n-1 and return their final
+    hidden states (B, n, C). Position 0 ([START]) is fed alone; other pieces stay inside one block and
+    every earlier position must already be in the cache. Sparse iff the cache holds guidance."""
+    dec = model.decoder
+    n = ids.shape[1]
+    x = dec.embed(ids, cache.positions[start : start + n])
+    nt, nb = cache.nt, cache.nb
+    sparse = cache.guidance is not None
+    row = (start - 1) // nt if start > 0 else -1
+    if start > 0 and (start + n - 2) // nt != row:
+        raise ValueError("a decoder piece must stay inside one block")
+    q_pos = torch.arange(start - 1 - row * nt, start - 1 - row * nt + n, device=ids.device)
+    for li, layer in enumerate(dec.layers):
+        if li in cache.peg and start > 0:
+            x = x + cache.peg[li][:, start - 1 : start - 1 + n]
+        att = layer.self_attn
+        q, k, v = att.heads(att.q_proj(x)), att.heads(att.k_proj(x)), att.heads(att.v_proj(x))
+        cache.self_k[li][:, :, start : start + n] = k
+        cache.self_v[li][:, :, start : start + n] = v
+        if start == 0:
+            a = v
+        elif not sparse:
+            keys = slice(0, start + n)
+            mask = torch.arange(start + n, device=x.device).view(1, -1) <= torch.arange(start, start + n, device=x.device).view(-1, 1)
+            a = F.scaled_dot_product_attention(q, cache.self_k[li][:, :, keys], cache.self_v[li][:, :, keys], attn_mask=mask)
+        else:
+            ct, cvalid, _, _ = _row_tables(cache, li, row)
+            b, h = q.shape[:2]
+            d = att.head_dim
+            kb = gather_blocks(cache.self_k[li][:, :, 1:].reshape(b, h, nb, nt, d), ct)[:, :, 0]
+            vb = gather_blocks(cache.self_v[li][:, :, 1:].reshape(b, h, nb, nt, d), ct)[:, :, 0]
+            kb = torch.cat([cache.self_k[li][:, :, :1], kb], 2)
+            vb = torch.cat([cache.self_v[li][:, :, :1], vb], 2)
+            bias = F.pad(slot_bias(cvalid, nt, 5, q_pos)[0], (1, 0))
+            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=bias)
+        x = layer.self_attn_layer_norm(x + att.merge(a))
+        att = layer.encoder_attn
+        q = att.heads(att.q_proj(x))
+        if start == 0 or not sparse:
+            a = F.scaled_dot_product_attention(q, cache.cross_k[li], cache.cross_v[li])
+        else:
+            _, _, ft, fvalid = _row_tables(cache, li, row)
+            b, h = q.shape[:2]
+            d = att.head_dim
+            kb = gather_blocks(cache.cross_k[li].reshape(b, h, nb, nt, d), ft)[:, :, 0]
+            vb = gather_blocks(cache.cross_v[li].reshape(b, h, nb, nt, d), ft)[:, :, 0]
+            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=slot_bias(fvalid, nt, None, q_pos)[0])
+        x = layer.encoder_attn_layer_norm(x + att.merge(a))
+        x = layer.ffn(x)
+    return x
