@@ -224,7 +224,7 @@ class GalleryDock(QDockWidget):
         self.applied: set[str] = set()
         self.baseline: np.ndarray | None = None
         self.models: list = []  # engine.checkpoints.ModelInfo
-        self.extra_choices: list[tuple[str, tuple[str, str]]] = []
+        self.extra_choices: list[tuple[str, str]] = []
         self.last_notice = ""
         self.preview = PreviewItem()
         if canvas is not None:
@@ -318,16 +318,17 @@ class GalleryDock(QDockWidget):
         usable = [m for m in self.models if m.kind in {k for ks in MODE_KINDS.values() for k in ks}]
         usable.sort(key=lambda m: (m.kind not in kinds, m.kind, m.name))
         for info in usable:
-            self.model_box.addItem(f"{info.title} ({info.kind})", (info.kind, info.name))
+            self.model_box.addItem(f"{info.title} ({info.kind})", f"{info.kind}\t{info.name}")
         for title, choice in self.extra_choices:
             self.model_box.addItem(title, choice)
-        if current is not None and (index := self.model_box.findData(current)) >= 0:
-            self.model_box.setCurrentIndex(index)
+        # data are "backend<TAB>model" strings: QVariant round-trips them exactly (tuples it does not)
+        index = self.model_box.findData(current) if current is not None else -1
+        self.model_box.setCurrentIndex(index if index >= 0 else min(0, self.model_box.count() - 1))
 
     def add_backend_choice(self, title: str, backend: str, model: str = "") -> None:
         """A choice that is not a model folder (tests, or a backend with a built-in default model)."""
-        self.extra_choices.append((title, (backend, model)))
-        self.model_box.addItem(title, (backend, model))
+        self.extra_choices.append((title, f"{backend}\t{model}"))
+        self.model_box.addItem(title, f"{backend}\t{model}")
         self.model_box.setCurrentIndex(self.model_box.count() - 1)
 
     # ---- document ------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ class GalleryDock(QDockWidget):
         if choice is None:
             self.error.emit("no model for this document: import one with `sgraffito import` (see the README)")
             return None
-        backend, model = choice
+        backend, model = choice.split("\t")
         seed = secrets.randbelow(2 ** 31)
         try:
             request = build_request(self.document, backend, model, k=self.samples.value(), seed=seed,

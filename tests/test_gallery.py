@@ -274,3 +274,14 @@ def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtb
     window.actions["generate"].trigger()
     assert errors and "paint a new label" in errors[0]
     gallery.bridge.shutdown()
+
+
+def test_the_model_chooser_lists_generators_for_the_documents_mode_first(qtbot, gallery):
+    from types import SimpleNamespace as Info
+
+    gallery.set_models([Info(name="pc", kind="pixelcnn", title="PixelCNN"),
+                        Info(name="tok", kind="vqgan", title="Tokenizer"),
+                        Info(name="land", kind="asset", title="ASSET landscape")])
+    items = [gallery.model_box.itemText(i) for i in range(gallery.model_box.count())]
+    assert items == ["ASSET landscape (asset)", "PixelCNN (pixelcnn)", "Fake"], "no tokenizers; edit models first"
+    assert gallery.model_box.currentText() == "Fake", "the user's choice survives a rescan"
