@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import files
@@ -19,6 +20,12 @@ def application() -> QApplication:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName(APP_NAME)
     app.setDesktopFileName(APP_ID)
+    # installed: the theme has it (packaging/); in a source checkout: the rendered PNG next to it
+    icon = QIcon.fromTheme(APP_ID)
+    if icon.isNull():
+        icon = QIcon(str(Path(__file__).resolve().parent.parent / "packaging" / "icons" / "hicolor" / "256x256"
+                         / "apps" / f"{APP_ID}.png"))
+    app.setWindowIcon(icon)
     return app
 
 
