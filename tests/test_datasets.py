@@ -28,6 +28,11 @@ def test_landscape_items_are_seed_indexed_tensors():
     assert item["image"].shape == (3, 64, 64) and item["image"].min() >= -1 and item["image"].max() <= 1
     assert torch.equal(item["labels"], torch.from_numpy(scene.labels.astype(np.int64)))
     assert LandscapeDataset(size=64, length=3, dtype="uint8")[0]["image"].dtype == torch.uint8
+    cached = LandscapeDataset(size=64, length=3, seeds=EVAL_SEEDS, cache=True)
+    assert torch.equal(cached[1]["image"], item["image"]) and list(cached.cache) == [EVAL_SEEDS[1]]
+    assert torch.equal(cached[1]["labels"], item["labels"])
+    with pytest.raises(InputError):
+        LandscapeDataset(length=10, seeds=range(5))
 
 
 def test_layouts_are_recognised(tmp_path):
