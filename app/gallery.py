@@ -29,6 +29,7 @@ from engine.project import StoredCandidate
 
 CAP_BYTES = 512 * 2 ** 20  # raw pixels of all kept candidates; PNG in the project is usually smaller
 THUMB = 96
+KEEP_REQUESTS = 4
 ID_ROLE = Qt.ItemDataRole.UserRole
 # which model kinds (config.json "kind" = backend name) generate in which document mode
 MODE_KINDS = {"edit": ("asset", "asapnet"), "colorize": ("coltran", "pixelcnn"), "translate": ("asapnet",)}
@@ -400,6 +401,10 @@ class GalleryDock(QDockWidget):
         meta = {"backend": backend, "model": model, "params": thaw(request.params), "label_set": request.label_set}
         group = self._new_group(uuid.uuid4().hex[:12], request, meta)
         group.next_seed = seed + request.k
+        # a request holds a copy of the photo and both label maps: keep it for the latest groups only; "more like
+        # this" on an older group rebuilds it from the document as it is now
+        for old in list(self.groups.values())[:-KEEP_REQUESTS]:
+            old.request = None
         return self._submit(group, request, supersede=True)
 
     def more_like_this(self, candidate_id: str | None = None) -> int | None:

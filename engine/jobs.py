@@ -410,10 +410,12 @@ class Runtime:
         return job
 
     def job(self, job_id: int) -> Job | None:
+        """A queued or running job (finished ones are forgotten: they hold a photo-sized request)."""
         with self._lock:
             return self._jobs.get(job_id)
 
     def jobs(self) -> list[Job]:
+        """Queued and running jobs, oldest first."""
         with self._lock:
             return list(self._jobs.values())
 
@@ -477,6 +479,7 @@ class Runtime:
         return True
 
     def _finish(self, job: Job, state: JobState, stage: str, candidates=(), error=None, trace=None) -> None:
+        self._jobs.pop(job.id, None)
         job.state = state
         job.stage = stage
         job.candidates = tuple(candidates)

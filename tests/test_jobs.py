@@ -198,3 +198,10 @@ def test_a_broken_listener_does_not_stop_the_runtime(runtime):
     runtime.add_listener(broken)
     job = runtime.submit(edit_request(k=1))
     assert job.wait(TIMEOUT) and job.state is JobState.DONE
+
+
+def test_finished_jobs_are_not_kept_by_the_runtime(runtime):
+    jobs = [runtime.submit(edit_request(k=1, seed=s)) for s in range(3)]
+    assert all(job.wait(TIMEOUT) for job in jobs)
+    assert runtime.jobs() == [] and runtime.job(jobs[0].id) is None, "no photo-sized requests pile up"
+    assert jobs[0].candidates, "the caller's Job keeps its results"
