@@ -311,3 +311,10 @@ def test_cli_info_reports_bad_inputs_on_stderr_with_status_2(tmp_path, capsys, p
     ]:
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_id_map_saved_as_gray_rgb_reads_as_ids(tmp_path):
+    ids = np.full((20, 30), COCO.id_of("grass"), np.uint8)
+    ids[:7] = COCO.id_of("sky-other")
+    path = save(tmp_path / "gray-rgb.png", np.repeat(ids[:, :, None], 3, axis=2))
+    assert (load_label_map(path, COCO) == ids).all()
