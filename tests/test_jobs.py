@@ -151,11 +151,17 @@ def test_a_backend_bug_fails_the_job_with_its_type_and_keeps_the_traceback(runti
     assert "fake_backend.py" in job.traceback
 
 
-def test_an_unknown_backend_names_the_available_ones(runtime):
+def test_an_unknown_backend_names_the_available_ones_and_the_broken_modules(runtime, monkeypatch):
+    import engine.jobs
+
+    # importing every real model module costs seconds of torch import; what matters here is the message
+    monkeypatch.setattr(engine.jobs, "discover_backends",
+                        lambda: {"engine.models.broken": "ImportError: No module named 'missing_dep'"})
     job = runtime.submit(edit_request(backend="nonexistent"))
     assert job.wait(TIMEOUT)
     assert job.state is JobState.FAILED
     assert "no engine backend named 'nonexistent'" in job.error and "fake" in job.error
+    assert "engine.models.broken failed to load: ImportError: No module named 'missing_dep'" in job.error
     assert "fake" in backend_names()
 
 
