@@ -193,6 +193,17 @@ class PixelCNNColorizer(nn.Module):
     ):
         """Fast path with the same contract as `sample_reference`; on_row(done_rows, rows) runs after each row
         (progress and cancellation)."""
+        # Each step is a handful of tiny matmuls: intra-op threads only add synchronisation, and on a busy CPU
+        # (other processes, or the GUI) their spin-waits made sampling 50x slower in our measurements.
+        threads = torch.get_num_threads()
+        if u.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            return self._sample_cached(cond, glob, u, temperature, fixed, fixed_mask, on_row)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _sample_cached(self, cond, glob, u, temperature, fixed, fixed_mask, on_row):
         B, (hh, ww) = u.shape[0], cond.shape[-2:]
         k2 = self.config.kernel // 2
         p = self.config.channels
