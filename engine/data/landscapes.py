@@ -395,9 +395,9 @@ class _Scene(_Painter):
         vertical = np.clip((self.y - crown_top[None, :]) / height, 0, 1)
         shade = np.clip(0.6 - 0.35 * self.sun_side * side + 0.25 * leaves - 0.35 * vertical, 0.05, 1)
         colour = self.lit(albedo[None, :, :], shade)
-        if season == "winter":  # snow on the branches
-            snowy = (leaves + 0.8 * (1 - vertical) - 0.6) > 0
-            colour = np.where(snowy[..., None], self.lit(np.float32([0.88, 0.9, 0.94]), shade * 0.9 + 0.1), colour)
+        if season == "winter":  # snow on the branches, most on the upper crown
+            snowy = _smoothstep(-0.4, 0.6, leaves + 1.2 * (1 - vertical) - 0.9)[..., None] * np.float32(0.75)
+            colour = _mix(colour, self.lit(np.float32([0.88, 0.9, 0.94]), shade * 0.7 + 0.3), snowy)
         distance = np.clip(1 - (base - self.horizon) / (1 - self.horizon), 0, 1) ** 2
         self.put(mask, self.hazed(colour, distance), i.tree)
 
@@ -495,11 +495,12 @@ class _Scene(_Painter):
         count = int(self.rng.integers(3, 14))
         for window, mask, shade in self.mounds(region, count, 0.07, 6, 0.75):
             leafy = leaves[window]
-            shade = np.clip(0.12 + 0.75 * shade + 0.22 * leafy, 0.03, 1)
-            colour = self.lit(albedo, shade)
-            if season == "winter":  # snow on the upper side, twigs showing through below
-                snowy = _smoothstep(-0.3, 0.3, shade - 0.35 + 0.15 * leafy)[..., None] * np.float32(0.9)
-                colour = _mix(colour, self.lit(np.float32([0.9, 0.9, 0.94]), shade * 0.6 + 0.3), snowy)
+            if season == "winter":  # snow-laden: white with soft shadows, twigs showing through in places
+                twigs = _smoothstep(1.0, 2.2, -leafy)[..., None] * np.float32(0.7)
+                snow = self.lit(np.float32([0.88, 0.89, 0.93]), np.clip(0.35 + 0.6 * shade + 0.08 * leafy, 0, 1))
+                colour = _mix(snow, self.lit(albedo, 0.4 + 0.3 * shade), twigs)
+            else:
+                colour = self.lit(albedo, np.clip(0.12 + 0.75 * shade + 0.22 * leafy, 0.03, 1))
             np.copyto(self.full_image[window], colour, where=mask[..., None])
             self.full_labels[window][mask] = i.bush
 
@@ -523,10 +524,11 @@ class _Scene(_Painter):
         cracks = self.fbm(24.0, 3, 0.6, ridged=True)
         count = int(self.rng.integers(2, 9))
         for window, mask, shade in self.mounds(region, count, 0.05, 2, 0.55):
-            shade = np.clip(0.1 + 0.8 * shade + 0.12 * cracks[window], 0.03, 1)
+            shade = np.clip(0.2 + 0.75 * shade + 0.12 * cracks[window], 0.05, 1)
             colour = self.lit(grey, shade) * (1 + self.grain(0.04)[window])[..., None]
-            if self.style["season"] == "winter":
-                colour = np.where((shade > 0.65)[..., None], self.lit(np.float32([0.9, 0.9, 0.94]), shade), colour)
+            if self.style["season"] == "winter":  # snow settles on the upper, sunlit side
+                cap = _smoothstep(0.55, 0.75, shade)[..., None]
+                colour = _mix(colour, self.lit(np.float32([0.9, 0.9, 0.94]), shade), cap)
             np.copyto(self.full_image[window], colour, where=mask[..., None])
             self.full_labels[window][mask] = i.rock
 
