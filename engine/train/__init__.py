@@ -23,7 +23,8 @@ holds a checkpoint unless `resume` is given; a resumed run continues from the sa
 Under torchrun (WORLD_SIZE > 1) the loop initialises the process group itself (nccl on CUDA, gloo on CPU), wraps the
 model in DistributedDataParallel, shards map-style datasets with a DistributedSampler, and only rank 0 logs,
 evaluates, checkpoints and exports. Initial weights are identical on every rank (same seed before build_model).
-The time budget (max_minutes) is decided by rank 0 and broadcast, so every rank stops at the same step; a run that
+Across several nodes, out_dir must be on a shared filesystem for --resume. The time budget (max_minutes) is
+decided by rank 0 and broadcast, so every rank stops at the same step; a run that
 ends by budget still saves, evaluates and exports.
 
 Add a trainer

@@ -267,9 +267,9 @@ def train(config: TrainConfig, *, resume: bool = False, task: TrainTask | None =
 
 def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, started: float) -> TrainResult:
     out = Path(cfg.out_dir or Path("runs") / cfg.task)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise InputError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     if d.main:
-        if (out / CHECKPOINT).exists() and not resume:
-            raise InputError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     d.barrier()
@@ -357,7 +357,8 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
         if step % cfg.log_every == 0 or step == cfg.steps:
             loss_value = d.mean(total)
             if not np.isfinite(loss_value):
-                raise FloatingPointError(f"{cfg.task}: loss became {loss_value} at step {step}")
+                raise InputError(f"{cfg.task}: training diverged, the loss is {loss_value} at step {step}; "
+                                 "try a lower lr, a warmup, or precision fp32")
             bar.set_postfix(loss=f"{loss_value:.4g}")
             log.write("train", {"step": step, "minutes": (time.monotonic() - started) / 60, "lr": lr,
                                 "loss": loss_value, **logs})  # fmt: skip
