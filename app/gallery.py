@@ -447,6 +447,9 @@ class GalleryDock(QDockWidget):
         group = self.groups.get(self.job_groups.get(event.job_id, ""))
         if group is not None and event.state is JobState.RUNNING:
             self._set_group_status(group, f"{event.fraction:.0%} {event.stage}")
+            item = self._group_item(group.id)
+            if item is not None and event.preview is not None:
+                item.setIcon(0, thumbnail(event.preview, THUMB // 2))  # the sample taking shape
 
     def on_finished(self, event: JobEvent) -> None:
         group_id = self.job_groups.pop(event.job_id, None)
@@ -460,6 +463,9 @@ class GalleryDock(QDockWidget):
             self._mark_changed()
         elif event.state is JobState.FAILED:
             self.error.emit(event.error or "generation failed")
+        item = self._group_item(group.id)
+        if item is not None and not group.jobs:
+            item.setIcon(0, QIcon())
         status = "" if not group.jobs else "queued"
         if event.state is JobState.CANCELLED and not group.jobs:
             status = "superseded" if event.superseded else "cancelled"
