@@ -211,3 +211,23 @@ def test_finished_jobs_are_not_kept_by_the_runtime(runtime):
     assert all(job.wait(TIMEOUT) for job in jobs)
     assert runtime.jobs() == [] and runtime.job(jobs[0].id) is None, "no photo-sized requests pile up"
     assert jobs[0].candidates, "the caller's Job keeps its results"
+
+
+def test_device_choice_refuses_what_this_machine_lacks(monkeypatch):
+    import torch
+
+    from engine.device import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setenv("SGRAFFITO_DEVICE", "cpu")
+    assert resolve_device(None) == "cpu", "$SGRAFFITO_DEVICE overrides the automatic pick"
+    monkeypatch.delenv("SGRAFFITO_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if expected == "cpu" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        expected = "mps"
+    assert resolve_device("auto") == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
