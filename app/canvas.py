@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QTransform
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView,
-                               QStyleOptionGraphicsItem)
+from PySide6.QtWidgets import (QApplication, QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView,
+                               QLineEdit, QStyleOptionGraphicsItem)
 
 from app.document import Document
 
@@ -305,6 +305,13 @@ class Canvas(QGraphicsView):
     def mouseDoubleClickEvent(self, event) -> None:
         if self.document.is_open and self.tool is not None and event.button() == Qt.MouseButton.LeftButton:
             self.tool.double_click(self.image_pos(event), event)
+
+    def enterEvent(self, event) -> None:
+        # keys (space to pan, Enter/Esc for the lasso) go to the canvas under the mouse, unless the user is
+        # typing into a text field such as the label search
+        if not isinstance(QApplication.focusWidget(), QLineEdit):
+            self.setFocus()
+        super().enterEvent(event)
 
     def leaveEvent(self, event) -> None:
         self.left.emit()

@@ -650,3 +650,20 @@ def test_label_map_document_round_trips_through_a_project(window, labels_path, t
     assert doc.photo is None and doc.image is None and doc.mode == "translate" and doc.title == "map-only.sgraffito"
     np.testing.assert_array_equal(doc.labels, edited)
     assert (doc.original_labels[20, 20] == SKY) and doc.labels[20, 20] == ROCK
+
+
+def test_hovering_the_canvas_gives_it_the_keys_unless_the_user_is_typing(opened, qtbot):
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QEnterEvent
+
+    window, canvas = opened, opened.canvas
+    window.size_spin.setFocus()
+    qtbot.waitUntil(window.size_spin.hasFocus)
+    enter = QEnterEvent(QPointF(5, 5), QPointF(5, 5), QPointF(5, 5))
+    assert enter.type() == QEvent.Type.Enter
+    canvas.enterEvent(enter)
+    qtbot.waitUntil(canvas.hasFocus)
+    window.palette.search.setFocus()
+    qtbot.waitUntil(window.palette.search.hasFocus)
+    canvas.enterEvent(enter)
+    assert window.palette.search.hasFocus()
