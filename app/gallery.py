@@ -391,7 +391,7 @@ class GalleryDock(QDockWidget):
             self.error.emit("no model for this document: import one with `sgraffito import` (see the README)")
             return None
         backend, model = choice.split("\t")
-        seed = secrets.randbelow(2 ** 31)
+        seed = secrets.randbelow(1_000_000)  # short enough to read in the gallery and type into the CLI
         try:
             request = build_request(self.document, backend, model, k=self.samples.value(), seed=seed,
                                     params=params, baseline=self.baseline)
