@@ -8,12 +8,15 @@ progress to ~20 events per second, so a backend that reports every token cannot 
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 from engine.jobs import JobEvent, JobState, Request, Runtime
+
+log = logging.getLogger(__name__)
 
 
 class EngineBridge(QObject):
@@ -93,4 +96,6 @@ class EngineBridge(QObject):
         elif event.state.finished:
             self.finished.emit(event)
             if event.state is JobState.FAILED and event.error:
+                if event.traceback:  # a bug in a backend: the dialog shows the message, the log the details
+                    log.error("job %d failed:\n%s", event.job_id, event.traceback)
                 self.failed.emit(event.error)

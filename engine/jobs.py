@@ -286,6 +286,7 @@ class JobEvent:
     superseded: bool
     seconds: float
     request: Request
+    traceback: str | None = None  # a failed job's traceback when the failure was a bug, not a user error
 
 
 class JobContext:
@@ -494,7 +495,7 @@ class Runtime:
             event = JobEvent(kind=kind, job_id=job.id, slot=job.request.slot, state=job.state,
                              fraction=job.fraction, stage=job.stage, preview=job.preview,
                              candidates=job.candidates, error=job.error, superseded=job.superseded,
-                             seconds=job.seconds, request=job.request)
+                             seconds=job.seconds, request=job.request, traceback=job.traceback)
             listeners = list(self._listeners)
         for listener in listeners:
             try:
