@@ -64,7 +64,7 @@ def blend_rows() -> list[dict]:
     return rows
 
 
-def child(python_work: int, numpy_work: int, idle_seconds: float = 0.0) -> dict:
+def child(python_work: int, numpy_work: int, idle_seconds: float = 0.0, switch_interval: float = 0.0) -> dict:
     """Runs in the child process: the stall of the UI thread while one fake job burns CPU."""
     import numpy as np
     from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer
@@ -87,6 +87,8 @@ def child(python_work: int, numpy_work: int, idle_seconds: float = 0.0) -> dict:
     canvas = Canvas(document)
     window.setCentralWidget(canvas)
     bridge = EngineBridge(Runtime(device="cpu"))
+    if switch_interval:  # undo the bridge's 1 ms GIL switch interval, to show what it buys
+        sys.setswitchinterval(switch_interval)
     gallery = GalleryDock(document, bridge, canvas)
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, gallery)
     window.statusBar().addPermanentWidget(gallery.progress)
@@ -137,6 +139,8 @@ def stall_rows() -> list[dict]:
     for label, args, note in (
         ("idle (no job, noise floor)", "0, 0, 4.0", "the same window and timer with nothing running"),
         ("pure-Python job (holds the GIL)", "100_000, 0", "fake backend: a Python loop per row, the worst case"),
+        ("pure-Python job, CPython's default 5 ms GIL switch", "100_000, 0, 0.0, 0.005",
+         "as above without the bridge's 1 ms switch interval"),
         ("numpy job", "0, 100", "fake backend: 64x64 matrix products per row (releases the GIL)"),
     ):
         script = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from tests.bench.bench_runtime import child; "
