@@ -104,3 +104,27 @@ def test_translate_rejects_unknown_ids_and_bad_sizes(tmp_path, capsys):
     assert main(["translate", str(tmp_path / "ok.png"), "--model", "f", "--size", "96x48", "--out",
                  str(tmp_path / "o.png")]) == 0
     assert Image.open(tmp_path / "o.png").size == (96, 48)
+
+
+def test_large_maps_run_the_lr_stream_near_native_scale_and_the_mlps_at_full_resolution():
+    from engine.models.asapnet import dataset_preset, model_config
+
+    torch.manual_seed(0)
+    preset = dataset_preset("landscape")
+    cfg = ASAPNetConfig(in_channels=preset.encoding.channels, downsampling=4, learned_ds_factor=4, lr_width=8,
+                        lr_max_width=16, lr_depth=1, hr_width=8)
+    model = ASAPNetsGenerator(cfg).eval()
+    renderer = ASAPNetRenderer(model_config(cfg, preset, "tiny"), model.state_dict())
+    assert renderer.config["native_size"] == [64, 64]
+    assert [renderer.lr_factor(s, s) for s in (48, 64, 100, 128, 260)] == [1, 1, 1, 2, 4]
+    labels = np.full((128, 96), 156, np.uint8)  # sky-other
+    labels[70:, :] = 123  # grass
+    labels[90:100, 10:30] = 154  # a thin band: finer than the LR grid
+    image = renderer.render(labels)
+    x = preset.encoding.encode(labels)
+    with torch.no_grad():
+        params = model.lowres(preset.encoding.encode(labels[1::2, 1::2]))
+        want = model.highres_stream(x, params.repeat_interleave(2, 2).repeat_interleave(2, 3))[0]
+    want = ((want + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).numpy()
+    assert image.shape == (128, 96, 3) and np.abs(image.astype(int) - want).max() <= 1
+    assert not np.array_equal(image, renderer.render(labels, lr_factor=1))

@@ -157,6 +157,8 @@ class ASAPNetsHRStream(nn.Module):
     Flat layout of the N_params channels, layer by layer: bias (nco) first, then weights (nci * nco) read as an
     input-major (nci, nco) matrix, applied as tiles @ W + b."""
 
+    BAND_PIXELS = 1 << 16  # pixels per band of tile rows (at least one row of tiles)
+
     def __init__(self, cfg: ASAPNetConfig):
         super().__init__()
         self.downsampling = cfg.downsampling
@@ -187,8 +189,17 @@ class ASAPNetsHRStream(nn.Module):
         if (h, w) != (hl * k, wl * k):
             raise ValueError(f"input {h}x{w} does not match the {hl}x{wl} parameter grid at S={k}")
         codes = self.codes(h, w, highres.dtype, highres.device).expand(b, -1, -1, -1)
-        x = torch.cat([highres, codes], 1)
-        nci = x.shape[1]
+        # bands of tile rows: each band's activations stay small enough for the cache, and a 2048 px image never
+        # materialises its (B, C, H, W) input-plus-codes tensor at once. Tiles are independent, so this is exact.
+        rows = max(1, self.BAND_PIXELS // (b * w * k))
+        bands = [self._mlp(torch.cat([highres[:, :, r * k:(r + rows) * k], codes[:, :, r * k:(r + rows) * k]], 1),
+                           lr_params[:, :, r:r + rows]) for r in range(0, hl, rows)]
+        return bands[0] if len(bands) == 1 else torch.cat(bands, 2)
+
+    def _mlp(self, x: torch.Tensor, lr_params: torch.Tensor) -> torch.Tensor:
+        k = self.downsampling
+        b, nci, h, w = x.shape
+        hl, wl = lr_params.shape[2:]
         # (B, C, hl, wl, k, k) -> (B, hl, wl, k*k, C): one row of pixels per tile, channels last for matmul
         out = x.unfold(2, k, k).unfold(3, k, k).permute(0, 2, 3, 4, 5, 1).reshape(b, hl, wl, k * k, nci)
         last = len(self.splits) - 1
@@ -463,7 +474,12 @@ DEFAULT_MODEL = "demo-asapnet-landscape"
 class ASAPNetRenderer:
     """A loaded model folder that turns label maps into RGB images. Thread-safe for one caller at a time."""
 
-    def __init__(self, config: dict, state_dict: dict[str, torch.Tensor], device: str = "cpu", source: str = ""):
+    def __init__(self, config: dict, state_dict: dict[str, torch.Tensor], device: str = "cpu", source: str = "",
+                 threads: int | None = 1):
+        # threads: torch intra-op threads while rendering (None: leave torch's setting). The work is a few
+        # small convolutions and thousands of tiny matmuls; on a busy 2-core CPU, 2 threads measured 5-50x slower
+        # than 1 (synchronisation), so the default is one, restored afterwards (as the PixelCNN sampler does).
+        self.threads = threads
         self.config = config
         self.generator_config = ASAPNetConfig.from_dict(config["generator"])
         self.encoding = LabelEncoding.from_dict(config["encoding"])
@@ -505,7 +521,15 @@ class ASAPNetRenderer:
     @torch.inference_mode()
     def render_timed(self, labels, size=None, source="label map", check_cancelled=None, lr_factor=None):
         """render() plus the seconds spent in the LR stream and in the HR stream."""
-        labels = np.asarray(labels)
+        threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._render(np.asarray(labels), size, source, check_cancelled, lr_factor)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _render(self, labels, size, source, check_cancelled, lr_factor):
         if size is not None and (size[0], size[1]) != (labels.shape[1], labels.shape[0]):
             labels = cv2.resize(labels.astype(np.uint16), tuple(size), interpolation=cv2.INTER_NEAREST)
         h, w = labels.shape
@@ -513,14 +537,14 @@ class ASAPNetRenderer:
         m = self.multiple * f
         padded = np.pad(labels, ((0, -h % m), (0, -w % m)), mode="edge")  # crop the result back to h x w
         started = time.perf_counter()
-        x = self.encoding.encode(padded, source).to(self.device)
-        x_lr = x if f == 1 else self.encoding.encode(padded[f // 2::f, f // 2::f], source).to(self.device)
+        x_lr = self.encoding.encode(padded[f // 2::f, f // 2::f] if f > 1 else padded, source).to(self.device)
         params = self.model.lowres(x_lr)
-        if f > 1:
-            params = params.repeat_interleave(f, 2).repeat_interleave(f, 3)
         lr_done = time.perf_counter()
         if check_cancelled is not None:
             check_cancelled()
+        if f > 1:
+            params = params.repeat_interleave(f, 2).repeat_interleave(f, 3)
+        x = x_lr if f == 1 else self.encoding.encode(padded, source).to(self.device)
         image = self.model.highres_stream(x, params)[0, :, :h, :w]
         rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).contiguous().cpu().numpy()
         return rgb, lr_done - started, time.perf_counter() - lr_done

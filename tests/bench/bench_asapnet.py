@@ -1,0 +1,172 @@
+"""ASAPNet speed: ms per image at 256..2048 px split into the low-res stream (convolutions that predict the per-pixel
+MLPs) and the high-res stream (the MLPs at every pixel); side by side with a SPADE-style generator of about the
+same parameter count (tests/bench/spade_reference.py); and the live preview's latency from the end of a stroke to
+the updated canvas for a 512 px document (offscreen Qt, in a child process).
+
+The model is the shipped demo (assets/models/demo-asapnet-landscape) when present, else the same architecture with
+random weights (the speed does not depend on the weights). Inputs are held-out synthetic landscape label maps.
+Both generators run on the renderer's torch thread count (1 by default, see ASAPNetRenderer); each note gives the
+load average, because the development box (2 cores) is shared with other jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+RESOLUTIONS = (256, 512, 1024, 2048)
+SPADE_RESOLUTIONS = (256, 512, 1024)  # 2048 would take minutes per image on a 2-core CPU
+REPEATS = {256: 5, 512: 3, 1024: 2, 2048: 1}
+
+
+def _renderer():
+    from engine.checkpoints import CheckpointError
+    from engine.errors import InputError
+    from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenerator, dataset_preset, model_config
+
+    try:
+        return ASAPNetRenderer.load(), "demo weights"
+    except (InputError, CheckpointError):
+        preset = dataset_preset("landscape")
+        cfg = ASAPNetConfig(in_channels=preset.encoding.channels, downsampling=16, lr_width=16, lr_max_width=256,
+                            lr_depth=4, hr_width=32, hr_depth=5)
+        return ASAPNetRenderer(model_config(cfg, preset, "bench"), ASAPNetsGenerator(cfg).state_dict()), \
+            "random weights (demo model not found)"
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator, oneDNN kernels, positional-code cache
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _asapnet_rows(renderer, source: str, labels: dict[int, np.ndarray]) -> tuple[list[dict], dict[int, float]]:
+    rows, totals = [], {}
+    for res in RESOLUTIONS:
+        f = renderer.lr_factor(res, res)
+        renderer.render_timed(labels[res])
+        runs = [renderer.render_timed(labels[res]) for _ in range(REPEATS[res])]
+        lr = statistics.median(r[1] for r in runs) * 1000
+        hr = statistics.median(r[2] for r in runs) * 1000
+        total = statistics.median(r[1] + r[2] for r in runs) * 1000
+        totals[res] = total
+        note = (f"{source}; LR stream on {res // f} px (grid {res // f // renderer.multiple}^2), MLPs at {res} px; "
+                f"{renderer.threads or torch.get_num_threads()} thread(s), load avg {os.getloadavg()[0]:.1f}")
+        rows += [
+            {"name": f"asapnet_{res}_ms", "value": total, "unit": "ms", "target": None, "note": note},
+            {"name": f"asapnet_{res}_lowres_ms", "value": lr, "unit": "ms", "target": None, "note": "LR stream"},
+            {"name": f"asapnet_{res}_highres_ms", "value": hr, "unit": "ms", "target": None,
+             "note": "per-pixel MLPs incl. one-hot encoding"},
+        ]
+    runs = [renderer.render_timed(labels[1024], lr_factor=1) for _ in range(2)]
+    rows.append({"name": "asapnet_1024_fullres_lowres_ms", "value": statistics.median(r[1] + r[2] for r in runs) * 1000,
+                 "unit": "ms", "target": None,
+                 "note": "1024 px with the LR stream also at 1024 px (upstream's fixed-S inference)"})
+    return rows, totals
+
+
+def _spade_rows(renderer, labels: dict[int, np.ndarray]) -> tuple[list[dict], dict[int, float]]:
+    from tests.bench.spade_reference import SPADEGenerator
+
+    torch.manual_seed(0)
+    channels = renderer.encoding.channels
+    spade = SPADEGenerator(channels, ngf=12, hidden=32).eval()
+    n_spade = sum(p.numel() for p in spade.parameters())
+    n_asap = sum(p.numel() for p in renderer.model.parameters())
+    rows, totals = [], {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(renderer.threads or threads)  # the same thread count as the ASAPNet renderer
+    for res in SPADE_RESOLUTIONS:
+        x = renderer.encoding.encode(labels[res])
+        with torch.inference_mode():
+            totals[res] = _median_ms(lambda: spade(x), 1 if res >= 1024 else 2)
+        rows.append({"name": f"spade_{res}_ms", "value": totals[res], "unit": "ms", "target": None,
+                     "note": f"SPADE-style generator, {n_spade / 1e6:.2f} M parameters "
+                             f"(ASAPNet {n_asap / 1e6:.2f} M), random weights, {torch.get_num_threads()} thread(s)"})
+    torch.set_num_threads(threads)
+    return rows, totals
+
+
+def _preview_child() -> None:
+    """In a child process: a 512 px label-map document, 5 strokes, seconds from each commit to the new image."""
+    from PySide6.QtWidgets import QApplication
+
+    from app.canvas import Canvas
+    from app.document import Document
+    from app.live_preview import LivePreview
+    from engine.data.landscapes import EVAL_SEEDS, generate_scene
+    from engine.labels import load_label_set
+
+    app = QApplication.instance() or QApplication([])
+    renderer, source = _renderer()
+    label_set = load_label_set("coco-stuff-182")
+    document = Document()
+    document.load(label_set=label_set, labels=generate_scene(EVAL_SEEDS[1], 512).labels)
+    canvas = Canvas(document)
+    canvas.resize(800, 800)
+    canvas.show()
+    preview = LivePreview(document, canvas, lambda: renderer)
+    latencies = []
+    preview.rendered.connect(latencies.append)
+
+    def wait_for(count):
+        deadline = time.perf_counter() + 60
+        while len(latencies) < count and time.perf_counter() < deadline:
+            app.processEvents()
+            time.sleep(0.001)
+
+    preview.set_enabled(True)
+    wait_for(1)  # loads the model and warms up
+    for i in range(5):
+        edit = document.edit("Brush")
+        yy, xx = np.mgrid[-30:31, -30:31]
+        edit.paint(100 + 60 * i, 300, (yy ** 2 + xx ** 2) <= 900, label_set.id_of("sea"))
+        edit.commit()
+        wait_for(2 + i)
+    preview.shutdown()
+    print(json.dumps({"latencies": latencies[1:], "source": source, "debounce_ms": preview._timer.interval()}))
+
+
+def _preview_rows() -> list[dict]:
+    child = subprocess.run([sys.executable, "-c", "from tests.bench.bench_asapnet import _preview_child; _preview_child()"],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    if child.returncode != 0:
+        raise RuntimeError(f"live preview child failed: {child.stderr[-2000:]}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    ms = [v * 1000 for v in result["latencies"]]
+    return [{"name": "live_preview_512_latency_ms", "value": statistics.median(ms), "unit": "ms", "target": "< 300",
+             "note": f"end of stroke -> image on the canvas, 512 px document, median of {len(ms)} strokes "
+                     f"(max {max(ms):.0f} ms), incl. {result['debounce_ms']} ms debounce; {result['source']}"}]
+
+
+def run() -> list[dict]:
+    from engine.data.landscapes import EVAL_SEEDS, generate_scene
+
+    renderer, source = _renderer()
+    labels = {res: generate_scene(EVAL_SEEDS[0], res).labels for res in RESOLUTIONS}
+    rows, asap = _asapnet_rows(renderer, source, labels)
+    spade_rows, spade = _spade_rows(renderer, labels)
+    rows += spade_rows
+    for res in SPADE_RESOLUTIONS:
+        rows.append({"name": f"speedup_vs_spade_{res}", "value": spade[res] / asap[res], "unit": "x",
+                     "target": ">= 5" if res == 1024 else None,
+                     "note": "SPADE-style ms / ASAPNet ms, measured side by side in this run"})
+    rows += _preview_rows()
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(f"{row['name']:34s} {row['value']:10.1f} {row['unit']:3s} {row['target'] or '':8s} {row['note']}")
