@@ -25,11 +25,12 @@ def model():
 
 
 def input_gradient(model, size, i, j):
-    """|d logits[i, j] / d ab[k, l]| summed over channels: (h, w)."""
-    ab = (torch.randn(1, 2, size, size) * 40).requires_grad_(True)
+    """|d logits[i, j] / d input[k, l]| summed over channels: (h, w). The input is the decoder's (embedded
+    earlier pixels), since bin indices have no gradient."""
+    x = torch.randn(1, TINY.input_embed + 1, size, size).requires_grad_(True)
     cond = torch.randn(1, TINY.cond_channels, size, size)
-    model(ab, cond, cond.mean(dim=(2, 3)))[0, :, i, j].sum().backward()
-    return ab.grad.abs().sum(dim=1)[0]
+    model.decode(x, cond, cond.mean(dim=(2, 3)))[0, :, i, j].sum().backward()
+    return x.grad.abs().sum(dim=1)[0]
 
 
 @pytest.mark.parametrize("i, j", [(0, 0), (0, 3), (3, 0), (3, 2), (5, 5), (2, 5)])
@@ -83,12 +84,12 @@ def test_cached_sampling_keeps_fixed_pixels_and_uses_them_as_context(model):
     assert torch.equal(out[mask], fixed[mask])
     assert torch.equal(out, model.sample_reference(cond, glob, u, fixed=fixed, fixed_mask=mask))
     fixed2 = torch.full((1, 4, 4), 60, dtype=torch.long)
-    logits = [model(model.bin_centers(torch.where(mask, f, out)), cond, glob)[0, :, 0, 2] for f in (fixed, fixed2)]
+    logits = [model(torch.where(mask, f, out), cond, glob)[0, :, 0, 2] for f in (fixed, fixed2)]
     assert not torch.allclose(*logits), "later pixels must see the clamped ones"
 
 
 def test_conditioning_changes_the_distribution(model):
-    ab = torch.zeros(1, 2, 4, 4)
+    ab = torch.zeros(1, 4, 4, dtype=torch.long)
     (c1, g1), (c2, g2) = conditioning(model, 4, seed=1), conditioning(model, 4, seed=2)
     l1, l2 = model(ab, c1, g1), model(ab, c2, g2)
     assert (l1 - l2).abs().amax(dim=1).min() > 0, "every position must depend on the conditioning"

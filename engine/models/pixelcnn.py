@@ -44,6 +44,7 @@ class PixelCNNConfig:
     embed_channels: int = 48
     downsample: int = 4  # chroma is sampled at 1/downsample of the working resolution (2 stride-2 convs)
     bins: int = 16  # per chroma axis; the categorical has bins**2 classes
+    input_embed: int = 16  # the decoder reads earlier pixels as a learned embedding of their bin
     ab_range: float = 112.0  # a, b in [-ab_range, ab_range) are quantised; outside is clipped
     work_size: int = 128  # long side of the working image the embedding sees
 
@@ -109,10 +110,13 @@ class PixelCNNColorizer(nn.Module):
         embed += [nn.Conv2d(e, e, 3, padding=4, dilation=4), nn.ELU()]
         embed += [nn.Conv2d(e, c.cond_channels, 3, padding=1)]
         self.embed = nn.Sequential(*embed)
-        # Decoder input (B, 3, h, w): quantised a, b of earlier pixels and a constant 1 that marks the zero
-        # padding as "outside the image".
+        # Decoder input (B, E + 1, h, w): an embedding of each earlier pixel's bin and a constant 1 that marks
+        # the zero padding as "outside the image". An embedding, not the a, b values: most chroma sits within
+        # +-20 of gray, so a scaled (a, b) input differs little between neighbouring bins, and a first model
+        # trained on it learned to ignore its context (same NLL with the context zeroed) and sampled noise.
+        self.ab_embed = nn.Embedding(c.bins**2, c.input_embed)
         self.layers = nn.ModuleList(
-            GatedLayer(3 if i == 0 else c.channels, c.channels, c.kernel, c.cond_channels, first=i == 0)
+            GatedLayer(c.input_embed + 1 if i == 0 else c.channels, c.channels, c.kernel, c.cond_channels, i == 0)
             for i in range(c.layers)
         )
         self.out1 = nn.Conv2d(c.channels, c.channels, 1)
@@ -134,8 +138,10 @@ class PixelCNNColorizer(nn.Module):
         b = (index % c.bins).float() * width - c.ab_range + width / 2
         return torch.stack([a, b], dim=1)
 
-    def decoder_input(self, ab: torch.Tensor) -> torch.Tensor:
-        return torch.cat([ab / self.config.ab_range, torch.ones_like(ab[:, :1])], dim=1)
+    def decoder_input(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) bin indices -> (B, E + 1, h, w)."""
+        x = self.ab_embed(index).permute(0, 3, 1, 2)
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 
     # -- network --------------------------------------------------------------------------------------------
     def conditioning(self, lum: torch.Tensor, hints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,9 +151,12 @@ class PixelCNNColorizer(nn.Module):
         cond = self.embed(x)
         return cond, cond.mean(dim=(2, 3))
 
-    def forward(self, ab: torch.Tensor, cond: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
-        """ab (B, 2, h, w) chroma (only earlier pixels influence a position) -> logits (B, bins**2, h, w)."""
-        v = h = self.decoder_input(ab)
+    def forward(self, index: torch.Tensor, cond: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """index (B, h, w) chroma bins (only earlier pixels influence a position) -> logits (B, bins**2, h, w)."""
+        return self.decode(self.decoder_input(index), cond, glob)
+
+    def decode(self, x: torch.Tensor, cond: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        v = h = x
         skip = 0
         for layer in self.layers:
             cv, ch = layer.conditioning(cond, glob)
@@ -169,15 +178,13 @@ class PixelCNNColorizer(nn.Module):
         kept where fixed_mask (B, h, w) is True. Returns (B, h, w) bin indices."""
         B, (hh, ww) = u.shape[0], cond.shape[-2:]
         index = torch.zeros(B, hh, ww, dtype=torch.long, device=u.device)
-        ab = torch.zeros(B, 2, hh, ww, device=u.device)
         for i in range(hh):
             for j in range(ww):
-                logits = self.forward(ab, cond, glob)[:, :, i, j]
+                logits = self.forward(index, cond, glob)[:, :, i, j]
                 pick = self._pick(logits, u[:, i, j], temperature)
                 if fixed_mask is not None:
                     pick = torch.where(fixed_mask[:, i, j], fixed[:, i, j], pick)
                 index[:, i, j] = pick
-                ab[:, :, i, j] = self.bin_centers(pick[:, None, None])[:, :, 0, 0]
         return index
 
     @torch.no_grad()
@@ -218,16 +225,16 @@ class PixelCNNColorizer(nn.Module):
         hs_b = [torch.cat([layer.h_out.bias, layer.skip.bias]) for layer in layers]
         vh_w = [layer.v_to_h.weight.flatten(1) for layer in layers]
         # Row caches: each layer's vertical input with the conv's zero padding (k2 rows on top, k2 cols per side).
-        in_ch = [3] + [p] * (len(layers) - 1)
+        in_ch = [self.config.input_embed + 1] + [p] * (len(layers) - 1)
         vbuf = [torch.zeros(B, c, hh + k2, ww + 2 * k2, device=dev) for c in in_ch]
-        vbuf[0][:, 2, k2:, k2 : k2 + ww] = 1.0
+        vbuf[0][:, -1, k2:, k2 : k2 + ww] = 1.0
         # The horizontal stack at row i sees the vertical stack of row i-1 (zero for row 0).
         vh_prev = [torch.zeros(B, 2 * p, ww, device=dev) for _ in layers]
         index = torch.zeros(B, hh, ww, dtype=torch.long, device=dev)
         for i in range(hh):
             # Column caches: the current row's horizontal inputs, left-padded; layer 0 by one more (mask A).
             hbuf = [torch.zeros(B, in_ch[0], ww + k2 + 1, device=dev)]
-            hbuf[0][:, 2, k2 + 1 :] = 1.0
+            hbuf[0][:, -1, k2 + 1 :] = 1.0
             hbuf += [torch.zeros(B, p, ww + k2, device=dev) for _ in layers[1:]]
             hbuf.append(torch.zeros(B, p, ww + k2, device=dev))  # output of the last layer, unused but uniform
             ch_rows = [ch[:, :, i] for _, ch in conds]  # (B, 2p, w)
@@ -248,7 +255,7 @@ class PixelCNNColorizer(nn.Module):
                 if fixed_mask is not None:
                     pick = torch.where(fixed_mask[:, i, j], fixed[:, i, j], pick)
                 index[:, i, j] = pick
-                x = self.decoder_input(self.bin_centers(pick[:, None, None]))[:, :, 0, 0]
+                x = self.decoder_input(pick[:, None, None])[:, :, 0, 0]
                 hbuf[0][:, :, j + k2 + 1] = x
                 vbuf[0][:, :, i + k2, j + k2] = x
             # Row i is final: advance the vertical stack by one row in every layer.

@@ -122,7 +122,7 @@ def evaluate_colorizer(model: PixelCNNColorizer, scenes: int, samples: int = 4, 
         ab_low = torch.from_numpy(ab_low.transpose(2, 0, 1)[None].copy())
         cond, glob = model.conditioning(lum, torch.zeros(1, 3, *lum.shape[-2:]))
         target = model.quantize(ab_low)
-        nll = F.cross_entropy(model(model.bin_centers(target), cond, glob), target)
+        nll = F.cross_entropy(model(target, cond, glob), target)
         add("nll_bits_per_chroma_pixel", float(nll) / np.log(2))
     return {name: float(np.mean(values)) for name, values in rows.items()}
 
@@ -172,7 +172,7 @@ class PixelCNNColorizerTask(TrainTask):
         raw = model.module if hasattr(model, "module") else model
         cond, glob = raw.conditioning(batch["lum"], batch["hints"])
         target = raw.quantize(batch["ab"])
-        logits = model(raw.bin_centers(target), cond, glob)
+        logits = model(target, cond, glob)
         loss = F.cross_entropy(logits, target)
         return loss, {"bits_per_chroma_pixel": float(loss.detach()) / np.log(2)}
 
