@@ -1,0 +1,294 @@
+"""Image metrics every engine reports: PSNR, SSIM, colourfulness, label agreement and reflection consistency.
+
+Images are (H, W, 3) uint8 RGB arrays; label maps (H, W) COCO-Stuff 182 ids (engine.data.landscapes.LABEL_SET).
+
+label_agreement
+    A per-pixel appearance classifier: a small MLP (20 -> 64 -> 64 -> 13) over local colour and texture
+    features of the image brought to 256 px and then averaged down to 96 px on its long side: CIE Lab colour,
+    the same relative to the image's mean colour (so dusk and noon skies look alike), its 7x7 and 15x15 means,
+    the local standard deviation of lightness at two scales and of chroma, and the mean horizontal and vertical
+    gradient magnitudes (ripples vs grass blades). It never sees a pixel's position, so it judges what a region
+    looks like, not where it is. Fit once on 240 TRAIN scenes (`python -m engine.metrics --fit`, a minute on one
+    core); the weights ship as assets/metrics/label-agreement.safetensors (25 KB). Classes are the generator's
+    labels with sea/river/water-other merged into one "water" class (their local appearance is the same by
+    design). Its per-pixel accuracy on 60 held-out EVAL scenes is stored in the file's metadata
+    (`classifier_info()["eval_accuracy"]`) and checked by tests/test_metrics.py.
+
+reflection_score
+    For each connected water region: the shoreline is the median of the region's top row over its columns
+    (water is level); each water pixel at depth d below it is paired with the pixel d rows above it (the mirror
+    image), skipping pairs whose mirror is water or off the image. The score is the Pearson correlation of the
+    two luminances after a blur that is wider horizontally (ripples shift the reflection sideways), averaged
+    over regions weighted by their pair counts. A flat or shuffled water surface scores about 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.errors import InputError
+
+WATER_NAMES = ("sea", "river", "water-other")
+CLASSIFIER_FILE = "metrics/label-agreement.safetensors"
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise InputError(f"images differ in shape: {a.shape} vs {b.shape}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB (inf for identical images)."""
+    _check_pair(a, b)
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(data_range**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Structural similarity (Wang et al. 2004: 11-tap Gaussian, sigma 1.5, K1 0.01, K2 0.03), mean over channels."""
+    _check_pair(a, b)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    blur = lambda v: cv2.GaussianBlur(v, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    pad = 5  # drop the border, where the window is mostly padding
+    if s.shape[0] > 2 * pad and s.shape[1] > 2 * pad:
+        s = s[pad:-pad, pad:-pad]
+    return float(s.mean())
+
+
+def colorfulness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Hasler and Suesstrunk (2003) colourfulness; 0 for a gray image, ~20-60 for everyday photos."""
+    rgb = image.reshape(-1, 3).astype(np.float64) if mask is None else image[mask].astype(np.float64)
+    if rgb.size == 0:
+        return float("nan")
+    rg = rgb[:, 0] - rgb[:, 1]
+    yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+
+
+def reflection_score(image: np.ndarray, labels: np.ndarray) -> float:
+    """How well water regions mirror what stands above their shoreline (see the module docstring);
+    NaN when the image has no water region large enough to judge."""
+    from engine.data.landscapes import water_ids
+
+    if image.shape[:2] != labels.shape:
+        raise InputError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
+    h, w = labels.shape
+    water = np.isin(labels, water_ids())
+    count, components = cv2.connectedComponents(water.astype(np.uint8), connectivity=4)
+    lum = cv2.GaussianBlur(_luminance(image), (0, 0), sigmaX=max(0.5, 0.012 * w), sigmaY=max(0.5, 0.003 * h))
+    total, weight = 0.0, 0
+    for k in range(1, count):
+        region = components == k
+        columns = np.flatnonzero(region.any(axis=0))
+        if region.sum() < 0.002 * h * w or columns.size < 4:
+            continue
+        tops = region[:, columns].argmax(axis=0)
+        shore = int(np.median(tops))
+        ys, xs = np.nonzero(region)
+        mirror = 2 * shore - 1 - ys
+        keep = (ys >= shore) & (mirror >= 0)
+        keep[keep] &= ~water[mirror[keep], xs[keep]]
+        if keep.sum() < 16:
+            continue
+        a, b = lum[ys[keep], xs[keep]], lum[mirror[keep], xs[keep]]
+        if a.std() < 1e-3 or b.std() < 1e-3:
+            corr = 0.0  # a flat surface reflects nothing
+        else:
+            corr = float(np.corrcoef(a, b)[0, 1])
+        total += corr * keep.sum()
+        weight += int(keep.sum())
+    return total / weight if weight else float("nan")
+
+
+# -- label agreement ---------------------------------------------------------------------------------------------
+
+_FEATURE_SIDE = 96  # the classifier sees the image at this long side
+_CALIBRATION = 256  # ... after texture is measured at this long side
+
+
+def appearance_features(image: np.ndarray) -> np.ndarray:
+    """(h, w, 20) float32 local colour and texture features of `image` downscaled to _FEATURE_SIDE. The image is
+    first brought to _CALIBRATION px on its long side, the size the classifier was fit at, so texture energy
+    means the same at any input size."""
+    h, w = image.shape[:2]
+    if max(h, w) != _CALIBRATION:
+        scale = _CALIBRATION / max(h, w)
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        h, w = image.shape[:2]
+    scale = _FEATURE_SIDE / max(h, w)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB) / np.float32([100.0, 128.0, 128.0])
+    box = lambda v, k: cv2.blur(v, (k, k), borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    light = lab[..., 0]
+    std = lambda v, k: np.sqrt(np.clip(box(v * v, k) - box(v, k) ** 2, 0, None))  # noqa: E731
+    # texture from the full-resolution detail, averaged down: ripples and blades vanish at 96 px
+    grey = _luminance(image) / 255.0
+    gx = cv2.resize(np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)), size, interpolation=cv2.INTER_AREA)
+    gy = cv2.resize(np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)), size, interpolation=cv2.INTER_AREA)
+    mean = lab.reshape(-1, 3).mean(axis=0)  # relative colour: the same sky at dusk and at noon
+    features = [
+        lab[..., 0], lab[..., 1], lab[..., 2],
+        lab[..., 0] - mean[0], lab[..., 1] - mean[1], lab[..., 2] - mean[2],
+        box(lab[..., 0], 7), box(lab[..., 1], 7), box(lab[..., 2], 7),
+        box(lab[..., 0], 15), box(lab[..., 1], 15), box(lab[..., 2], 15),
+        std(light, 3) * 5, std(light, 9) * 5, std(lab[..., 1], 5) * 5, std(lab[..., 2], 5) * 5,
+        box(gx, 3) * 4, box(gy, 3) * 4, box(gx, 9) * 4, box(gy, 9) * 4,
+    ]  # fmt: skip
+    return np.stack(features, axis=-1).astype(np.float32)
+
+
+def _class_names() -> list[str]:
+    from engine.data.landscapes import _LABEL_NAMES
+
+    return [n for n in _LABEL_NAMES if n not in WATER_NAMES] + ["water"]
+
+
+def _class_table() -> np.ndarray:
+    """id -> classifier class, -1 for ids the classifier does not know."""
+    from engine.data.landscapes import LABEL_SET
+    from engine.labels import load_label_set
+
+    label_set = load_label_set(LABEL_SET)
+    names = _class_names()
+    table = np.full(65536, -1, np.int64)
+    for name in names:
+        if name != "water":
+            table[label_set.id_of(name)] = names.index(name)
+    for name in WATER_NAMES:
+        table[label_set.id_of(name)] = names.index("water")
+    return table
+
+
+def _classifier_module(classes: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes))
+
+
+def _samples(seeds, size: int, per_scene: int, rng: np.random.Generator):
+    from engine.data.landscapes import generate_scene
+
+    table = _class_table()
+    xs, ys = [], []
+    for seed in seeds:
+        scene = generate_scene(seed, size)
+        features = appearance_features(scene.image)
+        fh, fw = features.shape[:2]
+        labels = cv2.resize(scene.labels, (fw, fh), interpolation=cv2.INTER_NEAREST)
+        target = table[labels].reshape(-1)
+        flat = features.reshape(-1, features.shape[-1])
+        known = np.flatnonzero(target >= 0)
+        pick = known if per_scene <= 0 else rng.choice(known, min(per_scene, known.size), replace=False)
+        xs.append(flat[pick])
+        ys.append(target[pick])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fit_label_classifier(path: Path | None = None, scenes: int = 240, eval_scenes: int = 60, epochs: int = 15):
+    """Fit the appearance classifier on TRAIN scenes, measure it on EVAL scenes, save it; returns the accuracy."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS
+    from engine.paths import assets_dir
+
+    rng = np.random.default_rng(0)
+    x, y = _samples(TRAIN_SEEDS[:scenes], 256, 2000, rng)
+    names = _class_names()
+    model = _classifier_module(len(names))
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    # balance classes so rare ones (flowers, rocks, roads) are not ignored
+    counts = torch.bincount(y_t, minlength=len(names)).float().clamp(min=1)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=(counts.sum() / counts) ** 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * (0.5 * (1 + np.cos(np.pi * epoch / epochs)))
+        for batch in torch.randperm(len(x_t), generator=generator).split(4096):
+            optimizer.zero_grad()
+            loss_fn(model(x_t[batch]), y_t[batch]).backward()
+            optimizer.step()
+    ex, ey = _samples(EVAL_SEEDS[:eval_scenes], 256, 0, rng)
+    with torch.no_grad():
+        accuracy = float((model(torch.from_numpy(ex)).argmax(1).numpy() == ey).mean())
+    path = Path(path or assets_dir() / CLASSIFIER_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"classes": ",".join(names), "eval_accuracy": f"{accuracy:.4f}",
+                                          "train_scenes": str(scenes), "eval_scenes": str(eval_scenes)})  # fmt: skip
+    _load_classifier.cache_clear()
+    return accuracy
+
+
+@functools.lru_cache(maxsize=1)
+def _load_classifier():
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from engine.paths import assets_dir
+
+    path = assets_dir() / CLASSIFIER_FILE
+    if not path.is_file():
+        raise InputError(f"{path} is missing; rebuild it with `python -m engine.metrics --fit`")
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    model = _classifier_module(len(metadata["classes"].split(",")))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), metadata
+
+
+def classifier_info() -> dict:
+    """The label-agreement classifier's metadata: classes, eval_accuracy (held-out per-pixel), scene counts."""
+    return dict(_load_classifier()[1])
+
+
+def predict_classes(image: np.ndarray) -> np.ndarray:
+    """(h, w) classifier classes (indices into classifier_info()["classes"]) at the feature resolution."""
+    import torch
+
+    model, _ = _load_classifier()
+    features = appearance_features(image)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(features.reshape(-1, features.shape[-1])))
+    return logits.argmax(1).numpy().reshape(features.shape[:2])
+
+
+def label_agreement(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Share of pixels (in `mask`, if given) whose appearance the classifier assigns to their label; water
+    labels count as one class. Labels the classifier does not know are left out; NaN if nothing is left."""
+    if image.shape[:2] != labels.shape:
+        raise InputError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
+    predicted = predict_classes(image)
+    size = predicted.shape[::-1]
+    target = _class_table()[cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)]
+    keep = target >= 0
+    if mask is not None:
+        keep &= cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return float((predicted[keep] == target[keep]).mean()) if keep.any() else float("nan")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--fit" in sys.argv:
+        import torch
+
+        torch.set_num_threads(1)  # a tiny MLP: threads only add contention
+        print(f"held-out per-pixel accuracy: {fit_label_classifier():.3f}")
