@@ -33,11 +33,22 @@ class EngineBridge(QObject):
         # at the next switch. 1 ms instead of CPython's 5 ms keeps the event loop's stalls short while costing
         # the worker almost nothing (it only switches when the UI thread actually wants to run).
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-        self.runtime = runtime or Runtime(device=device)
+        self._runtime = runtime
+        self._device = device
         self._owns_runtime = runtime is None
+        self._remove_listener = lambda: None
         # queued explicitly: the listener below emits from the worker thread
         self._event.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
-        self._remove_listener = self.runtime.add_listener(self._forward)
+        if runtime is not None:
+            self._remove_listener = runtime.add_listener(self._forward)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime, started on first use: a window that never generates never starts the worker thread."""
+        if self._runtime is None:
+            self._runtime = Runtime(device=self._device)
+            self._remove_listener = self._runtime.add_listener(self._forward)
+        return self._runtime
 
     def _forward(self, event: JobEvent) -> None:
         try:
@@ -52,18 +63,24 @@ class EngineBridge(QObject):
         return self.runtime.cancel(job_id)
 
     def cancel_active(self) -> bool:
-        return self.runtime.cancel_active()
+        return self._runtime is not None and self._runtime.cancel_active()
 
     def cancel_queued(self, slot: str | None = None) -> int:
-        return self.runtime.cancel_queued(slot)
+        return 0 if self._runtime is None else self._runtime.cancel_queued(slot)
 
     def cancel_all(self, slot: str | None = None) -> int:
-        return self.runtime.cancel_all(slot)
+        return 0 if self._runtime is None else self._runtime.cancel_all(slot)
 
     def pending(self, slot: str | None = None) -> tuple[int, int]:
         """(running, queued) job counts, optionally of one document."""
-        jobs = [j for j in self.runtime.jobs() if slot is None or j.request.slot == slot]
+        if self._runtime is None:
+            return 0, 0
+        jobs = [j for j in self._runtime.jobs() if slot is None or j.request.slot == slot]
         return (sum(j.state is JobState.RUNNING for j in jobs), sum(j.state is JobState.QUEUED for j in jobs))
+
+    def active_job(self):
+        """The running engine.jobs.Job, or None."""
+        return None if self._runtime is None else self._runtime.active
 
     def busy(self, slot: str | None = None) -> bool:
         return any(self.pending(slot))
@@ -85,8 +102,8 @@ class EngineBridge(QObject):
 
     def shutdown(self) -> None:
         self._remove_listener()
-        if self._owns_runtime:
-            self.runtime.shutdown(wait=False)
+        if self._owns_runtime and self._runtime is not None:
+            self._runtime.shutdown(wait=False)
 
     @Slot(object)
     def _dispatch(self, event: JobEvent) -> None:

@@ -177,7 +177,7 @@ class JobProgress(QWidget):
         self.setVisible(False)
 
     def cancel_current(self) -> None:
-        active = self.bridge.runtime.active
+        active = self.bridge.active_job()
         if active is not None and (self.slot is None or active.request.slot == self.slot):
             self.bridge.cancel(active.id)
 
@@ -185,7 +185,7 @@ class JobProgress(QWidget):
         if self.slot is not None and event.slot != self.slot:
             return
         running, queued = self.bridge.pending(self.slot)
-        active = self.bridge.runtime.active
+        active = self.bridge.active_job()
         if active is not None and (self.slot is None or active.request.slot == self.slot):
             self.bar.setValue(round(active.fraction * 1000))
             self.stage.setText(active.stage + (f" (+{queued} queued)" if queued else ""))
@@ -226,6 +226,7 @@ class GalleryDock(QDockWidget):
         self.baseline: np.ndarray | None = None
         self.models: list = []  # engine.checkpoints.ModelInfo
         self.extra_choices: list[tuple[str, str]] = []
+        self._scanned = False
         self.last_notice = ""
         self.preview = PreviewItem()
         if canvas is not None:
@@ -298,6 +299,12 @@ class GalleryDock(QDockWidget):
         bridge.models_listed.connect(self.set_models)
         document.reset.connect(self.on_reset)
         self.on_reset()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._scanned:  # the first time the dock is seen: list the models (off the UI thread)
+            self._scanned = True
+            self.bridge.list_models_async()
 
     # ---- building ------------------------------------------------------------------------------------------
     def _button(self, layout, text, slot, tip) -> QPushButton:
@@ -692,6 +699,5 @@ def install_gallery(window) -> GalleryDock:
         window.menus["generate"] = menu
         if "view" in window.menus:
             window.menus["view"].addAction(gallery.toggleViewAction())
-    bridge.list_models_async()
     QApplication.instance().aboutToQuit.connect(bridge.shutdown)
     return gallery
