@@ -286,3 +286,12 @@ def test_the_model_chooser_lists_generators_for_the_documents_mode_first(qtbot, 
     items = [gallery.model_box.itemText(i) for i in range(gallery.model_box.count())]
     assert items == ["ASSET landscape (asset)", "PixelCNN (pixelcnn)", "Fake"], "no tokenizers; edit models first"
     assert gallery.model_box.currentText() == "Fake", "the user's choice survives a rescan"
+
+
+def test_models_are_listed_off_the_ui_thread(qtbot):
+    bridge = EngineBridge()
+    with qtbot.waitSignal(bridge.models_listed, timeout=60_000) as signal:
+        bridge.list_models_async()
+    assert isinstance(signal.args[0], list)
+    assert bridge.pending() == (0, 0), "listing models starts no engine worker"
+    bridge.shutdown()
