@@ -128,3 +128,49 @@ def test_large_maps_run_the_lr_stream_near_native_scale_and_the_mlps_at_full_res
     want = ((want + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).numpy()
     assert image.shape == (128, 96, 3) and np.abs(image.astype(int) - want).max() <= 1
     assert not np.array_equal(image, renderer.render(labels, lr_factor=1))
+
+
+def _tiny_landscape_model(name="tiny"):
+    from engine.checkpoints import new_model_dir, save_model_dir
+    from engine.models.asapnet import dataset_preset, model_config
+
+    torch.manual_seed(0)
+    preset = dataset_preset("landscape")
+    cfg = ASAPNetConfig(in_channels=preset.encoding.channels, downsampling=16, lr_width=8, lr_max_width=16,
+                        lr_depth=1, hr_width=8)
+    model = ASAPNetsGenerator(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    save_model_dir(new_model_dir(name), {"netG": model.state_dict()}, model_config(cfg, preset, "tiny"))
+
+
+@pytest.mark.parametrize("photo_kind", ["none", "photo"])
+def test_backend_translates_label_maps_and_blends_edits_into_photos(photo_kind):
+    from engine.jobs import JobState, Request, Runtime
+
+    _tiny_landscape_model()
+    before = np.full((96, 160), 156, np.uint16)  # sky-other
+    before[60:] = 123  # grass
+    after = before.copy()
+    after[70:90, 40:100] = 154  # sea
+    rng = np.random.default_rng(0)
+    photo = (np.zeros((96, 160, 3), np.uint8) if photo_kind == "none"
+             else rng.integers(0, 256, (96, 160, 3), dtype=np.uint8))
+    runtime = Runtime(device="cpu")
+    job = runtime.submit(Request(backend="asapnet", model="tiny", photo=photo, labels_before=before,
+                                 labels_after=after, k=3))
+    finished = job.wait(60)
+    runtime.shutdown()
+    assert finished and job.state == JobState.DONE, job.error
+    (candidate,) = job.candidates
+    renderer = ASAPNetRenderer.load("tiny")
+    if photo_kind == "none":  # translate: the whole map rendered
+        assert candidate.region == (0, 0, 160, 96) and candidate.info["mode"] == "translate"
+        np.testing.assert_array_equal(candidate.image, renderer.render(after))
+    else:  # edit: only around the changed pixels, the photo kept far from them
+        x0, y0, x1, y1 = candidate.region
+        assert candidate.info["mode"] == "edit" and x0 <= 40 and x1 >= 100 and y0 <= 70 and y1 >= 90
+        result = candidate.compose(photo)
+        assert np.abs(result[75:85, 50:90].astype(int) - photo[75:85, 50:90]).mean() > 20
+        assert np.array_equal(result[:8, :8], photo[:8, :8])

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine import composite
 from engine.checkpoints import (find_model, load_model_dir, load_state_dict_strict, new_model_dir, read_checkpoint,
                                 register_importer, save_model_dir)
 from engine.errors import CheckpointError, InputError
@@ -551,10 +552,13 @@ class ASAPNetRenderer:
 
 
 class ASAPNetBackend:
-    """Translate mode: the whole label map (labels_after) becomes the image. The model is deterministic, so a
-    request gets one candidate whatever its k."""
+    """params["mode"]: "translate" renders the whole label map (labels_after) as the image; "edit" renders the
+    working region around the edit mask and Laplacian-blends it into the photo there. Default: "translate" when
+    the photo is all black (a document made from a label map alone), else "edit". The model is deterministic, so
+    a request gets one candidate whatever its k."""
 
     name = "asapnet"
+    MAX_SIDE = 2048  # larger regions are rendered at this size and scaled up
 
     def __init__(self):
         self._renderers: dict[tuple[str, str], ASAPNetRenderer] = {}
@@ -568,19 +572,38 @@ class ASAPNetBackend:
     def run(self, request, ctx) -> list[Candidate]:
         if request.labels_after is None:
             raise InputError("ASAPNet renders a label map, and this request has none")
+        mode = request.params.get("mode") or ("translate" if not request.photo.any() else "edit")
+        if mode not in ("translate", "edit"):
+            raise InputError(f"ASAPNet: unknown mode {mode!r} (translate or edit)")
         started = time.perf_counter()
         ctx.progress(0.0, "loading ASAPNet")
         renderer = self.renderer(request.model, ctx.device)
         if renderer.label_set and request.label_set != renderer.label_set:
             raise InputError(f"model {request.model or DEFAULT_MODEL!r} reads {renderer.label_set} label maps, "
                              f"the document uses {request.label_set}")
+        h, w = request.labels_after.shape
+        region, mask = (0, 0, w, h), None
+        if mode == "edit":
+            mask = request.edit_mask()
+            if not mask.any():
+                raise InputError("nothing to render: no label was changed")
+            native = tuple(renderer.config.get("native_size") or (256, 256))
+            region = composite.working_region(mask, composite.ModelGeometry(native, renderer.multiple))
+        x0, y0, x1, y1 = region
+        scale = min(1.0, self.MAX_SIDE / max(x1 - x0, y1 - y0))
+        size = (max(16, round((x1 - x0) * scale)), max(16, round((y1 - y0) * scale)))
         ctx.check_cancelled()
         ctx.progress(0.2, "rendering")
-        image = renderer.render(request.labels_after, check_cancelled=ctx.check_cancelled)
+        image = renderer.render(request.labels_after[y0:y1, x0:x1], size, check_cancelled=ctx.check_cancelled)
+        if scale < 1.0:
+            image = cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+        if mode == "edit":
+            photo = request.photo if request.photo.ndim == 3 else np.repeat(request.photo[:, :, None], 3, 2)
+            image = composite.laplacian_blend(image, np.ascontiguousarray(photo[y0:y1, x0:x1]), mask[y0:y1, x0:x1],
+                                              color_match=True)
         ctx.progress(1.0, "done")
-        h, w = image.shape[:2]
-        return [Candidate(image=image, region=(0, 0, w, h), seed=ctx.seeds[0],
-                          info={"deterministic": True}, seconds=time.perf_counter() - started)]
+        return [Candidate(image=image, region=region, seed=ctx.seeds[0], info={"deterministic": True, "mode": mode},
+                          seconds=time.perf_counter() - started)]
 
 
 register_backend("asapnet", ASAPNetBackend)
