@@ -245,8 +245,10 @@ def test_build_request_snapshots_the_document(document):
         build_request(document, "fake", "", k=2, seed=5)
 
 
-def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtbot, tmp_path):
+def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtbot, tmp_path, monkeypatch):
     from PySide6.QtGui import QKeySequence
+
+    monkeypatch.setenv("SGRAFFITO_DEVICE", "cpu")  # no CUDA probing (a torch import) for the fake backend
 
     from app.gallery import install_gallery
     from app.main_window import MainWindow
