@@ -99,7 +99,7 @@ class _Painter:
         self.rng = np.random.default_rng(seed)
         # pixel grain depends on the size; keep it off the main stream so layouts match across sizes
         grain_rng = np.random.default_rng([seed, h, w])
-        self._grain = [grain_rng.standard_normal((h, w), np.float32) for _ in range(3)]
+        self._grain = grain_rng.standard_normal((h + 16, w + 16), np.float32)  # shifted views act as new fields
         self._grain_turn = 0
         scale = min(1.0, _WORK / max(h, w))
         self.work = (max(8, round(h * scale)), max(8, round(w * scale)))
@@ -123,21 +123,26 @@ class _Painter:
     # -- noise -------------------------------------------------------------------------------------------------
 
     def fbm(self, cells: float, octaves: int, gain: float = 0.5, sy: float = 1.0, sx: float = 1.0, ridged=False):
-        """Fractal noise with unit standard deviation over the canvas; `sy`/`sx` > 1 compress features in y/x."""
+        """Fractal noise with unit standard deviation over the canvas; `sy`/`sx` > 1 compress features in y/x.
+        Octaves are summed up a pyramid (each sum upsampled to the next octave's grid), so only the last
+        upsampling touches every pixel; `ridged` folds each octave at full size instead (sharp creases)."""
         wh, ww = self.work
         long_side = max(self.h, self.w)
-        total = np.zeros((wh, ww), np.float32)
+        total = None
         amp = 1.0
         for octave in range(octaves):
             f = cells * 2**octave
             gy = max(2, round(f * sy * self.h / long_side)) + 1
             gx = max(2, round(f * sx * self.w / long_side)) + 1
-            grid = self.rng.standard_normal((gy, gx)).astype(np.float32)
-            layer = cv2.resize(grid, (ww, wh), interpolation=cv2.INTER_CUBIC)
+            grid = self.rng.standard_normal((gy, gx), np.float32)
             if ridged:
-                layer = 1.0 - np.abs(layer)
-            total += amp * layer
+                layer = 1.0 - np.abs(cv2.resize(grid, (ww, wh), interpolation=cv2.INTER_CUBIC))
+                total = amp * layer if total is None else total + amp * layer
+            else:
+                total = amp * grid if total is None else cv2.resize(total, (gx, gy), interpolation=cv2.INTER_CUBIC) + amp * grid
             amp *= gain
+        if not ridged:
+            total = cv2.resize(total, (ww, wh), interpolation=cv2.INTER_CUBIC)
         total -= total.mean()
         total /= total.std() + 1e-6
         if (wh, ww) != (self.h, self.w):
@@ -157,7 +162,9 @@ class _Painter:
 
     def grain(self, sigma: float) -> np.ndarray:
         self._grain_turn += 1
-        return self._grain[self._grain_turn % len(self._grain)][self.rows] * np.float32(sigma)
+        dy, dx = (self._grain_turn * 5) % 16, (self._grain_turn * 11) % 16
+        field = self._grain[dy : dy + self.h, dx : dx + self.w]
+        return field[self.rows] * np.float32(sigma)
 
     # -- writing -----------------------------------------------------------------------------------------------
 
