@@ -132,3 +132,35 @@ class LivePreview(QObject):
             self._finished.emit(generation, str(error), changed_at)
         except Exception as error:  # noqa: BLE001 - a failed preview must not take the editor down
             self._finished.emit(generation, f"live preview failed: {type(error).__name__}: {error}", changed_at)
+
+
+def install_live_preview(window, load_renderer: Callable[[], object] = default_renderer) -> LivePreview:
+    """Add View > Live preview to the main window. It switches on by itself for a document made from a label map
+    (the rendering is then the main view) and off for photos; the user can toggle it either way."""
+    from PySide6.QtGui import QAction
+
+    from engine.checkpoints import list_models
+
+    preview = LivePreview(window.document, window.canvas, load_renderer, parent=window)
+    action = QAction("&Live Preview", window, checkable=True)
+    action.setShortcut("Ctrl+L")
+    action.setStatusTip("Render the label map with ASAPNet after every stroke")
+    available = bool(list_models("asapnet"))
+    action.setEnabled(available)
+    if not available:
+        action.setToolTip("No ASAPNet model installed (sgraffito import asapnet FILE)")
+    action.toggled.connect(preview.set_enabled)
+    window.addAction(action)
+    window.actions["live_preview"] = action
+    window.menus["view"].addSeparator()
+    window.menus["view"].addAction(action)
+
+    def on_reset():
+        if available:
+            action.setChecked(window.document.mode == "translate")
+
+    window.document.reset.connect(on_reset)
+    preview.failed.connect(lambda message: window.statusBar().showMessage(message, 8000))
+    preview.rendered.connect(lambda seconds: window.statusBar().showMessage(
+        f"Live preview updated {seconds * 1000:.0f} ms after the stroke", 3000))
+    return preview
