@@ -89,3 +89,20 @@ def test_winter_whitens_and_sunset_tints():
     sunset = [water_redness(x) for x in scenes if x.meta["time_of_day"] == "sunset" and x.meta["water"]]
     day = [water_redness(x) for x in scenes if x.meta["time_of_day"] == "day" and x.meta["water"]]
     assert sunset and day and np.mean(sunset) > np.mean(day) + 10
+
+
+def test_data_preview_writes_pairs_that_read_back(tmp_path, capsys):
+    from PIL import Image
+
+    from app.cli import main
+    from engine.imageio import load_label_map
+
+    assert main(["data", "preview", "--n", "3", "--size", "64", "--seed", "5", "--out", str(tmp_path)]) == 0
+    scene = generate_scene(6, 64)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "6.png")), scene.image)
+    label_set = load_label_set("coco-stuff-182")
+    assert np.array_equal(load_label_map(tmp_path / "6_labels.png", label_set), scene.labels)
+    assert np.array_equal(load_label_map(tmp_path / "6_labels_color.png", label_set), scene.labels)
+    sheet = np.asarray(Image.open(tmp_path / "contact_sheet.png"))
+    assert sheet.shape[0] > 2 * 64 and sheet.shape[1] > 3 * 64
+    assert main(["data", "preview", "--n", "0", "--out", str(tmp_path)]) == 2
