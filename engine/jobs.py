@@ -80,10 +80,20 @@ from engine.errors import Cancelled, InputError, SgraffitoError
 Region = tuple[int, int, int, int]  # (x0, y0, x1, y1) in photo pixels, x1/y1 exclusive
 
 
+def _immutable(array) -> bool:
+    """True if no one can write these pixels: the array and every array it views are read-only."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return array is None or isinstance(array, bytes)
+
+
 def _frozen_array(array, name: str, dtype_kinds: str, ndims: tuple[int, ...]) -> np.ndarray | None:
     if array is None:
         return None
-    array = np.array(array, copy=True)  # a private copy: the editor keeps painting on its own buffers
+    if not _immutable(array):
+        array = np.array(array, copy=True)  # a private copy: the editor keeps painting on its own buffers
     if array.dtype.kind not in dtype_kinds or array.ndim not in ndims:
         raise InputError(f"request {name}: expected a {ndims}-D array of kind {dtype_kinds!r}, "
                          f"got shape {array.shape} dtype {array.dtype}")

@@ -60,6 +60,17 @@ def test_a_request_is_an_immutable_snapshot_of_the_callers_buffers():
     assert thaw(request.params) == {"temperature": 1.0, "classes": [1, 2]}
 
 
+def test_a_read_only_photo_is_shared_not_copied():
+    photo, before, after = scene()
+    photo.flags.writeable = False  # like engine.imageio's Photo.rgb: nobody can paint on it
+    request = Request(backend="fake", photo=photo, labels_before=before, labels_after=after)
+    assert np.shares_memory(request.photo, photo), "a 24-MP photo is not copied on every Generate"
+    assert not np.shares_memory(request.labels_after, after), "the label map being painted is copied"
+    view = np.ones((8, 8, 3), np.uint8)[:4]  # read-only view of a writable buffer: still copied
+    view.flags.writeable = False
+    assert not np.shares_memory(Request(backend="fake", photo=view).photo, view)
+
+
 def test_bad_requests_are_refused_with_a_message():
     photo, before, after = scene()
     with pytest.raises(InputError, match="labels_after"):
