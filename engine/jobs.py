@@ -212,7 +212,7 @@ class Candidate:
         if image.dtype != np.uint8 or image.shape != (y1 - y0, x1 - x0, 3):
             raise TypeError(f"candidate image must be ({y1 - y0}, {x1 - x0}, 3) uint8 for region {self.region}, "
                             f"got {image.shape} {image.dtype}")
-        if not image.flags.writeable and image.base is None:
+        if _immutable(image):
             frozen = image
         else:
             frozen = image.copy()
