@@ -76,6 +76,7 @@ def test_config_from_yaml_and_cli(tmp_path, capsys):
     assert main(["train", "no-such-task"]) == 2
 
 
+@pytest.mark.slow  # two torchrun launches of two processes each: ~15 s on an idle 2-core machine
 def test_torchrun_two_ranks_hold_identical_weights_and_resume(tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
