@@ -55,6 +55,9 @@ def water_ids() -> tuple[int, ...]:
 class Scene:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     labels: np.ndarray  # (H, W) uint8 COCO-Stuff 182 ids
+    # seed, time_of_day (day|morning|sunset|dusk), season (spring|summer|autumn|winter), weather
+    # (clear|cloudy|overcast|hazy), layout (lake|sea|river|meadow), horizon (row fraction), mountains (bool),
+    # shoreline (first water row or None) and water (its label name or None)
     meta: dict = field(default_factory=dict)
 
 
