@@ -59,11 +59,19 @@ def test_remapping_by_label_name_into_coco_stuff(tmp_path):
     item = data[0]
     assert item["image"].shape == (3, 32, 32) and item["labels"].shape == (32, 32)
     coco = load_label_set("coco-stuff-182")
-    # ADE's "sky" has no namesake in COCO-Stuff ("sky-other"): unlabeled unless an extra pair says so
-    assert int(item["labels"][0, 0]) == coco.unlabeled
-    remap = LabelRemap("ade20k-150", "coco-stuff-182", extra={"sky": "sky-other"})
-    assert remap(np.array([[sky]]))[0, 0] == coco.id_of("sky-other")
-    assert "grass" in remap.mapped and "tree" in remap.mapped
+    # ADE's "sky" is COCO-Stuff's "sky-other": found through the synonyms
+    assert int(item["labels"][0, 0]) == coco.id_of("sky-other")
+    remap = LabelRemap("ade20k-150", "coco-stuff-182")
+    assert "grass" in remap.mapped and "tree" in remap.mapped and "lake" in remap.mapped
+    painting = ade_set.id_of("painting")  # nothing like it in COCO-Stuff
+    assert remap(np.array([[painting]]))[0, 0] == coco.unlabeled
+    custom = LabelRemap("ade20k-150", "coco-stuff-182", extra={"painting": "wall-other"})
+    assert custom(np.array([[painting]]))[0, 0] == coco.id_of("wall-other")
+    city = LabelRemap("cityscapes", "coco-stuff-182")
+    cityscapes = load_label_set("cityscapes")
+    assert city(np.array([[cityscapes.id_of("vegetation")]]))[0, 0] == coco.id_of("tree")
+    back = LabelRemap("coco-stuff-182", "ade20k-150")
+    assert back(np.array([[coco.id_of("sky-other")]]))[0, 0] == ade_set.id_of("sky")
 
 
 def test_crop_and_flip_keep_image_and_labels_aligned():

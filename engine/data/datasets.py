@@ -59,17 +59,41 @@ class PairTransform:
         return np.ascontiguousarray(image), None if labels is None else np.ascontiguousarray(labels)
 
 
+# Names the shipped sets use for the same stuff. A label without a namesake in the target maps to the first
+# name of its group that the target has (ADE20K "sky" -> COCO-Stuff "sky-other", Cityscapes "vegetation" -> "tree").
+SYNONYMS: tuple[tuple[str, ...], ...] = (
+    ("sky-other", "sky"),
+    ("water-other", "water", "lake"),
+    ("dirt", "earth", "land", "ground", "dirt track"),
+    ("grass", "field", "terrain"),
+    ("tree", "vegetation", "palm"),
+    ("plant-other", "plant"),
+    ("road", "path"),
+    ("pavement", "sidewalk"),
+    ("building-other", "building"),
+    ("wall-other", "wall"),
+    ("floor-other", "floor"),
+    ("ceiling-other", "ceiling"),
+    ("window-other", "windowpane"),
+    ("boat", "ship"),
+    ("person", "rider"),
+    ("street sign", "traffic sign", "signboard"),
+)
+
+
 class LabelRemap:
-    """Maps ids of one label set to another by label name; labels without a namesake become `target.unlabeled`.
-    `extra` adds name pairs {source name: target name} for labels named differently (e.g. "sky": "sky-other")."""
+    """Maps ids of one label set to another by label name, then by SYNONYMS; labels left without a counterpart
+    become `target.unlabeled`. `extra` adds or overrides name pairs {source name: target name}."""
 
     def __init__(self, source: str | LabelSet, target: str | LabelSet, extra: dict[str, str] | None = None):
         self.source = load_label_set(source) if isinstance(source, str) else source
         self.target = load_label_set(target) if isinstance(target, str) else target
         self.table = np.full(65536, self.target.unlabeled, np.uint16)
         for label in self.source.labels:
-            if label.name in self.target.by_name:
-                self.table[label.id] = self.target.by_name[label.name].id
+            group = next((g for g in SYNONYMS if label.name in g), ())
+            name = next((n for n in (label.name, *group) if n in self.target.by_name), None)
+            if name is not None:
+                self.table[label.id] = self.target.by_name[name].id
         for src, dst in (extra or {}).items():
             self.table[self.source.id_of(src)] = self.target.id_of(dst)
         self.mapped = {
