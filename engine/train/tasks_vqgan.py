@@ -49,27 +49,36 @@ def class_mask(labels: np.ndarray, rng: np.random.Generator, max_ratio: float = 
 
 
 class LandscapeCrops(torch.utils.data.IterableDataset):
-    """Endless random crops (with flips) of training scenes; several crops per rendered scene."""
+    """Endless random crops (with flips) of training scenes. Scenes cost more to render than a crop costs to
+    train on, so a pool of `pool` scenes is kept and one of them is replaced every `crops_per_scene` crops; each
+    crop comes from a random pool scene, so a batch mixes scenes."""
 
-    def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float):
+    def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float, pool: int = 16):
         self.scene_size, self.crop, self.crops_per_scene, self.mask_prob = scene_size, crop, crops_per_scene, mask_prob
+        self.pool = pool
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([torch.initial_seed() % 2**32, info.id if info else 0])
-        c = self.crop
+        c, pool, count = self.crop, [], 0
         while True:
-            scene = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.scene_size)
-            for _ in range(self.crops_per_scene):
-                y, x = (int(rng.integers(0, n - c + 1)) for n in scene.labels.shape)
-                image, labels = scene.image[y:y + c, x:x + c], scene.labels[y:y + c, x:x + c]
-                if rng.random() < 0.5:
-                    image, labels = image[:, ::-1], labels[:, ::-1]
-                labels = np.ascontiguousarray(labels)
-                mask = class_mask(labels, rng) if rng.random() < self.mask_prob else np.zeros((c, c), np.float32)
-                yield {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1,
-                       "labels": torch.from_numpy(labels.astype(np.int64)),
-                       "mask": torch.from_numpy(mask)[None]}
+            if len(pool) < self.pool or count % self.crops_per_scene == 0:
+                scene = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.scene_size)
+                if len(pool) < self.pool:
+                    pool.append(scene)
+                else:
+                    pool[int(rng.integers(self.pool))] = scene
+            count += 1
+            scene = pool[int(rng.integers(len(pool)))]
+            y, x = (int(rng.integers(0, n - c + 1)) for n in scene.labels.shape)
+            image, labels = scene.image[y:y + c, x:x + c], scene.labels[y:y + c, x:x + c]
+            if rng.random() < 0.5:
+                image, labels = image[:, ::-1], labels[:, ::-1]
+            labels = np.ascontiguousarray(labels)
+            mask = class_mask(labels, rng) if rng.random() < self.mask_prob else np.zeros((c, c), np.float32)
+            yield {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1,
+                   "labels": torch.from_numpy(labels.astype(np.int64)),
+                   "mask": torch.from_numpy(mask)[None]}
 
 
 def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Tensor:
@@ -83,29 +92,39 @@ def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Te
 
 
 class _CodebookRestart:
-    """Tracks code usage (decayed counts) and re-seeds rows unused for a while with random encoder outputs."""
+    """Re-seeds codebook rows that no token chose in the last `every` steps with random encoder outputs of the
+    current batch (plus a little noise); the first check also serves as a data-dependent codebook initialisation.
+    Checking much more often kept moving the decoder's inputs and made the loss worse."""
 
-    def __init__(self, model: VQGAN, every: int, decay: float = 0.99):
-        self.every, self.decay = every, decay
-        self.usage = torch.ones(model.config.n_embed)
+    def __init__(self, model: VQGAN, every: int):
+        self.every = every
+        self.hits = torch.zeros(model.config.n_embed)
         self.latest = None
         model.quant_conv.register_forward_hook(lambda _m, _i, out: setattr(self, "latest", out.detach()))
 
     @torch.no_grad()
     def update(self, model: VQGAN, indices: torch.Tensor, step: int) -> float:
-        counts = torch.bincount(indices.flatten().cpu(), minlength=self.usage.numel()).float()
-        self.usage.mul_(self.decay).add_(counts)
-        dead = self.usage < 1e-2 * counts.sum() / self.usage.numel()
-        restarted = 0
-        if step and step % self.every == 0 and dead.any() and self.latest is not None:
-            z = self.latest.permute(0, 2, 3, 1).reshape(-1, self.latest.shape[1])
-            rows = dead.nonzero().flatten()
-            pick = torch.randint(len(z), (len(rows),))
-            weight = model.quantize.embedding.weight
-            weight[rows.to(weight.device)] = z[pick].to(weight) + 1e-3 * torch.randn_like(z[pick]).to(weight)
-            self.usage[rows] = counts.sum() / self.usage.numel()
-            restarted = len(rows)
-        return restarted
+        self.hits += torch.bincount(indices.flatten().cpu(), minlength=self.hits.numel()).float()
+        if step % self.every or self.latest is None:
+            return 0.0
+        dead = (self.hits == 0).nonzero().flatten()
+        self.hits.zero_()
+        if not len(dead):
+            return 0.0
+        z = self.latest.permute(0, 2, 3, 1).reshape(-1, self.latest.shape[1])
+        pick = z[torch.randint(len(z), (len(dead),), device=z.device)]
+        weight = model.quantize.embedding.weight
+        weight[dead.to(weight.device)] = (pick + 0.05 * z.std() * torch.randn_like(pick)).to(weight)
+        return float(len(dead))
+
+
+def _training_statistics(count: int = 24, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Mean colour in [-1, 1] and label frequencies of some training scenes, to start the output layers there:
+    a short CPU schedule cannot afford the thousands of small Adam steps that move a bias that far."""
+    scenes = [generate_scene(int(seed), size) for seed in TRAIN_SEEDS[:count]]
+    colour = np.mean([s.image.reshape(-1, 3).mean(0) for s in scenes], axis=0) / 127.5 - 1
+    counts = np.bincount(np.concatenate([s.labels.ravel() for s in scenes]), minlength=182)[:182]
+    return colour, (counts + 1) / (counts.sum() + 182)
 
 
 def _vqgan_config(options: dict, **fixed) -> VQGANConfig:
@@ -175,7 +194,7 @@ class _VQGANTaskBase(TrainTask):
     def _restart(self, model, indices) -> float:
         raw = getattr(model, "module", model)
         if self.restart is None:
-            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 50))
+            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 25))
         return self.restart.update(raw, indices, self.step)
 
     def export(self, model, out_dir: Path) -> Path:
@@ -206,7 +225,11 @@ class ImageVQGANTask(_VQGANTaskBase):
     stem = "image_vqgan"
 
     def build_model(self):
-        return VQGAN(_vqgan_config(self.options, masked_encoder=True))
+        model = VQGAN(_vqgan_config(self.options, masked_encoder=True))
+        colour, _ = _training_statistics()
+        with torch.no_grad():
+            model.decoder.conv_out.bias.copy_(torch.from_numpy(colour))
+        return model
 
     def loss(self, model, batch):
         x, mask = batch["image"], batch["mask"]
@@ -247,7 +270,11 @@ class SegVQGANTask(_VQGANTaskBase):
     stem = "seg_vqgan"
 
     def build_model(self):
-        return VQGAN(_vqgan_config(self.options, in_channels=182, out_ch=182, n_labels=182))
+        model = VQGAN(_vqgan_config(self.options, in_channels=182, out_ch=182, n_labels=182))
+        _, prior = _training_statistics()
+        with torch.no_grad():
+            model.decoder.conv_out.bias.copy_(torch.from_numpy(np.log(prior)))
+        return model
 
     def loss(self, model, batch):
         labels = batch["labels"]
