@@ -244,12 +244,19 @@ def causal_layout(guided: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Te
 
 
 def gather_blocks(blocked: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """blocked (B,H,nb,nt,d), table (B,H,R,S) -> (B,H,R,S*nt,d)."""
-    b, h, _, nt, d = blocked.shape
-    bi = torch.arange(b, device=table.device).view(b, 1, 1, 1)
-    hi = torch.arange(h, device=table.device).view(1, h, 1, 1)
-    out = blocked[bi, hi, table]  # B,H,R,S,nt,d
-    return out.flatten(3, 4)
+    """blocked (B,H,nb,nt,d), table (B,H,R,S) -> (B,H,R,S*nt,d): one index_select over (B*H*nb) blocks."""
+    b, h, nb, nt, d = blocked.shape
+    rows, slots = table.shape[2:]
+    offset = torch.arange(b * h, device=table.device).view(b, h, 1, 1) * nb
+    out = blocked.reshape(b * h * nb, nt, d).index_select(0, (table + offset).reshape(-1))
+    return out.view(b, h, rows, slots * nt, d)
+
+
+def blocked_attention(q, k, v, bias):
+    """q (B,H,R,n,d), k/v (B,H,R,K,d), bias (R,n,K) -> (B,H,R,n,d). SDPA on 4-D views with a 4-D mask,
+    which takes torch's fused CPU kernel (5-D inputs or a broadcast 3-D mask fall back to a slower path)."""
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=bias[None])
+    return out.view(q.shape)
 
 
 def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None, q_pos: torch.Tensor | None = None):
@@ -306,7 +313,7 @@ class ASSETAttention(nn.Module):
         kb = gather_blocks(k.view(b, h, nb, nt, d), table)
         vb = gather_blocks(v.view(b, h, nb, nt, d), table)
         bias = slot_bias(valid, nt, None)
-        out = F.scaled_dot_product_attention(q.view(b, h, nb, nt, d), kb, vb, attn_mask=bias)
+        out = blocked_attention(q.view(b, h, nb, nt, d), kb, vb, bias)
         return self.merge(out.reshape(b, h, length, d))
 
     def sga_causal(self, x, guided, nb):
@@ -321,7 +328,7 @@ class ASSETAttention(nn.Module):
         kb = torch.cat([k[:, :, :1, None].expand(b, h, nb, 1, d), kb], 3)
         vb = torch.cat([v[:, :, :1, None].expand(b, h, nb, 1, d), vb], 3)
         bias = F.pad(slot_bias(valid, nt, causal_slot=5), (1, 0))
-        out = F.scaled_dot_product_attention(q[:, :, 1:].reshape(b, h, nb, nt, d), kb, vb, attn_mask=bias)
+        out = blocked_attention(q[:, :, 1:].reshape(b, h, nb, nt, d), kb, vb, bias)
         return self.merge(torch.cat([v[:, :, :1], out.reshape(b, h, length, d)], 2))
 
     def sga_cross(self, x, kv, guided, nb):
@@ -517,10 +524,13 @@ class ASSET(nn.Module):
         x, w_self, w_cross = self.decoder(self.decoder_ids(image_ids), memory, guidance, need_weights)
         return self.lm_head(x), (w_enc, w_self, w_cross)
 
-    def forward(self, input_ids, cond_ids, image_ids, guidance=None):
-        """Official output layout: (B, 1 + L, V); [:, 0] is [START]'s output, [:, 1:] the outputs of the
-        image tokens converted back to raster order (each predicts the next token in strip order)."""
+    def forward(self, input_ids, cond_ids, image_ids, guidance=None, strip_order=False):
+        """Logits (B, 1 + L, V). strip_order: in decoder order (logits[:, p] predicts strip token p). Otherwise
+        the official layout: [:, 0] is [START]'s output, [:, 1:] the outputs of the image tokens converted back
+        to raster order (each predicts the token after it in strip order)."""
         logits, _ = self.forward_strip(input_ids, cond_ids, image_ids, guidance)
+        if strip_order:
+            return logits
         return torch.cat([logits[:, :1], to_raster(logits[:, 1:], self.cfg.block_h, self.cfg.block_w)], 1)
 
     @torch.no_grad()
@@ -535,9 +545,12 @@ class ASSET(nn.Module):
 
 @dataclass
 class DecoderCache:
-    """Per-layer self-attention K/V of every decoder position (strip order, [START] at 0), the encoder's
-    K/V for cross-attention and the PEG of the encoder output. Positions are written as they are fed."""
+    """Per-layer self-attention K/V of [START] and of every image token (strip order, kept apart so that
+    the image part reshapes into blocks without a copy), the encoder's K/V for cross-attention and the PEG
+    of the encoder output. Positions are written as they are fed."""
 
+    start_k: list[torch.Tensor]
+    start_v: list[torch.Tensor]
     self_k: list[torch.Tensor]
     self_v: list[torch.Tensor]
     cross_k: list[torch.Tensor]
@@ -554,18 +567,19 @@ class DecoderCache:
 def init_cache(model: ASSET, memory: torch.Tensor, guidance: Guidance | None) -> DecoderCache:
     dec = model.decoder
     b, length, _ = memory.shape
-    sk, sv, ck, cv, peg = [], [], [], [], {}
+    tk, tv, sk, sv, ck, cv, peg = [], [], [], [], [], [], {}
     for i, layer in enumerate(dec.layers):
         att = layer.self_attn
-        shape = (b, att.num_heads, length + 1, att.head_dim)
-        sk.append(memory.new_zeros(shape))
-        sv.append(memory.new_zeros(shape))
+        tk.append(memory.new_zeros(b, att.num_heads, 1, att.head_dim))
+        tv.append(memory.new_zeros(b, att.num_heads, 1, att.head_dim))
+        sk.append(memory.new_zeros(b, att.num_heads, length, att.head_dim))
+        sv.append(memory.new_zeros(b, att.num_heads, length, att.head_dim))
         ck.append(layer.encoder_attn.heads(layer.encoder_attn.k_proj(memory)))
         cv.append(layer.encoder_attn.heads(layer.encoder_attn.v_proj(memory)))
         if hasattr(layer, "PEG_net"):
             peg[i] = layer.peg(memory)
     nb = model.cfg.num_blocks
-    return DecoderCache(sk, sv, ck, cv, peg, dec.positions(length, memory.device), guidance, nb, length // nb)
+    return DecoderCache(tk, tv, sk, sv, ck, cv, peg, dec.positions(length, memory.device), guidance, nb, length // nb)
 
 
 def _row_tables(cache: DecoderCache, layer: int, row: int):
@@ -597,24 +611,28 @@ def decode_step(model: ASSET, cache: DecoderCache, ids: torch.Tensor, start: int
             x = x + cache.peg[li][:, start - 1 : start - 1 + n]
         att = layer.self_attn
         q, k, v = att.heads(att.q_proj(x)), att.heads(att.k_proj(x)), att.heads(att.v_proj(x))
-        cache.self_k[li][:, :, start : start + n] = k
-        cache.self_v[li][:, :, start : start + n] = v
-        if start == 0:
+        if start == 0:  # [START] attends to itself only
+            cache.start_k[li][:], cache.start_v[li][:] = k, v
             a = v
         elif not sparse:
-            keys = slice(0, start + n)
+            cache.self_k[li][:, :, start - 1 : start - 1 + n] = k
+            cache.self_v[li][:, :, start - 1 : start - 1 + n] = v
+            keys = torch.cat([cache.start_k[li], cache.self_k[li][:, :, : start - 1 + n]], 2)
+            values = torch.cat([cache.start_v[li], cache.self_v[li][:, :, : start - 1 + n]], 2)
             mask = torch.arange(start + n, device=x.device).view(1, -1) <= torch.arange(start, start + n, device=x.device).view(-1, 1)
-            a = F.scaled_dot_product_attention(q, cache.self_k[li][:, :, keys], cache.self_v[li][:, :, keys], attn_mask=mask)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None, None])
         else:
+            cache.self_k[li][:, :, start - 1 : start - 1 + n] = k
+            cache.self_v[li][:, :, start - 1 : start - 1 + n] = v
             ct, cvalid, _, _ = _row_tables(cache, li, row)
             b, h = q.shape[:2]
             d = att.head_dim
-            kb = gather_blocks(cache.self_k[li][:, :, 1:].reshape(b, h, nb, nt, d), ct)[:, :, 0]
-            vb = gather_blocks(cache.self_v[li][:, :, 1:].reshape(b, h, nb, nt, d), ct)[:, :, 0]
-            kb = torch.cat([cache.self_k[li][:, :, :1], kb], 2)
-            vb = torch.cat([cache.self_v[li][:, :, :1], vb], 2)
+            kb = gather_blocks(cache.self_k[li].view(b, h, nb, nt, d), ct)[:, :, 0]
+            vb = gather_blocks(cache.self_v[li].view(b, h, nb, nt, d), ct)[:, :, 0]
+            kb = torch.cat([cache.start_k[li], kb], 2)
+            vb = torch.cat([cache.start_v[li], vb], 2)
             bias = F.pad(slot_bias(cvalid, nt, 5, q_pos)[0], (1, 0))
-            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=bias)
+            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=bias[None, None])
         x = layer.self_attn_layer_norm(x + att.merge(a))
         att = layer.encoder_attn
         q = att.heads(att.q_proj(x))
@@ -624,9 +642,9 @@ def decode_step(model: ASSET, cache: DecoderCache, ids: torch.Tensor, start: int
             _, _, ft, fvalid = _row_tables(cache, li, row)
             b, h = q.shape[:2]
             d = att.head_dim
-            kb = gather_blocks(cache.cross_k[li].reshape(b, h, nb, nt, d), ft)[:, :, 0]
-            vb = gather_blocks(cache.cross_v[li].reshape(b, h, nb, nt, d), ft)[:, :, 0]
-            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=slot_bias(fvalid, nt, None, q_pos)[0])
+            kb = gather_blocks(cache.cross_k[li].view(b, h, nb, nt, d), ft)[:, :, 0]
+            vb = gather_blocks(cache.cross_v[li].view(b, h, nb, nt, d), ft)[:, :, 0]
+            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=slot_bias(fvalid, nt, None, q_pos)[0][None, None])
         x = layer.encoder_attn_layer_norm(x + att.merge(a))
         x = layer.ffn(x)
     return x

@@ -8,14 +8,16 @@ and 6 with `reference_rows_5_6`): there a token sees later tokens of its block, 
 whole after each sampled token, exactly as the official sampler does. `sample_tokens_reference` recomputes
 the full teacher-forced pass for every token; it is the slow ground truth for tests and benchmarks.
 
-Randomness: one `torch.multinomial` call per masked token for the whole candidate batch, with an explicit
-generator, so both paths consume random numbers identically and a seed reproduces the result.
+Randomness: one `torch.multinomial` call per masked token for the whole candidate batch (or one per
+candidate with per-candidate generators), so both paths consume random numbers identically and a seed
+reproduces the result.
 """
 
 from __future__ import annotations
 
 import torch
 
+from engine.jobs import register_backend
 from engine.models.asset import ASSET, Guidance, decode_step, init_cache, to_raster, to_strip
 
 
@@ -27,8 +29,15 @@ def top_k_logits(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def draw(logits: torch.Tensor, top_k: int | None, temperature: float, generator: torch.Generator | None):
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def draw(logits: torch.Tensor, top_k: int | None, temperature: float, generator: Generators) -> torch.Tensor:
+    """One token per row. A list of generators gives every candidate its own random stream, so candidate i
+    depends only on its own seed (the runtime's contract), not on how many candidates share the batch."""
     probs = torch.softmax(top_k_logits(logits / temperature, top_k), dim=-1)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, generator)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -69,7 +78,7 @@ def sample_tokens(
     guidance: Guidance | None = None,
     top_k: int | None = 100,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     ctx=None,
     stage: str = "sampling",
     span: tuple[float, float] = (0.0, 1.0),
@@ -138,7 +147,7 @@ def sample_tokens_reference(
     guidance: Guidance | None = None,
     top_k: int | None = 100,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Same contract as sample_tokens; one full teacher-forced pass per sampled token."""
     cfg = model.cfg
@@ -150,3 +159,12 @@ def sample_tokens_reference(
         logits, _ = model.forward_strip(enc_in, cond, to_raster(strip, cfg.block_h, cfg.block_w), guidance)
         strip[:, s] = draw(logits[:, s], top_k, temperature, generator)
     return to_raster(strip, cfg.block_h, cfg.block_w)
+
+
+def _backend():
+    from engine.asset_pipeline import AssetBackend  # the pipeline pulls in the VQGANs and compositing
+
+    return AssetBackend()
+
+
+register_backend("asset", _backend)

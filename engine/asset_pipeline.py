@@ -1,0 +1,206 @@
+"""ASSET semantic editing: a photo, its label map before and after the user's edit -> k candidates.
+
+Pipeline (the official test.py, reorganised for the runtime):
+1. working region around the edit (engine.composite), resized to the model's square resolution R (512 for
+   an SGA model: 32x32 tokens; 256 for a guiding-only model);
+2. tokens: the image through the mask-aware VQGAN encoder (codes outside the hole do not depend on it),
+   the edited label map through the segmentation VQGAN; token mask = the 16x16 cells the edit touches
+   (params "token_mask": "reference" = only cells whose top-left pixel is edited, as the official code);
+3. the guiding transformer samples the hole at 256 px (16x16 tokens, dense attention), then a dense pass
+   over each sampled result gives that candidate's SGA guidance;
+4. the SGA transformer samples the hole at R with that guidance; decode; Laplacian-blend into the photo.
+Candidate i uses its own random generator seeded with ctx.seeds[i], so it does not depend on k.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engine import composite
+from engine.errors import CheckpointError, InputError
+from engine.models.asset import ASSET, ASSETConfig
+from engine.models.asset_sampling import sample_tokens
+
+DEFAULT_MODEL = "demo-asset-landscape"
+GUIDE_SIZE = 256
+CELL = 16
+
+
+@dataclass
+class AssetBundle:
+    path: Path
+    config: dict
+    image_vqgan: torch.nn.Module
+    seg_vqgan: torch.nn.Module
+    guiding: ASSET
+    sga: ASSET | None
+    resolution: int
+
+    @property
+    def geometry(self) -> composite.ModelGeometry:
+        return composite.ModelGeometry(size=(self.resolution, self.resolution), grid=CELL, fit="stretch")
+
+
+def _transformer(config: dict, weights: dict, stem: str, path: Path) -> ASSET:
+    from engine.checkpoints import load_state_dict_strict
+
+    model = ASSET(ASSETConfig.from_dict(config[stem]))
+    load_state_dict_strict(model, weights[stem], str(path / f"{stem}.safetensors"))
+    return model.eval()
+
+
+def load_bundle(name: str = "", device: str = "cpu") -> AssetBundle:
+    """An ASSET model folder (name in the model list, or a path): image + seg VQGANs, guiding and SGA."""
+    from engine.checkpoints import find_model, load_model_dir
+    from engine.models.vqgan import load_vqgan
+
+    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "asset").path
+    config, weights = load_model_dir(path, [s for s in ("guiding", "sga") if (path / f"{s}.safetensors").is_file()])
+    if "guiding" not in weights:
+        raise CheckpointError(f"{path}: no guiding.safetensors; the ASSET model is incomplete")
+    guiding = _transformer(config, weights, "guiding", path)
+    sga = _transformer(config, weights, "sga", path) if "sga" in weights else None
+    resolution = int(config.get("resolution", 512 if sga is not None else GUIDE_SIZE))
+    bundle = AssetBundle(path, config, load_vqgan(path, "image_vqgan"), load_vqgan(path, "seg_vqgan"),
+                         guiding, sga, resolution)
+    for m in (bundle.image_vqgan, bundle.seg_vqgan, bundle.guiding, bundle.sga):
+        if m is not None:
+            m.to(device)
+    return bundle
+
+
+def token_mask(mask: np.ndarray, rule: str = "cover") -> np.ndarray:
+    """(H, W) pixel mask -> (H/16, W/16) token mask: cells touched by the edit, or (rule "reference") the
+    official rule, cells whose top-left pixel is edited."""
+    h, w = mask.shape
+    if rule == "reference":
+        return mask[::CELL, ::CELL].copy()
+    if rule != "cover":
+        raise InputError(f"token_mask must be 'cover' or 'reference', not {rule!r}")
+    return mask.reshape(h // CELL, CELL, w // CELL, CELL).any(axis=(1, 3))
+
+
+def _pixel_mask(tokens: np.ndarray) -> np.ndarray:
+    return np.kron(tokens, np.ones((CELL, CELL), bool))
+
+
+@torch.no_grad()
+def _codes(bundle: AssetBundle, image: np.ndarray, labels: np.ndarray, pixel_mask: np.ndarray, device):
+    """Image codes (masked encoder) and label codes, both (L,) raster order."""
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    m = torch.from_numpy(pixel_mask.astype(np.float32)).to(device)[None, None]
+    _, z = bundle.image_vqgan.encode(x, m)
+    c = bundle.seg_vqgan.encode_labels(torch.from_numpy(labels.astype(np.int64)).to(device)[None])
+    return z.reshape(-1), c.reshape(-1)
+
+
+def _check_labels(bundle: AssetBundle, labels: np.ndarray) -> None:
+    n = bundle.seg_vqgan.config.n_labels
+    if int(labels.max()) >= n:
+        raise InputError(f"label id {int(labels.max())} is outside the {n} classes of ASSET model "
+                         f"{bundle.path.name}")
+
+
+@torch.no_grad()
+def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask: np.ndarray, seeds: list[int],
+         ctx=None, *, top_k: int = 100, temperature: float = 1.0, rule: str = "cover",
+         region=None) -> tuple[list[np.ndarray], composite.Fit, list[float]]:
+    """Sample len(seeds) candidates. Returns the patches for fit.region (full resolution, blended), the
+    fit, and per-candidate seconds (the batch time split evenly)."""
+    device = next(bundle.guiding.parameters()).device
+    start = time.perf_counter()
+    if not mask.any():
+        raise InputError("nothing to edit: the label maps are identical and no mask was given")
+    _check_labels(bundle, labels_after)
+    region = region or composite.working_region(mask, bundle.geometry)
+    image, fit = composite.to_model(photo, region, bundle.geometry)
+    labels, _ = composite.to_model(labels_after, region, bundle.geometry, kind="labels")
+    small_mask, _ = composite.to_model(mask, region, bundle.geometry, kind="mask")
+    tokens = token_mask(small_mask, rule)
+    if not tokens.any():
+        raise InputError("the edit is smaller than one 16x16 token cell of the model input; paint a larger area")
+    if tokens.all():
+        raise InputError("the edit covers the whole working region: ASSET needs some unedited context")
+    encoder_mask = small_mask if rule == "reference" else _pixel_mask(tokens)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    k = len(seeds)
+    have_sga = bundle.sga is not None and bundle.resolution > GUIDE_SIZE
+
+    # guide: 256 px, 16x16 tokens, dense attention
+    g_image = cv2.resize(image, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
+    g_labels = cv2.resize(labels.astype(np.int32), (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_NEAREST)
+    g_pixels = cv2.resize(encoder_mask.astype(np.uint8), (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_NEAREST) > 0
+    g_tokens = token_mask(g_pixels, rule)
+    if g_tokens.all():
+        g_tokens[0, 0] = False  # keep one known token; the guide only steers the high-resolution pass
+    gz, gc = _codes(bundle, g_image, g_labels, g_pixels, device)
+    g_mask = torch.from_numpy(g_tokens.reshape(-1)).to(device)
+    guide_span = (0.0, 0.25) if have_sga else (0.0, 0.95)
+    if g_mask.any():
+        guide = sample_tokens(bundle.guiding, gz, gc, g_mask, k, top_k=top_k, temperature=temperature,
+                              generator=gens, ctx=ctx, stage="guide (256 px)", span=guide_span)
+    else:
+        guide = gz[None].expand(k, -1).clone()
+    if have_sga:
+        z, c = _codes(bundle, image, labels, encoder_mask, device)
+        guide_in = guide.masked_fill(g_mask, bundle.guiding.cfg.mask_token)
+        guidance = bundle.guiding.guidance(guide_in, gc[None].expand(k, -1), guide, target=bundle.sga.cfg)
+        mask_t = torch.from_numpy(tokens.reshape(-1)).to(device)
+        out = sample_tokens(bundle.sga, z, c, mask_t, k, guidance=guidance, top_k=top_k, temperature=temperature,
+                            generator=gens, ctx=ctx, stage=f"ASSET ({bundle.resolution} px)", span=(0.25, 0.95))
+        side = bundle.resolution // CELL
+    else:
+        out, side = guide, GUIDE_SIZE // CELL
+    if ctx is not None:
+        ctx.check_cancelled()
+        ctx.progress(0.96, "decoding")
+    decoded = bundle.image_vqgan.decode_code(out.reshape(k, side, side))
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+    patches = []
+    for i in range(k):
+        result = pixels[i]
+        if result.shape[0] != bundle.resolution:
+            result = cv2.resize(result, (bundle.resolution, bundle.resolution), interpolation=cv2.INTER_CUBIC)
+        patches.append(composite.paste_back(photo, mask, result, fit))
+    seconds = (time.perf_counter() - start) / k
+    return patches, fit, [seconds] * k
+
+
+class AssetBackend:
+    """The "asset" backend of engine.jobs: label edits on photos."""
+
+    name = "asset"
+
+    def __init__(self):
+        self._bundles: dict[tuple[str, str], AssetBundle] = {}
+        self._lock = threading.Lock()
+
+    def bundle(self, model: str, device: str) -> AssetBundle:
+        key = (model, str(device))
+        with self._lock:
+            if key not in self._bundles:
+                self._bundles[key] = load_bundle(model, device)
+            return self._bundles[key]
+
+    def run(self, request, ctx):
+        from engine.jobs import Candidate
+
+        if request.labels_after is None or request.photo.ndim != 3:
+            raise InputError("ASSET edits a colour photo through its label map: give the labels before and after")
+        ctx.progress(0.0, "loading model")
+        bundle = self.bundle(request.model, ctx.device)
+        params = request.params
+        patches, fit, seconds = edit(
+            bundle, request.photo, np.asarray(request.labels_after), request.edit_mask(), list(ctx.seeds), ctx,
+            top_k=int(params.get("top_k", 100)), temperature=float(params.get("temperature", 1.0)),
+            rule=str(params.get("token_mask", "cover")), region=request.region)
+        info = {"model": bundle.path.name, "resolution": bundle.resolution}
+        return [Candidate(image=p, region=fit.region, seed=s, info=info, seconds=t)
+                for p, s, t in zip(patches, ctx.seeds, seconds)]

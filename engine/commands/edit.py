@@ -1,0 +1,51 @@
+"""`sgraffito edit PHOTO --labels L.png --new-labels L2.png [--samples K] [--model NAME] --out DIR`."""
+
+from __future__ import annotations
+
+from engine.commands._runner import add_runner_arguments, run_request
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "edit",
+        help="resample the part of a photo whose labels you changed (ASSET)",
+        description="Sample K versions of a photo in which the pixels whose label differs between --labels and "
+        "--new-labels are regenerated (ASSET), everything else kept. Label maps: id PNGs, indexed PNGs or "
+        "colour-coded PNGs of the label set, at the photo's size.",
+    )
+    parser.add_argument("photo", help="the photo to edit")
+    parser.add_argument("--labels", required=True, metavar="L.png", help="the photo's label map")
+    parser.add_argument("--new-labels", required=True, metavar="L2.png", help="the edited label map")
+    parser.add_argument("--model", default="", metavar="NAME|DIR",
+                        help="an ASSET model name from `sgraffito models` or a model folder (default: the demo)")
+    parser.add_argument("--label-set", default="coco-stuff-182", metavar="SET",
+                        help="label set of both maps (default coco-stuff-182)")
+    parser.add_argument("--top-k", type=int, default=100, metavar="N", help="sample among the N likeliest tokens")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--reference-token-mask", action="store_true",
+                        help="resample only 16x16 cells whose top-left pixel changed, as the official ASSET code "
+                        "(default: every cell the edit touches)")
+    add_runner_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from engine.errors import InputError
+    from engine.imageio import load_label_map, load_photo
+    from engine.labels import load_label_set
+
+    if args.top_k < 1 or args.temperature <= 0:
+        raise InputError("--top-k must be at least 1 and --temperature positive")
+    photo = load_photo(args.photo)
+    label_set = load_label_set(args.label_set)
+    size = (photo.rgb.shape[1], photo.rgb.shape[0])
+    before = load_label_map(args.labels, label_set, size)
+    after = load_label_map(args.new_labels, label_set, size)
+    label_set.check_ids(after, args.new_labels)
+    if (before == after).all():
+        raise InputError(f"{args.labels} and {args.new_labels} are identical: nothing to edit")
+    params = {"top_k": args.top_k, "temperature": args.temperature,
+              "token_mask": "reference" if args.reference_token_mask else "cover"}
+    request = {"photo": photo.rgb, "labels_before": before, "labels_after": after, "model": args.model,
+               "label_set": label_set.name, "params": params}
+    return run_request("asset", request, args)

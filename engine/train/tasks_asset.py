@@ -1,0 +1,244 @@
+"""Training tasks for the ASSET transformers of the demo model (demo-asset-landscape).
+
+asset_guiding: the guiding transformer, dense attention on 16x16 tokens (256 px).
+asset_sga:     the SGA transformer on 32x32 tokens (512 px), initialised from the guiding weights (the
+               official chain), guided by the trained guiding transformer's attention on the 256 px version.
+
+Both read token sequences precomputed once (`token_cache`) with the demo VQGANs from procedural landscapes
+rendered at 512 px: image codes from the mask-aware encoder, label codes, and the training edit mask of the
+official `generate_mask_from_seg` rule (a random connected component of the class under a random pixel,
+dilated with a 5x5 kernel, 4 iterations at 512 px; halved when it covers more than 60%), turned into token
+cells the same way the editor does (cells the mask touches). The 256 px guide is the INTER_AREA downscale
+of the 512 px scene, as at inference. Loss: cross-entropy at the masked tokens only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.asset_pipeline import GUIDE_SIZE, _codes, _pixel_mask, token_mask
+from engine.checkpoints import read_model_config, save_model_dir
+from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.models.asset import ASSET, ASSETConfig
+from engine.paths import assets_dir
+from engine.train.task import TrainConfig, TrainTask, register_task
+
+DEMO_DIR = "demo-asset-landscape"
+CARD_BEGIN, CARD_END = "<!-- transformers: begin -->", "<!-- transformers: end -->"
+
+
+def training_mask(labels: np.ndarray, rng: np.random.Generator, iterations: int, max_ratio: float = 0.6):
+    """The official training mask rule (asset/data/base.py generate_mask_from_seg), 1 = edit."""
+    h, w = labels.shape
+    y, x = int(rng.integers(h)), int(rng.integers(w))
+    _, components = cv2.connectedComponents((labels == labels[y, x]).astype(np.uint8), connectivity=8)
+    mask = (components == components[y, x]).astype(np.uint8)
+    mask = cv2.dilate(mask, np.ones((5, 5), np.uint8), iterations=iterations)
+    if mask.mean() >= max_ratio:
+        half = int(rng.integers(4))
+        if half == 0:
+            mask[: h // 2] = 0
+        elif half == 1:
+            mask[h // 2 :] = 0
+        elif half == 2:
+            mask[:, : w // 2] = 0
+        else:
+            mask[:, w // 2 :] = 0
+    if not mask[::16, ::16].any():
+        mask[:] = 0
+        if rng.random() < 0.5:
+            mask[h // 2 :] = 1
+        else:
+            mask[:, w // 2 :] = 1
+    return mask.astype(bool)
+
+
+class _Tokenizers:
+    """The demo VQGANs, used like the editor uses them (engine.asset_pipeline._codes)."""
+
+    def __init__(self, directory: Path):
+        from engine.models.vqgan import load_vqgan
+
+        self.image_vqgan = load_vqgan(directory, "image_vqgan")
+        self.seg_vqgan = load_vqgan(directory, "seg_vqgan")
+        self.guiding = torch.nn.Linear(1, 1)  # _codes reads the device from bundle.guiding
+
+
+def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0) -> dict:
+    """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused."""
+    if path.is_file():
+        return torch.load(path)
+    tok = _Tokenizers(directory)
+    rng = np.random.default_rng(seed0)
+    out = {k: [] for k in ("z", "c", "m", "gz", "gc", "gm")}
+    for i in range(count):
+        scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
+        mask = training_mask(scene.labels, rng, iterations=4)
+        cells = token_mask(mask)
+        if cells.all():
+            cells[0] = False
+        pixels = _pixel_mask(cells)
+        z, c = _codes(tok, scene.image, scene.labels, pixels, "cpu")
+        g_image = cv2.resize(scene.image, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
+        g_labels = cv2.resize(scene.labels.astype(np.int32), (GUIDE_SIZE,) * 2, interpolation=cv2.INTER_NEAREST)
+        g_pixels = cv2.resize(pixels.astype(np.uint8), (GUIDE_SIZE,) * 2, interpolation=cv2.INTER_NEAREST) > 0
+        g_cells = token_mask(g_pixels)
+        gz, gc = _codes(tok, g_image, g_labels, g_pixels, "cpu")
+        for key, value in (("z", z), ("c", c), ("m", torch.from_numpy(cells.reshape(-1))), ("gz", gz), ("gc", gc),
+                           ("gm", torch.from_numpy(g_cells.reshape(-1)))):
+            out[key].append(value)
+    cache = {k: torch.stack(v) for k, v in out.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, path)
+    return cache
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, cache: dict, keys: tuple[str, ...]):
+        self.cache, self.keys = cache, keys
+
+    def __len__(self):
+        return len(self.cache[self.keys[0]])
+
+    def __getitem__(self, i):
+        return {k: self.cache[k][i] for k in self.keys}
+
+
+def masked_ce(model: ASSET, z, c, m, guidance=None):
+    """Cross-entropy at the masked tokens of a teacher-forced pass; also their top-1 accuracy."""
+    inp = z.masked_fill(m, model.cfg.mask_token)
+    logits = model(inp, c, z, guidance, strip_order=True)[:, :-1]
+    target = model.decoder_ids(z)[:, 1:]
+    m_strip = model.decoder_ids(m.long())[:, 1:].bool()
+    loss = F.cross_entropy(logits[m_strip], target[m_strip])
+    accuracy = (logits[m_strip].argmax(-1) == target[m_strip]).float().mean()
+    return loss, accuracy
+
+
+def _arch(options: dict, vocab: int, cond_vocab: int) -> ASSETConfig:
+    keys = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
+            "encoder_ffn_dim", "decoder_ffn_dim")
+    # our demo models are trained strictly causal (no official rows-5/6 quirk)
+    return ASSETConfig(vocab_size=vocab, cond_vocab_size=cond_vocab, reference_rows_5_6=False,
+                       **{k: options[k] for k in keys if k in options})
+
+
+class _AssetTask(TrainTask):
+    stem = ""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.options = dict(config.options)
+        self.directory = Path(self.options.get("export_dir") or assets_dir() / "models" / DEMO_DIR)
+        self.started = time.monotonic()
+        self.metrics: dict = {}
+        self.model_config = read_model_config(self.directory)
+        for stem in ("image_vqgan", "seg_vqgan"):
+            if stem not in self.model_config:
+                raise FileNotFoundError(f"{self.directory}: the demo {stem} is missing; train the tokenizers first")
+        self.vocab = self.model_config["image_vqgan"]["n_embed"]
+        self.cond_vocab = self.model_config["seg_vqgan"]["n_embed"]
+        cache_path = Path(self.options.get("token_cache", "runs/asset-token-cache.pt"))
+        self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256))
+        held = int(self.options.get("eval_sequences", 16))
+        self.train_part = {k: v[held:] for k, v in self.cache.items()}
+        self.eval_part = {k: v[:held] for k, v in self.cache.items()}
+
+    def collate(self, items):
+        return torch.utils.data.default_collate(items)
+
+    def export(self, model, out_dir: Path) -> Path:
+        metrics = self.metrics or self.evaluate(model)
+        cfg = model.cfg
+        entry = {
+            "architecture": (f"d_model {cfg.d_model}, {cfg.encoder_layers} encoder / {cfg.decoder_layers} decoder "
+                             f"layers, {cfg.decoder_attention_heads} heads, FFN {cfg.decoder_ffn_dim}, blocks 16x4, "
+                             f"PEG k{cfg.peg_ks}"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "steps": self.step + 1,
+            "batch": self.config.batch_size,
+            "training sequences": len(self.train_part["z"]),
+            "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
+            "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
+        }
+        config = read_model_config(self.directory)
+        training = dict(config.get("training", {}))
+        training[self.stem] = entry
+        update = {"kind": "asset", self.stem: cfg.to_dict(), "training": training}
+        if self.stem == "sga":
+            update["resolution"] = 512
+        save_model_dir(self.directory, {self.stem: model.state_dict()}, update, merge_config=True)
+        return self.directory
+
+
+@register_task("asset_guiding")
+class GuidingTask(_AssetTask):
+    stem = "guiding"
+
+    def build_model(self):
+        return ASSET(_arch(self.options, self.vocab, self.cond_vocab))
+
+    def train_dataset(self):
+        return TokenDataset({"z": self.train_part["gz"], "c": self.train_part["gc"], "m": self.train_part["gm"]},
+                            ("z", "c", "m"))
+
+    def loss(self, model, batch):
+        loss, acc = masked_ce(model, batch["z"], batch["c"], batch["m"])
+        return loss, {"ce": loss.item(), "accuracy": acc.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        e = self.eval_part
+        loss, acc = masked_ce(model, e["gz"], e["gc"], e["gm"])
+        self.metrics = {"eval_masked_ce": float(loss), "eval_masked_top1": float(acc),
+                        "eval_sequences": float(len(e["gz"]))}
+        return self.metrics
+
+
+@register_task("asset_sga")
+class SGATask(_AssetTask):
+    stem = "sga"
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        from engine.asset_pipeline import _transformer
+        from engine.checkpoints import load_model_dir
+
+        config_, weights = load_model_dir(self.directory, ["guiding"])
+        self.guiding = _transformer(config_, weights, "guiding", self.directory)
+
+    def build_model(self):
+        model = ASSET(self.guiding.cfg)
+        model.load_state_dict(self.guiding.state_dict())  # the official chain: SGA fine-tunes the guiding weights
+        return model
+
+    def train_dataset(self):
+        return TokenDataset(self.train_part, tuple(self.train_part))
+
+    def _guidance(self, batch):
+        g = self.guiding.to(batch["gz"].device)
+        inp = batch["gz"].masked_fill(batch["gm"], g.cfg.mask_token)
+        return g.guidance(inp, batch["gc"], batch["gz"], target=g.cfg)
+
+    def loss(self, model, batch):
+        loss, acc = masked_ce(model, batch["z"], batch["c"], batch["m"], self._guidance(batch))
+        return loss, {"ce": loss.item(), "accuracy": acc.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        e = self.eval_part
+        loss, acc = masked_ce(model, e["z"], e["c"], e["m"], self._guidance(e))
+        self.metrics = {"eval_masked_ce": float(loss), "eval_masked_top1": float(acc),
+                        "eval_sequences": float(len(e["z"]))}
+        return self.metrics
+
+
+def held_out_scenes(count: int, size: int = 512):
+    return [generate_scene(int(EVAL_SEEDS[i]), size) for i in range(count)]

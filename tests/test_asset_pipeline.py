@@ -1,0 +1,144 @@
+"""ASSET editing end to end with a tiny randomly initialised model folder: the runtime backend, the
+`sgraffito edit` command, and the training tasks' data and export path."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.checkpoints import load_model_dir, save_model_dir
+from engine.data.landscapes import generate_scene
+from engine.models.asset import ASSET, ASSETConfig
+from engine.models.vqgan import VQGAN, VQGANConfig
+
+VQ = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=64)
+TR = dict(vocab_size=64, cond_vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+          decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, reference_rows_5_6=False)
+
+
+def make_bundle(directory, resolution=512, sga=True):
+    torch.manual_seed(0)
+    image = VQGAN(VQGANConfig(**VQ, masked_encoder=True))
+    seg = VQGAN(VQGANConfig(**VQ, in_channels=182, out_ch=182, n_labels=182))
+    cfg = ASSETConfig(**TR)
+    weights = {"image_vqgan": image.state_dict(), "seg_vqgan": seg.state_dict(), "guiding": ASSET(cfg).state_dict()}
+    config = {"kind": "asset", "title": "tiny test ASSET", "label_set": "coco-stuff-182", "resolution": resolution,
+              "image_vqgan": image.config.to_dict(), "seg_vqgan": seg.config.to_dict(), "guiding": cfg.to_dict()}
+    if sga:
+        weights["sga"] = ASSET(cfg).state_dict()
+        config["sga"] = cfg.to_dict()
+    return save_model_dir(directory, weights, config)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("models") / "tiny-asset")
+
+
+def water_edit(size=256, seed=5):
+    """A held-out style scene whose lower band becomes sea."""
+    from engine.data.landscapes import ids
+
+    scene = generate_scene(seed, size)
+    after = scene.labels.copy()
+    after[int(size * 0.75) :, : size // 2] = ids().sea
+    return scene, after
+
+
+class Ctx:
+    def __init__(self, seeds, device="cpu"):
+        self.seeds, self.device, self.seen = seeds, device, []
+
+    def progress(self, fraction, stage="", preview=None):
+        self.seen.append((fraction, stage))
+
+    def check_cancelled(self):
+        pass
+
+
+def test_backend_edits_only_the_region_and_is_reproducible_per_seed(bundle_dir):
+    from engine.asset_pipeline import AssetBackend
+    from engine.jobs import Request
+
+    torch.set_num_threads(1)
+    scene, after = water_edit()
+    request = Request(backend="asset", photo=scene.image, labels_before=scene.labels, labels_after=after,
+                      model=str(bundle_dir), k=2, seed=10)
+    backend = AssetBackend()
+    out = backend.run(request, Ctx([10, 11]))
+    assert len(out) == 2 and [c.seed for c in out] == [10, 11]
+    full = [c.compose(scene.image) for c in out]
+    mask = scene.labels != after
+    far = np.ones_like(mask)
+    far[int(256 * 0.75) - 40 :, : 128 + 40] = False  # beyond the blend band
+    for image in full:
+        assert np.array_equal(image[far], scene.image[far])
+        assert np.abs(image[mask].astype(int) - scene.image[mask]).mean() > 5  # the hole was regenerated
+    assert not np.array_equal(full[0][mask], full[1][mask])
+    # candidate 11 alone (k=1) is the same pixels as in the batch of two
+    alone = backend.run(request.with_seed(11, k=1), Ctx([11]))[0]
+    assert np.array_equal(alone.image, out[1].image)
+
+
+def test_progress_covers_both_passes(bundle_dir):
+    from engine.asset_pipeline import edit, load_bundle
+
+    scene, after = water_edit()
+    ctx = Ctx([0])
+    edit(load_bundle(str(bundle_dir)), scene.image, after, scene.labels != after, [0], ctx)
+    stages = [s for _, s in ctx.seen]
+    assert any(s.startswith("guide") for s in stages) and any(s.startswith("ASSET (512") for s in stages)
+    fractions = [f for f, _ in ctx.seen]
+    assert fractions == sorted(fractions) and fractions[-1] >= 0.95
+
+
+def test_edit_command_writes_candidates(bundle_dir, tmp_path):
+    from app.cli import main
+
+    scene, after = water_edit(seed=6)
+    Image.fromarray(scene.image).save(tmp_path / "photo.png")
+    Image.fromarray(scene.labels.astype(np.uint8)).save(tmp_path / "labels.png")
+    Image.fromarray(after.astype(np.uint8)).save(tmp_path / "new.png")
+    args = ["edit", str(tmp_path / "photo.png"), "--labels", str(tmp_path / "labels.png"), "--new-labels",
+            str(tmp_path / "new.png"), "--samples", "2", "--model", str(bundle_dir), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    info = json.loads((tmp_path / "out" / "candidates.json").read_text())
+    assert len(info["candidates"]) == 2
+    result = np.asarray(Image.open(tmp_path / "out" / "candidate_00.png"))
+    assert result.shape == scene.image.shape
+    # identical maps: a user error naming the files, exit 2
+    same = args[:5] + [str(tmp_path / "labels.png")] + args[6:]
+    assert main(same) == 2
+
+
+def test_training_tasks_run_and_export(bundle_dir, tmp_path):
+    import shutil
+
+    from engine.train.task import TrainConfig
+    from engine.train.tasks_asset import GuidingTask, SGATask, training_mask
+
+    labels = generate_scene(3, 512).labels
+    mask = training_mask(labels, np.random.default_rng(0), iterations=4)
+    assert mask.any() and not mask[::16, ::16].all()
+    folder = tmp_path / "demo"
+    shutil.copytree(bundle_dir, folder)
+    for stem in ("guiding", "sga"):
+        (folder / f"{stem}.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("guiding"), config.pop("sga")
+    (folder / "config.json").write_text(json.dumps(config))
+    options = {**{k: v for k, v in TR.items() if k not in ("vocab_size", "cond_vocab_size", "reference_rows_5_6")},
+               "export_dir": str(folder), "token_cache": str(tmp_path / "cache.pt"), "scenes": 4, "eval_sequences": 2}
+    for task_cls in (GuidingTask, SGATask):
+        task = task_cls(TrainConfig(task="x", batch_size=2, options=options))
+        model = task.build_model()
+        batch = task.collate([task.train_dataset()[i] for i in range(2)])
+        loss, logs = task.loss(model, batch)
+        loss.backward()
+        assert 0 < logs["ce"] < 10
+        task.export(model, tmp_path)
+    config, weights = load_model_dir(folder)
+    assert {"guiding", "sga", "image_vqgan", "seg_vqgan"} <= set(weights)
+    assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 512
