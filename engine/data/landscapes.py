@@ -318,7 +318,9 @@ class _Scene(_Painter):
         mask = (self.y >= ridge[None, :]) & (self.y < base + 0.01)
         season = self.style["season"]
         albedo = np.float32(_GRASS[season]) * 0.85 if season != "winter" else np.float32([0.9, 0.91, 0.95])
-        slope = np.gradient(-ridge * 3)[None, :] * (self.w / 3)
+        # rounded hills: shade by the slope of the smoothed profile (the raw one is piecewise linear: flat facets)
+        smooth = cv2.GaussianBlur(ridge[None, :].astype(np.float32), (0, 0), sigmaX=max(1.0, 0.04 * self.w))[0]
+        slope = np.gradient(-smooth * 3)[None, :] * (self.w / 3)
         shade = np.clip(0.7 - 4 * self.sun_side * slope + 0.1 * self.fbm(3.0, 3), 0.1, 1)
         texture = 1 + 0.1 * self.fbm(10.0, 3, 0.6) + self.grain(0.02)
         self.put(mask, self.hazed(self.lit(albedo, shade) * texture[..., None], distance), i.hill)
