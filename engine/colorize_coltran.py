@@ -51,7 +51,8 @@ def area_matrix(in_size: int, out_size: int) -> np.ndarray:
 def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """TF `tf.image.resize(method='area')` then `tf.round` (half to even): (H, W[, C]) -> (height, width[, C])."""
     rows, cols = area_matrix(image.shape[0], height), area_matrix(image.shape[1], width)
-    resized = np.einsum("oh,hw...,pw->op...", rows, image.astype(np.float64), cols)
+    resized = np.tensordot(rows, image.astype(np.float64), axes=(1, 0))  # (height, W, ...)
+    resized = np.moveaxis(np.tensordot(resized, cols, axes=(1, 1)), -1, 1)  # (height, width, ...)
     return np.rint(resized)
 
 

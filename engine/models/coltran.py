@@ -94,8 +94,10 @@ class PositionEmbed(nn.Module):
     def table(self) -> torch.Tensor:  # (H, W, D)
         return self.position_embedding_0 + self.position_embedding_1
 
-    def forward(self, x):
-        return x + self.table()
+    def forward(self, x, offset: tuple[int, int] = (0, 0)):
+        """`offset` places a crop of the full grid (training the 256x256 spatial upsampler on crops)."""
+        top, left = offset
+        return x + self.table()[top: top + x.shape[-3], left: left + x.shape[-2]]
 
 
 def relative_bias(weight: torch.Tensor, length: int) -> torch.Tensor:
@@ -235,8 +237,8 @@ class FactorizedAttention(nn.Module):
         self.residual_layers = nn.ModuleList(layers)
         self.layer_norms = nn.ModuleList(nn.LayerNorm(dim, eps=LN_EPS) for _ in layers)
 
-    def forward(self, x):
-        x = self.pos_embed(x)
+    def forward(self, x, offset: tuple[int, int] = (0, 0)):
+        x = self.pos_embed(x, offset)
         for layer, norm in zip(self.residual_layers, self.layer_norms):
             x = norm(x + layer(x))
         return x
@@ -365,7 +367,7 @@ class ColTranCore(nn.Module):
 
     @torch.no_grad()
     def sample_reference(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
-                         row_context_quirk=True, on_row=None):
+                         row_context_quirk=True, on_row=None, rows=None):
         """The official procedure: the outer decoder over the whole canvas once per row, the inner decoder over
         the whole row once per pixel. Slow; kept as the oracle for `sample`."""
         z = self.encoder(gray)
@@ -373,7 +375,7 @@ class ColTranCore(nn.Module):
         canvas = torch.zeros_like(z)
         upper = torch.zeros_like(z)
         symbols = torch.zeros(batch, height, width, dtype=torch.long, device=z.device)
-        for r in range(height):
+        for r in range(rows or height):  # `rows` < height: only the first rows (benchmarks)
             row_cache = torch.zeros(batch, 1, width, dim, dtype=z.dtype, device=z.device)
             z_row, upper_row = z[:, r: r + 1], upper[:, r: r + 1]
             for c in range(width):
@@ -392,11 +394,12 @@ class ColTranCore(nn.Module):
 
     @torch.no_grad()
     def sample(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
-               row_context_quirk=True, on_row=None):
+               row_context_quirk=True, on_row=None, rows=None):
         """Exact incremental decoding; the same symbols as `sample_reference` for the same uniforms.
 
         gray (B, H, W) int; uniforms (B, H, W) in [0, 1) drive mode "sample"; constraints: optional bool (B, H, W, 512) of allowed symbols per pixel (colour hints);
-        on_row(done, total) is called after every row (progress and cancellation: it may raise).
+        on_row(done, total) is called after every row (progress and cancellation: it may raise); `rows` stops
+        after that many rows (benchmarks).
         Returns symbols (B, H, W).
         """
         z = self.encoder(gray)
@@ -414,7 +417,7 @@ class ColTranCore(nn.Module):
         upper_row = torch.zeros(batch, 1, width, dim, dtype=z.dtype, device=z.device)
         symbols = torch.zeros(batch, height, width, dtype=torch.long, device=z.device)
 
-        for r in range(height):
+        for r in range(rows or height):  # `rows` < height: only the first rows (benchmarks)
             z_row = z[:, r: r + 1]  # (B, 1, W, D)
             all_context = torch.cat((z_row, upper_row), dim=-1)
             if row_context_quirk:
@@ -537,19 +540,19 @@ class SpatialUpsampler(nn.Module):
                                            config.num_encoder_layers)
         self.final_dense = nn.Linear(dim, 256)
 
-    def forward(self, colour, gray):
-        """colour (B, H, W, 3) int 0..255; gray (B, H, W) int 0..255."""
-        return _upsample(self, self.channel_embedding, colour, gray, 256)
+    def forward(self, colour, gray, offset: tuple[int, int] = (0, 0)):
+        """colour (B, H, W, 3) int 0..255; gray (B, H, W) int 0..255; `offset` when they are a crop."""
+        return _upsample(self, self.channel_embedding, colour, gray, 256, offset)
 
 
-def _upsample(model, channel_embedding, values, gray, levels):
+def _upsample(model, channel_embedding, values, gray, levels, offset=(0, 0)):
     batch = values.shape[0]
     gray_embed = model.gray_embedding.weight.t()[gray]  # (B, H, W, D)
     offsets = torch.arange(3, device=values.device) * levels
     channel_embed = channel_embedding.weight.t()[values + offsets]  # (B, H, W, 3, D)
     channel_embed = channel_embed.permute(3, 0, 1, 2, 4).flatten(0, 1)  # channels batched: (3B, H, W, D)
     x = model.input_dense(torch.cat((channel_embed, gray_embed.repeat(3, 1, 1, 1)), dim=-1))
-    logits = model.final_dense(model.encoder(x))  # (3B, H, W, 256)
+    logits = model.final_dense(model.encoder(x, offset))  # (3B, H, W, 256)
     return logits.unflatten(0, (3, batch)).permute(1, 2, 3, 0, 4)
 
 

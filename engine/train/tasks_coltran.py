@@ -1,0 +1,173 @@
+"""Training task "coltran": the three ColTran stages, small enough for a CPU, on colour images we have offline:
+procedural landscapes (engine.data.landscapes) and random crops of the bundled sample photos.
+
+The stages share no parameters, so one model holding all three trained on the sum of their losses is the same as
+training them separately with one learning rate. Losses as the official code: the colorizer's cross-entropy over
+512 coarse symbols with teacher forcing (weight 0.99) plus the parallel head's (0.01); the colour upsampler's
+cross-entropy over 256 levels per channel at 64x64; the spatial upsampler's at 256x256 on one random channel per
+image, as the official training slices one channel to save memory, and on a random 64x64 crop of the
+256x256 grid (positional tables sliced to the crop), which a CPU can afford. Inputs are prepared exactly as at sampling
+time (engine.colorize_coltran: luma, TF AREA resizing with half-to-even rounding, pixel replication 64 -> 256).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoints import save_model_dir
+from engine.colorize_coltran import COARSE, FINE, area_resize, colorize, to_gray
+from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.models.coltran import (ColTran, ColTranConfig, CoreConfig, UpsamplerConfig, rgb_to_symbols,
+                                   symbols_to_rgb)
+from engine.paths import assets_dir
+from engine.train.task import TrainTask, register_task
+
+MODEL_NAME = "demo-coltran"
+
+
+def training_photos() -> list[np.ndarray]:
+    """The colour sample photos shipped in assets/samples (grayscale ones cannot teach colour)."""
+    from engine.imageio import load_photo
+
+    photos = []
+    for path in sorted((assets_dir() / "samples").glob("*.jpg")):
+        photo = load_photo(path)
+        if not photo.is_grayscale:
+            photos.append(photo.rgb)
+    return photos
+
+
+def stage_inputs(rgb256: np.ndarray) -> dict[str, torch.Tensor]:
+    """One 256x256 colour image -> every stage's inputs and targets."""
+    gray256 = area_resize(to_gray(rgb256), FINE, FINE)
+    rgb64 = area_resize(rgb256, COARSE, COARSE)
+    return {"gray256": torch.from_numpy(gray256).long(), "gray64": torch.from_numpy(area_resize(gray256, COARSE, COARSE)).long(),
+            "rgb64": torch.from_numpy(rgb64).long(), "rgb256": torch.from_numpy(rgb256.astype(np.int64))}
+
+
+class ColourImages(torch.utils.data.Dataset):
+    """Item i: a landscape scene (three in four) or a random crop of a sample photo, 256x256."""
+
+    def __init__(self, length: int, photos: list[np.ndarray], seeds=TRAIN_SEEDS):
+        self.length, self.photos, self.seeds = length, photos, seeds
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([index, 17])
+        if not self.photos or index % 4:
+            image = generate_scene(int(self.seeds[index]), FINE).image
+        else:
+            photo = self.photos[rng.integers(len(self.photos))]
+            side = int(rng.integers(FINE, min(photo.shape[:2]) + 1))
+            top, left = (int(rng.integers(s - side + 1)) for s in photo.shape[:2])
+            image = cv2.resize(photo[top: top + side, left: left + side], (FINE, FINE), interpolation=cv2.INTER_AREA)
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+        return stage_inputs(np.ascontiguousarray(image))
+
+
+def architecture(options: dict) -> ColTranConfig:
+    return ColTranConfig(
+        CoreConfig(hidden_size=options.get("hidden", 64), ff_size=options.get("ff", 128),
+                   num_heads=options.get("heads", 2), num_encoder_layers=options.get("encoder_layers", 2),
+                   num_outer_layers=options.get("outer_layers", 1), num_inner_layers=options.get("inner_layers", 1)),
+        UpsamplerConfig(hidden_size=options.get("up_hidden", 32), ff_size=options.get("up_ff", 64),
+                        num_heads=options.get("heads", 2), num_encoder_layers=options.get("up_layers", 1)),
+        UpsamplerConfig(hidden_size=options.get("up_hidden", 32), ff_size=options.get("up_ff", 64),
+                        num_heads=options.get("heads", 2), num_encoder_layers=options.get("up_layers", 1),
+                        resolution=(FINE, FINE)))
+
+
+def chroma_psnr(result: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR of the Lab a*b* channels (8-bit OpenCV scale): how close the colours are, whatever the luminance."""
+    a = cv2.cvtColor(result, cv2.COLOR_RGB2LAB)[..., 1:].astype(np.float64)
+    b = cv2.cvtColor(truth, cv2.COLOR_RGB2LAB)[..., 1:].astype(np.float64)
+    mse = max(np.mean((a - b) ** 2), 1e-10)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def evaluate_colorizer(model: ColTran, images: list[np.ndarray], samples: int = 1) -> dict:
+    """Chroma PSNR and colourfulness of sampled colourings, the parallel head alone and a gray baseline."""
+    from engine.composite import transfer_chroma
+    from engine.metrics import colorfulness
+
+    rows = {"sampled": [], "parallel": [], "gray": []}
+    colour = {"sampled": [], "parallel": [], "gray": [], "truth": []}
+    started = time.perf_counter()
+    for n, truth in enumerate(images):
+        gray = to_gray(truth)
+        results = {"gray": np.repeat(gray[:, :, None], 3, axis=2)}
+        results["sampled"] = colorize(model, gray, [1000 + n])[0]
+        coarse = torch.from_numpy(area_resize(area_resize(gray, FINE, FINE), COARSE, COARSE)).long()[None]
+        preview = (symbols_to_rgb(model.colorizer.parallel_preview(coarse))[0].numpy() * 32 + 16).astype(np.uint8)
+        results["parallel"] = transfer_chroma(gray, preview)
+        for key, image in results.items():
+            rows[key].append(chroma_psnr(image, truth))
+            colour[key].append(colorfulness(image))
+        colour["truth"].append(colorfulness(truth))
+    out = {f"chroma_psnr_{k}": float(np.mean(v)) for k, v in rows.items()}
+    out |= {f"colorfulness_{k}": float(np.mean(v)) for k, v in colour.items()}
+    out["seconds_per_image"] = (time.perf_counter() - started) / max(len(images), 1)
+    return out
+
+
+@register_task("coltran")
+class ColTranTask(TrainTask):
+    """options: hidden, ff, heads, encoder_layers, outer_layers, inner_layers, up_hidden, up_ff, up_layers,
+    spatial_crop, length (dataset size), eval_images."""
+
+    def build_model(self):
+        return ColTran(architecture(self.config.options))
+
+    def train_dataset(self):
+        return ColourImages(int(self.config.options.get("length", 50_000)), training_photos())
+
+    def loss(self, model, batch):
+        coltran = model.module if hasattr(model, "module") else model
+        symbols = rgb_to_symbols(batch["rgb64"])
+        logits, parallel = coltran.colorizer(batch["gray64"], symbols)
+        colorizer_loss = F.cross_entropy(logits.flatten(0, 2), symbols.flatten())
+        parallel_loss = F.cross_entropy(parallel.flatten(0, 2), symbols.flatten())
+        up_logits = coltran.color_upsampler(batch["rgb64"] // 32, batch["gray64"])
+        color_loss = F.cross_entropy(up_logits.flatten(0, 3), batch["rgb64"].flatten())
+        # the spatial upsampler on one random channel per image, as the official training, and (ours, for a
+        # CPU) on a random crop of the 256x256 grid, its positional tables sliced to the crop's place
+        crop = int(self.config.options.get("spatial_crop", 64))
+        top, left = (int(v) for v in torch.randint(0, FINE - crop + 1, (2,)))
+        rows, cols = slice(top, top + crop), slice(left, left + crop)
+        blurry = batch["rgb64"].repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)[:, rows, cols]
+        spatial_logits = coltran.spatial_upsampler(blurry, batch["gray256"][:, rows, cols], offset=(top, left))
+        images = torch.arange(blurry.shape[0], device=blurry.device)
+        channel = torch.randint(0, 3, (blurry.shape[0],), device=blurry.device)
+        picked = spatial_logits[images, :, :, channel]  # (B, crop, crop, 256)
+        target = batch["rgb256"][:, rows, cols][images, :, :, channel]
+        spatial_loss = F.cross_entropy(picked.flatten(0, 2), target.flatten())
+        loss = 0.99 * colorizer_loss + 0.01 * parallel_loss + color_loss + spatial_loss
+        bits = 1 / np.log(2)
+        return loss, {"colorizer_bits": colorizer_loss.item() * bits, "parallel_bits": parallel_loss.item() * bits,
+                      "color_up_bits": color_loss.item() * bits, "spatial_up_bits": spatial_loss.item() * bits}
+
+    def evaluate(self, model):
+        count = int(self.config.options.get("eval_images", 4))
+        images = [generate_scene(int(seed), FINE).image for seed in EVAL_SEEDS[:count]]
+        model.eval()
+        try:
+            return evaluate_colorizer(model, images)
+        finally:
+            model.train()
+
+    def export(self, model, out_dir):
+        config = architecture(self.config.options)
+        states = {stage: {k: v.detach().cpu() for k, v in getattr(model, stage).state_dict().items()}
+                  for stage in ("colorizer", "color_upsampler", "spatial_upsampler")}
+        return save_model_dir(Path(out_dir) / MODEL_NAME, states, {
+            "kind": "coltran", "title": "ColTran demo (synthetic landscapes and sample photos)",
+            "architecture": config.to_dict()})
