@@ -201,14 +201,17 @@ class ASAPNetsHRStream(nn.Module):
         k = self.downsampling
         b, nci, h, w = x.shape
         hl, wl = lr_params.shape[2:]
-        # (B, C, hl, wl, k, k) -> (B, hl, wl, k*k, C): one row of pixels per tile, channels last for matmul
-        out = x.unfold(2, k, k).unfold(3, k, k).permute(0, 2, 3, 4, 5, 1).reshape(b, hl, wl, k * k, nci)
+        n = b * hl * wl
+        # (B, C, hl, wl, k, k) -> (tiles, k*k, C): one row of pixels per tile, channels last for matmul
+        out = x.unfold(2, k, k).unfold(3, k, k).permute(0, 2, 3, 4, 5, 1).reshape(n, k * k, nci)
+        params = lr_params.permute(0, 2, 3, 1).reshape(n, -1)  # (tiles, N_params)
         last = len(self.splits) - 1
         for i, ((b0, w0, w1), nci, nco) in enumerate(zip(self.splits, self.channels[:-1], self.channels[1:])):
-            weight = lr_params[:, w0:w1].permute(0, 2, 3, 1).reshape(b, hl, wl, nci, nco)
-            bias = lr_params[:, b0:w0].permute(0, 2, 3, 1).reshape(b, hl, wl, 1, nco)
-            out = torch.matmul(out, weight) + bias
-            out = torch.tanh(out) if i == last else F.leaky_relu(out, 0.01)
+            # contiguous 3-D operands: one batched GEMM (strided ones fall back to a loop of thousands of small
+            # GEMMs); bmm then add_ gives bit for bit upstream's 5-D matmul + broadcast add
+            weight = params[:, w0:w1].reshape(n, nci, nco).contiguous()
+            out = torch.bmm(out, weight).add_(params[:, b0:w0].reshape(n, 1, nco))
+            out = torch.tanh(out) if i == last else F.leaky_relu(out, 0.01, inplace=True)
         c = self.channels[-1]
         return out.view(b, hl, wl, k, k, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
