@@ -185,7 +185,7 @@ class ASAPNetLandscapeTask(TrainTask):
 
     def export(self, model: ASAPNetGAN, out_dir: Path) -> Path:
         config = model_config(self.gen_cfg, self.preset, "ASAPNet demo (synthetic landscapes)", dataset="landscape",
-                              training={"task": self.config.task, "steps": self.config.steps})
+                              training={"task": self.config.task, "steps": self.step + 1})
         return save_model_dir(Path(out_dir) / MODEL_NAME, {"netG": model.netG.state_dict()}, config)
 
 
