@@ -161,11 +161,10 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
     if ctx is not None:
         ctx.check_cancelled()
         ctx.progress(0.96, "decoding")
-    decoded = bundle.image_vqgan.decode_code(out.reshape(k, side, side))
-    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
     patches = []
-    for i in range(k):
-        result = pixels[i]
+    for i in range(k):  # one at a time: a candidate's pixels must not depend on the batch size
+        decoded = bundle.image_vqgan.decode_code(out[i].reshape(1, side, side))
+        result = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
         if result.shape[0] != bundle.resolution:
             result = cv2.resize(result, (bundle.resolution, bundle.resolution), interpolation=cv2.INTER_CUBIC)
         patches.append(composite.paste_back(photo, mask, result, fit))

@@ -19,6 +19,15 @@ from engine.models.asset import (
 )
 from engine.models.asset_sampling import sample_tokens, sample_tokens_reference
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: a second intra-op thread only adds synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = dict(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, cond_vocab_size=24)
 

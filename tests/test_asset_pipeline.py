@@ -13,6 +13,15 @@ from engine.data.landscapes import generate_scene
 from engine.models.asset import ASSET, ASSETConfig
 from engine.models.vqgan import VQGAN, VQGANConfig
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: a second intra-op thread only adds synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 VQ = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=64)
 TR = dict(vocab_size=64, cond_vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
           decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, reference_rows_5_6=False)
@@ -34,7 +43,13 @@ def make_bundle(directory, resolution=512, sga=True):
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("models") / "tiny-asset")
+    """Guide-only at 256 px: the VQGAN at 512 px costs seconds per image on the shared CPU."""
+    return make_bundle(tmp_path_factory.mktemp("models") / "tiny-asset", resolution=256, sga=False)
+
+
+@pytest.fixture(scope="module")
+def sga_dir(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("models") / "tiny-asset-sga", resolution=512)
 
 
 def water_edit(size=256, seed=5):
@@ -62,7 +77,6 @@ def test_backend_edits_only_the_region_and_is_reproducible_per_seed(bundle_dir):
     from engine.asset_pipeline import AssetBackend
     from engine.jobs import Request
 
-    torch.set_num_threads(1)
     scene, after = water_edit()
     request = Request(backend="asset", photo=scene.image, labels_before=scene.labels, labels_after=after,
                       model=str(bundle_dir), k=2, seed=10)
@@ -82,12 +96,15 @@ def test_backend_edits_only_the_region_and_is_reproducible_per_seed(bundle_dir):
     assert np.array_equal(alone.image, out[1].image)
 
 
-def test_progress_covers_both_passes(bundle_dir):
+def test_sga_pass_at_512_with_progress(sga_dir):
     from engine.asset_pipeline import edit, load_bundle
 
     scene, after = water_edit()
     ctx = Ctx([0])
-    edit(load_bundle(str(bundle_dir)), scene.image, after, scene.labels != after, [0], ctx)
+    mask = scene.labels != after
+    (patch,), fit, _ = edit(load_bundle(str(sga_dir)), scene.image, after, mask, [0], ctx)
+    assert fit.size == (512, 512) and patch.shape == scene.image.shape
+    assert np.abs(patch[mask].astype(int) - scene.image[mask]).mean() > 5
     stages = [s for _, s in ctx.seen]
     assert any(s.startswith("guide") for s in stages) and any(s.startswith("ASSET (512") for s in stages)
     fractions = [f for f, _ in ctx.seen]
@@ -119,18 +136,18 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
     from engine.train.task import TrainConfig
     from engine.train.tasks_asset import GuidingTask, SGATask, training_mask
 
-    labels = generate_scene(3, 512).labels
-    mask = training_mask(labels, np.random.default_rng(0), iterations=4)
+    labels = generate_scene(3, 256).labels
+    mask = training_mask(labels, np.random.default_rng(0), iterations=2)
     assert mask.any() and not mask[::16, ::16].all()
     folder = tmp_path / "demo"
     shutil.copytree(bundle_dir, folder)
     for stem in ("guiding", "sga"):
-        (folder / f"{stem}.safetensors").unlink()
+        (folder / f"{stem}.safetensors").unlink(missing_ok=True)
     config = json.loads((folder / "config.json").read_text())
-    config.pop("guiding"), config.pop("sga")
+    config.pop("guiding"), config.pop("sga", None)
     (folder / "config.json").write_text(json.dumps(config))
     options = {**{k: v for k, v in TR.items() if k not in ("vocab_size", "cond_vocab_size", "reference_rows_5_6")},
-               "export_dir": str(folder), "token_cache": str(tmp_path / "cache.pt"), "scenes": 4, "eval_sequences": 2}
+               "export_dir": str(folder), "token_cache": str(tmp_path / "cache.pt"), "scenes": 4, "eval_sequences": 2, "scene_size": 256}
     for task_cls in (GuidingTask, SGATask):
         task = task_cls(TrainConfig(task="x", batch_size=2, options=options))
         model = task.build_model()
@@ -141,4 +158,4 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
         task.export(model, tmp_path)
     config, weights = load_model_dir(folder)
     assert {"guiding", "sga", "image_vqgan", "seg_vqgan"} <= set(weights)
-    assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 512
+    assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 256

@@ -79,7 +79,7 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     out = {k: [] for k in ("z", "c", "m", "gz", "gc", "gm")}
     for i in range(count):
         scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
-        mask = training_mask(scene.labels, rng, iterations=4)
+        mask = training_mask(scene.labels, rng, iterations=2 * size // 256)
         cells = token_mask(mask)
         if cells.all():
             cells[0] = False
@@ -145,7 +145,8 @@ class _AssetTask(TrainTask):
         self.vocab = self.model_config["image_vqgan"]["n_embed"]
         self.cond_vocab = self.model_config["seg_vqgan"]["n_embed"]
         cache_path = Path(self.options.get("token_cache", "runs/asset-token-cache.pt"))
-        self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256))
+        self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256),
+                                       self.options.get("scene_size", 512))
         held = int(self.options.get("eval_sequences", 16))
         self.train_part = {k: v[held:] for k, v in self.cache.items()}
         self.eval_part = {k: v[:held] for k, v in self.cache.items()}
@@ -173,7 +174,7 @@ class _AssetTask(TrainTask):
         training[self.stem] = entry
         update = {"kind": "asset", self.stem: cfg.to_dict(), "training": training}
         if self.stem == "sga":
-            update["resolution"] = 512
+            update["resolution"] = int(self.options.get("scene_size", 512))
         save_model_dir(self.directory, {self.stem: model.state_dict()}, update, merge_config=True)
         return self.directory
 
@@ -242,3 +243,127 @@ class SGATask(_AssetTask):
 
 def held_out_scenes(count: int, size: int = 512):
     return [generate_scene(int(EVAL_SEEDS[i]), size) for i in range(count)]
+
+
+def class_colour_stats(count: int = 8, size: int = 256) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per-class mean and standard deviation of RGB over training scenes (for the naive baseline)."""
+    pixels: dict[int, list] = {}
+    for i in range(count):
+        scene = generate_scene(int(TRAIN_SEEDS[10_000 + i]), size)
+        for label in np.unique(scene.labels):
+            pixels.setdefault(int(label), []).append(scene.image[scene.labels == label].astype(np.float32))
+    return {k: (np.concatenate(v).mean(0), np.concatenate(v).std(0)) for k, v in pixels.items()}
+
+
+def naive_fill(image, labels_after, mask, stats, rng) -> np.ndarray:
+    """The baseline: every edited pixel gets its new class's mean colour plus Gaussian noise of its std."""
+    out = image.astype(np.float32).copy()
+    for label in np.unique(labels_after[mask]):
+        where = mask & (labels_after == label)
+        mean, std = stats.get(int(label), (np.full(3, 127.0), np.full(3, 40.0)))
+        out[where] = mean + rng.normal(size=(int(where.sum()), 3)) * std
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def water_under_mountains(scene):
+    """The held-out edit: everything below the mountains' lowest row (ground, trees, ...) becomes sea,
+    or None when the scene has no mountain."""
+    from engine.data.landscapes import ids
+
+    i = ids()
+    mountain = np.isin(scene.labels, [i.mountain, i.hill])
+    rows = np.flatnonzero(mountain.any(1))
+    if rows.size == 0:
+        return None
+    h = scene.labels.shape[0]
+    top = max(int(rows[-1]) + 1, int(h * 0.6))
+    if top >= h - 32:
+        return None
+    after = scene.labels.copy()
+    after[top:] = i.sea
+    return after
+
+
+@torch.no_grad()
+def evaluate_edits(directory: Path, count: int = 3, k: int = 2, size: int = 512) -> dict:
+    """Label agreement in the edited region and the reflection score of water-under-mountains edits on
+    held-out scenes, for the demo model and for the naive per-class colour fill."""
+    from engine.asset_pipeline import edit, load_bundle
+    from engine.metrics import label_agreement, reflection_score
+
+    bundle = load_bundle(str(directory))
+    stats = class_colour_stats()
+    rng = np.random.default_rng(0)
+    ours_agree, ours_refl, base_agree, base_refl, seconds = [], [], [], [], []
+    used = 0
+    for seed in EVAL_SEEDS:
+        if used == count:
+            break
+        scene = generate_scene(int(seed), size)
+        after = water_under_mountains(scene)
+        if after is None:
+            continue
+        used += 1
+        mask = after != scene.labels
+        started = time.perf_counter()
+        patches, fit, _ = edit(bundle, scene.image, after, mask, list(range(k)))
+        seconds.append(time.perf_counter() - started)
+        x0, y0, x1, y1 = fit.region
+        for patch in patches:
+            image = scene.image.copy()
+            image[y0:y1, x0:x1] = patch
+            ours_agree.append(label_agreement(image, after, mask))
+            ours_refl.append(reflection_score(image, after))
+        baseline = naive_fill(scene.image, after, mask, stats, rng)
+        base_agree.append(label_agreement(baseline, after, mask))
+        base_refl.append(reflection_score(baseline, after))
+    return {
+        "held-out scenes": used, "candidates per scene": k, "size": f"{size} px",
+        "label agreement in the edit (ours)": float(np.nanmean(ours_agree)),
+        "label agreement in the edit (naive fill)": float(np.nanmean(base_agree)),
+        "reflection score (ours)": float(np.nanmean(ours_refl)),
+        "reflection score (naive fill)": float(np.nanmean(base_refl)),
+        "seconds per edit (k candidates, this CPU)": float(np.mean(seconds)),
+    }
+
+
+def write_card_section(directory: Path, edits: dict) -> None:
+    """The transformers' part of MODEL_CARD.md, between our markers (the tokenizer section is kept)."""
+    training = read_model_config(directory).get("training", {})
+    lines = ["## Transformers (guiding and SGA)", "",
+             "Trained with `sgraffito train asset_guiding|asset_sga` (engine/train/tasks_asset.py; configs "
+             "train_guiding.yaml, train_sga.yaml) on token sequences of procedural landscapes (TRAIN_SEEDS, "
+             "512 px, guide = INTER_AREA downscale to 256 px) encoded once with this folder's VQGANs, edit masks "
+             "by the official generate_mask_from_seg rule; loss = cross-entropy at masked tokens. The SGA model "
+             "starts from the guiding weights and is guided by the trained guiding transformer (official chain). "
+             "Both are strictly causal (`reference_rows_5_6: false`).", ""]
+    for stem in ("guiding", "sga"):
+        if stem in training:
+            lines += [f"### {stem}.safetensors", ""] + [f"- {k}: {v}" for k, v in training[stem].items()] + [""]
+    lines += ["### Edits on held-out scenes (EVAL_SEEDS)", "",
+              "Edit: everything below the mountains becomes sea. Naive baseline: each edited pixel gets its new "
+              "class's mean training colour plus Gaussian noise of the class's standard deviation. Metrics: "
+              "engine.metrics.label_agreement (edited region) and engine.metrics.reflection_score.", ""]
+    lines += [f"- {k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in edits.items()]
+    section = "\n".join(lines).strip()
+    card = directory / "MODEL_CARD.md"
+    text = card.read_text() if card.is_file() else "# ASSET demo models: synthetic landscapes\n\n"
+    block = f"{CARD_BEGIN}\n{section}\n{CARD_END}"
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + block + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = card.with_name(".MODEL_CARD.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(card)
+
+
+if __name__ == "__main__":  # python -m engine.train.tasks_asset [FOLDER]: evaluate edits, write the card
+    import sys
+
+    torch.set_num_threads(1)
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else assets_dir() / "models" / DEMO_DIR
+    results = evaluate_edits(folder)
+    print(results)
+    write_card_section(folder, results)
