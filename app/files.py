@@ -3,7 +3,6 @@ arguments of Document.load, so a bad file raises before the open document is tou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from engine import project as engine_project
 from engine.errors import SgraffitoError
 from engine.imageio import load_label_map, load_photo, new_label_map
 from engine.labels import LabelSet, load_label_set
-from engine.paths import user_data_dir
 from engine.project import Project, Recoverable, list_recoverable, load_project, save_project, write_autosave
 
 PROJECT_SUFFIX = engine_project.SUFFIX
@@ -141,28 +139,3 @@ def export_image(document, path: Path, quality: int = DEFAULT_QUALITY) -> Path:
 
 def export_label_map(document, path: Path) -> Path:
     return engine_export.export_label_map(path, document.labels, document.label_set)
-
-
-RECENT_COUNT = 10
-
-
-def _recent_path() -> Path:
-    return user_data_dir() / "recent.json"
-
-
-def recent_files() -> list[Path]:
-    """Files opened or saved lately, newest first, those that still exist."""
-    try:
-        entries = json.loads(_recent_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [Path(entry) for entry in entries if isinstance(entry, str) and Path(entry).is_file()]
-
-
-def remember(path: Path) -> None:
-    path = Path(path).resolve()
-    entries = [path] + [p for p in recent_files() if p != path]
-    try:
-        _recent_path().write_text(json.dumps([str(p) for p in entries[:RECENT_COUNT]]), encoding="utf-8")
-    except OSError:
-        pass  # a read-only profile loses the list, nothing else

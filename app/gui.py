@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from app import files
+from app import settings as user_settings
 from app.main_window import MainWindow
 from engine.errors import SgraffitoError
 from engine.labels import load_label_set
@@ -19,6 +21,8 @@ from engine.paths import APP_ID, APP_NAME, assets_dir
 def application() -> QApplication:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    app.setOrganizationDomain(".".join(reversed(APP_ID.split(".")[:-1])))  # sgraffito.github.io
     app.setDesktopFileName(APP_ID)
     # installed: the theme has it (packaging/); in a source checkout: the rendered PNG next to it
     icon = QIcon.fromTheme(APP_ID)
@@ -31,7 +35,7 @@ def application() -> QApplication:
 
 def open_start_document(window: MainWindow, args) -> None:
     """What the command line asked for: a file (photo or project), a label map alone, or a bundled sample."""
-    label_set = load_label_set(args.label_set) if args.label_set else None
+    label_set = load_label_set(args.label_set) if args.label_set else remembered_label_set()
     if label_set is not None:
         window.document.set_label_set(label_set)
     if args.file:
@@ -47,6 +51,15 @@ def open_start_document(window: MainWindow, args) -> None:
             window.statusBar().showMessage("No sample photos in assets/samples", 8000)
 
 
+def remembered_label_set():
+    """The set the user chose last time, unless it has been removed since."""
+    name = user_settings.label_set()
+    try:
+        return load_label_set(name) if name else None
+    except SgraffitoError:
+        return None
+
+
 def launch(args) -> int:
     app = application()
     if args.label_set:
@@ -55,11 +68,17 @@ def launch(args) -> int:
         except SgraffitoError as problem:
             print(f"sgraffito: error: {problem}", file=sys.stderr)
             return 2
+    if user_settings.device() != "auto":
+        os.environ.setdefault("SGRAFFITO_DEVICE", user_settings.device())  # an explicit $SGRAFFITO_DEVICE wins
     window = MainWindow()
     window.resize(1400, 900)
+    # screenshots are taken at a known size; otherwise the window comes back as the user left it
+    if not args.screenshot:
+        user_settings.restore_window(window)
     window.show()
     if not args.screenshot:
         window.offer_recovery()
+        window.gpu_hint.check()
     if not window.document.is_open:
         open_start_document(window, args)
     if args.screenshot:

@@ -9,18 +9,23 @@ Other parts of the app extend it rather than subclass it: `window.menus["file"|"
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow, QMenu, QMessageBox, QSlider,
-                               QSpinBox, QToolBar, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow,
+                               QMenu, QMessageBox, QSlider, QSpinBox, QToolBar, QVBoxLayout, QWidget)
 
 from app import files
+from app import settings as user_settings
 from app.canvas import Canvas
 from app.document import VIEW_MODES, Document, describe
+from app.gpu_hint import CudaHint, cuda_hint
+from app.gpu_hint import NOTICE as CUDA_NOTICE
 from app.palette import PaletteDock
+from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
 from engine.errors import SgraffitoError
 from engine.labels import LabelSet
@@ -52,6 +57,10 @@ class MainWindow(QMainWindow):
         self.tools = {cls.name: cls(self.document, self.canvas, self.settings) for cls in TOOLS}
         self.actions: dict[str, QAction] = {}
         self.menus: dict[str, QMenu] = {}
+        self.theme = Theme(QApplication.instance(), self)
+        self.theme.changed.connect(self._theme_changed)
+        self.gpu_hint = CudaHint(self)
+        self.gpu_hint.found.connect(self._gpu_hint_found)
 
         self.banner = QLabel()
         self.banner.setWordWrap(True)
@@ -73,6 +82,8 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_toolbars()
         self._build_status_bar()
+        self.theme.set_choice(user_settings.theme())
+        self.actions[f"theme_{self.theme.choice}"].setChecked(True)
 
         self.autosave_job: Future | None = None
         self._autosaved: tuple | None = None  # what the last autosave wrote: doc id, revision, list lengths
@@ -85,6 +96,7 @@ class MainWindow(QMainWindow):
         self.document.dirty_changed.connect(self._update_title)
         self.document.path_changed.connect(self._update_title)
         self.document.view_changed.connect(self._view_changed)
+        self.document.label_set_changed.connect(lambda: user_settings.set_label_set(self.document.label_set.name))
         self.canvas.hovered.connect(self._hovered)
         self.canvas.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
         self.canvas.left.connect(lambda: self.hover_label.setText(""))
@@ -143,6 +155,16 @@ class MainWindow(QMainWindow):
         a("brush_smaller", "Smaller Brush", lambda: self.settings.grow(1 / 1.2), ["["])
         a("brush_larger", "Larger Brush", lambda: self.settings.grow(1.2), ["]"])
         a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1"])
+        a("about", "&About Sgraffito", self.show_about)
+        self.theme_group = QActionGroup(self)
+        for choice, title in (("system", "&System"), ("light", "&Light"), ("dark", "&Dark")):
+            self.theme_group.addAction(a(f"theme_{choice}", title, lambda _=False, c=choice: self.set_theme(c),
+                                         checkable=True))
+        self.device_group = QActionGroup(self)
+        for choice, title in (("auto", "&Automatic (GPU if available)"), ("cpu", "&CPU"), ("cuda", "CUDA &GPU")):
+            self.device_group.addAction(a(f"device_{choice}", title, lambda _=False, c=choice: self.set_device(c),
+                                          checkable=True))
+        self.actions[f"device_{user_settings.device()}"].setChecked(True)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -153,7 +175,7 @@ class MainWindow(QMainWindow):
             "view": ("&View", ["zoom_in", "zoom_out", "fit", "actual_size", None]
                      + [f"view_{m}" for m in VIEW_MODES]),
             "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger"]),
-            "help": ("&Help", ["shortcuts"]),
+            "help": ("&Help", ["shortcuts", "about"]),
         }
         for key, (title, names) in layout.items():
             menu = bar.addMenu(title)
@@ -165,6 +187,11 @@ class MainWindow(QMainWindow):
         recent.aboutToShow.connect(self._fill_recent)
         self.menus["view"].addSeparator()
         self.menus["view"].addAction(self.palette.toggleViewAction())
+        self.menus["theme"] = theme = self.menus["view"].addMenu("&Theme")
+        theme.addActions(self.theme_group.actions())
+        self.menus["edit"].addSeparator()
+        self.menus["device"] = device = self.menus["edit"].addMenu("Processing &Device")
+        device.addActions(self.device_group.actions())
 
     def _build_toolbars(self) -> None:
         tools = QToolBar("Tools", self)
@@ -228,7 +255,7 @@ class MainWindow(QMainWindow):
     def _fill_recent(self) -> None:
         menu = self.menus["recent"]
         menu.clear()
-        for path in files.recent_files():
+        for path in user_settings.recent_files():
             menu.addAction(path.name, lambda p=path: self.open_path(p)).setToolTip(str(path))
         if menu.isEmpty():
             menu.addAction("(none)").setEnabled(False)
@@ -248,6 +275,42 @@ class MainWindow(QMainWindow):
         box.setWindowTitle("Keyboard shortcuts")
         box.setText(f"<table cellspacing='4'>{rows}</table>")
         box.show()
+
+    def show_about(self) -> None:
+        from engine import __version__
+
+        hint = self.gpu_hint.text or cuda_hint()  # imports torch only when an NVIDIA GPU is present
+        text = (f"<h3>{APP_NAME} {__version__}</h3><p>Semantic image editing: paint a photo's label map, "
+                f"generate candidates, blend the chosen one back.</p>"
+                f"<p>Processing device: {self.actions['device_' + user_settings.device()].text().replace('&', '')}"
+                f"</p>")
+        if hint:
+            text += f"<p>{hint}</p>"
+        box = QMessageBox(self)
+        box.setWindowTitle(f"About {APP_NAME}")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(text)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # the pip command can be copied
+        box.show()
+
+    def set_theme(self, choice: str) -> None:
+        user_settings.set_theme(choice)
+        self.theme.set_choice(choice)
+        self.actions[f"theme_{choice}"].setChecked(True)
+
+    def _theme_changed(self, dark: bool) -> None:
+        self.canvas.setBackgroundBrush(CANVAS["dark" if dark else "light"])
+
+    def set_device(self, choice: str) -> None:
+        user_settings.set_device(choice)
+        os.environ["SGRAFFITO_DEVICE"] = choice  # engine.device reads it when the engine starts
+        self.actions[f"device_{choice}"].setChecked(True)
+        self.statusBar().showMessage(f"Processing device: {self.actions[f'device_{choice}'].text().replace('&', '')}"
+                                     " — used when the engine next starts (restart if it already generated)", 8000)
+
+    def _gpu_hint_found(self, text: str) -> None:
+        self.statusBar().showMessage(text, 60_000)
+        user_settings.mark_seen(CUDA_NOTICE)
 
     def dragEnterEvent(self, event) -> None:
         if any(url.isLocalFile() for url in event.mimeData().urls()):
@@ -391,7 +454,7 @@ class MainWindow(QMainWindow):
         else:
             opened = self._attempt(self._load, files.read_photo, path, labels, label_set or self.document.label_set)
         if opened:
-            files.remember(path)
+            user_settings.remember(path)
         return opened
 
     def new_from_label_map(self, path=None, label_set: LabelSet | None = None) -> bool:
@@ -441,7 +504,7 @@ class MainWindow(QMainWindow):
         project = files.write_project(self.document, path)
         self.document.mark_saved(path, project)
         self._forget_autosave()
-        files.remember(path)
+        user_settings.remember(path)
         self.statusBar().showMessage(f"Saved {path}", 4000)
 
     def export_image(self, path=None) -> bool:
@@ -518,4 +581,5 @@ class MainWindow(QMainWindow):
         self.autosave_timer.stop()
         self._forget_autosave()
         self._autosave_pool.shutdown(wait=True)
+        user_settings.save_window(self)
         event.accept()

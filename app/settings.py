@@ -1,0 +1,117 @@
+"""Per-user preferences in QSettings: recent files, the last label set, the device, the theme, the window layout.
+
+One INI file, `<config dir>/Sgraffito/Sgraffito.ini` (~/.config on Linux, %LOCALAPPDATA% on Windows). Qt reads
+$XDG_CONFIG_HOME once per process and caches it, so `store()` sets the path every time it opens the file: a test
+that points XDG_CONFIG_HOME at a temporary folder never reads or writes the real user's settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from PySide6.QtCore import QByteArray, QSettings
+
+from engine.paths import APP_NAME
+
+RECENT_COUNT = 10
+DEVICES = ("auto", "cpu", "cuda")
+THEMES = ("system", "light", "dark")
+LAYOUT_VERSION = 1  # bump when docks or toolbars change so much that an old saved state would misplace them
+
+
+def store() -> QSettings:
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, platformdirs.user_config_dir())
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, APP_NAME, APP_NAME)
+
+
+def _get(key: str, default: str = "") -> str:
+    value = store().value(key, default)
+    return value if isinstance(value, str) else default
+
+
+def _choice(key: str, choices: tuple[str, ...]) -> str:
+    value = _get(key, choices[0])
+    return value if value in choices else choices[0]
+
+
+def _set(key: str, value) -> None:
+    settings = store()
+    settings.setValue(key, value)
+    settings.sync()
+
+
+# ---- recent files -----------------------------------------------------------------------------------------------
+def recent_files() -> list[Path]:
+    """Files opened or saved lately, newest first, those that still exist."""
+    entries = store().value("files/recent", [])
+    if isinstance(entries, str):  # QSettings gives a one-item list back as a plain string
+        entries = [entries]
+    return [Path(entry) for entry in entries or [] if isinstance(entry, str) and Path(entry).is_file()]
+
+
+def remember(path) -> None:
+    path = Path(path).resolve()
+    entries = [path] + [p for p in recent_files() if p != path]
+    _set("files/recent", [str(p) for p in entries[:RECENT_COUNT]])
+
+
+# ---- choices ----------------------------------------------------------------------------------------------------
+def label_set() -> str | None:
+    """The label set the user last chose (a set name for engine.labels.load_label_set), or None."""
+    return _get("editor/label_set") or None
+
+
+def set_label_set(name: str) -> None:
+    _set("editor/label_set", name)
+
+
+def device() -> str:
+    """"auto", "cpu" or "cuda" (engine.device.resolve_device reads the same words)."""
+    return _choice("engine/device", DEVICES)
+
+
+def set_device(choice: str) -> None:
+    if choice not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {choice!r}")
+    _set("engine/device", choice)
+
+
+def theme() -> str:
+    return _choice("appearance/theme", THEMES)
+
+
+def set_theme(choice: str) -> None:
+    if choice not in THEMES:
+        raise ValueError(f"theme must be one of {THEMES}, not {choice!r}")
+    _set("appearance/theme", choice)
+
+
+def seen(notice: str) -> bool:
+    """Whether a one-time notice (e.g. "cuda_build") was shown already."""
+    return store().value(f"notices/{notice}", False, type=bool)
+
+
+def mark_seen(notice: str) -> None:
+    _set(f"notices/{notice}", True)
+
+
+# ---- window layout ----------------------------------------------------------------------------------------------
+def save_window(window) -> None:
+    """Geometry (size, position, maximized) and the docks' and toolbars' places; they need objectName()s."""
+    settings = store()
+    settings.setValue("window/geometry", window.saveGeometry())
+    settings.setValue("window/state", window.saveState(LAYOUT_VERSION))
+    settings.sync()
+
+
+def restore_window(window) -> bool:
+    """Put the window back as it was closed; False when nothing was saved (first start)."""
+    settings = store()
+    geometry, state = settings.value("window/geometry"), settings.value("window/state")
+    if not isinstance(geometry, QByteArray) or geometry.isEmpty():
+        return False
+    window.restoreGeometry(geometry)
+    if isinstance(state, QByteArray):
+        window.restoreState(state, LAYOUT_VERSION)
+    return True

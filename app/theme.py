@@ -1,0 +1,97 @@
+"""Light and dark appearance: follow the system's colour scheme, or the user's choice (View > Theme).
+
+Qt 6.8+ can ask the platform for a scheme (QStyleHints.setColorScheme), but X11 without a desktop portal,
+offscreen and older desktops ignore the request and keep a light palette. So the dark palette is set
+explicitly on the Fusion style, whose widgets draw everything from the palette; light is the style's own.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
+
+# Fusion's dark colours as KDE Breeze Dark and the Qt examples choose them: text on base has a contrast of ~13:1
+_DARK = {
+    QPalette.ColorRole.Window: "#353535",
+    QPalette.ColorRole.WindowText: "#eeeeee",
+    QPalette.ColorRole.Base: "#262626",
+    QPalette.ColorRole.AlternateBase: "#303030",
+    QPalette.ColorRole.ToolTipBase: "#202020",
+    QPalette.ColorRole.ToolTipText: "#eeeeee",
+    QPalette.ColorRole.PlaceholderText: "#9a9a9a",
+    QPalette.ColorRole.Text: "#eeeeee",
+    QPalette.ColorRole.Button: "#3c3c3c",
+    QPalette.ColorRole.ButtonText: "#eeeeee",
+    QPalette.ColorRole.BrightText: "#ff6060",
+    QPalette.ColorRole.Light: "#505050",
+    QPalette.ColorRole.Midlight: "#444444",
+    QPalette.ColorRole.Mid: "#2c2c2c",
+    QPalette.ColorRole.Dark: "#1e1e1e",
+    QPalette.ColorRole.Shadow: "#141414",
+    QPalette.ColorRole.Highlight: "#3d7fd6",
+    QPalette.ColorRole.HighlightedText: "#ffffff",
+    QPalette.ColorRole.Link: "#6ea8ff",
+    QPalette.ColorRole.LinkVisited: "#b78cff",
+}
+_DARK_DISABLED = {
+    QPalette.ColorRole.WindowText: "#808080",
+    QPalette.ColorRole.Text: "#808080",
+    QPalette.ColorRole.ButtonText: "#808080",
+    QPalette.ColorRole.Highlight: "#505050",
+    QPalette.ColorRole.HighlightedText: "#a0a0a0",
+}
+# the canvas around the photo: neutral so it does not tint how the photo's colours are judged
+CANVAS = {"dark": QColor(40, 40, 43), "light": QColor(150, 150, 154)}
+
+
+def dark_palette() -> QPalette:
+    palette = QPalette()
+    for role, colour in _DARK.items():
+        palette.setColor(role, QColor(colour))
+    for role, colour in _DARK_DISABLED.items():
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(colour))
+    return palette
+
+
+def system_is_dark(app: QApplication) -> bool:
+    return app.styleHints().colorScheme() == Qt.ColorScheme.Dark
+
+
+def is_dark(palette: QPalette) -> bool:
+    return palette.color(QPalette.ColorRole.Window).lightness() < 128
+
+
+class Theme(QObject):
+    """The application's appearance; `changed(dark)` tells widgets that draw their own colours (the canvas)."""
+
+    changed = Signal(bool)
+
+    def __init__(self, app: QApplication, parent: QObject | None = None):
+        super().__init__(parent)
+        self.app = app
+        self.choice = "system"
+        self._light = app.palette()  # the platform's palette before we change anything
+        app.styleHints().colorSchemeChanged.connect(lambda _scheme: self.choice == "system" and self.apply())
+
+    @property
+    def dark(self) -> bool:
+        return self.choice == "dark" or (self.choice == "system" and system_is_dark(self.app))
+
+    def set_choice(self, choice: str) -> None:
+        """"system", "light" or "dark"."""
+        self.choice = choice
+        self.apply()
+
+    def apply(self) -> None:
+        dark = self.dark
+        if self.choice != "system":  # platforms that can switch (Windows, macOS, GNOME portal) switch too
+            self.app.styleHints().setColorScheme(Qt.ColorScheme.Dark if dark else Qt.ColorScheme.Light)
+        else:
+            self.app.styleHints().unsetColorScheme()
+        if dark and not is_dark(self.app.palette()):
+            self.app.setStyle("Fusion")  # native styles (Windows Vista, macOS) draw parts in fixed light colours
+            self.app.setPalette(dark_palette())
+        elif not dark and is_dark(self.app.palette()):
+            self.app.setPalette(self._light if not is_dark(self._light) else self.app.style().standardPalette())
+        self.changed.emit(dark)
