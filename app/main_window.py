@@ -16,12 +16,14 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow,
-                               QMenu, QMessageBox, QSlider, QSpinBox, QToolBar, QVBoxLayout, QWidget)
+                               QMenu, QMessageBox, QSlider, QSpinBox, QToolBar, QTreeWidgetItemIterator, QVBoxLayout,
+                               QWidget)
 
 from app import files
 from app import settings as user_settings
 from app.canvas import Canvas
 from app.document import VIEW_MODES, Document, describe
+from app.gallery import ID_ROLE as CANDIDATE_ID
 from app.gpu_hint import CudaHint, cuda_hint
 from app.gpu_hint import NOTICE as CUDA_NOTICE
 from app.palette import PaletteDock
@@ -54,6 +56,8 @@ class MainWindow(QMainWindow):
         self.undo_stack.setUndoLimit(UNDO_LIMIT)
         self.settings = ToolSettings()
         self.canvas = Canvas(self.document)
+        self.canvas.setAccessibleName("Image canvas")
+        self.canvas.setAccessibleDescription("The photo and its label map; paint with the mouse or a tablet")
         self.tools = {cls.name: cls(self.document, self.canvas, self.settings) for cls in TOOLS}
         self.actions: dict[str, QAction] = {}
         self.menus: dict[str, QMenu] = {}
@@ -152,6 +156,8 @@ class MainWindow(QMainWindow):
             action.setToolTip(f"{tool.title} ({tool.shortcut}): {tool.status_hint}")
             action.setIconText(tool.title)
             self.tool_group.addAction(action)
+        a("find_label", "&Find Label…", self.find_label, [QKeySequence.StandardKey.Find])
+        a("focus_candidates", "Go to &Candidates", self.focus_candidates, ["Ctrl+J"])
         a("brush_smaller", "Smaller Brush", lambda: self.settings.grow(1 / 1.2), ["["])
         a("brush_larger", "Larger Brush", lambda: self.settings.grow(1.2), ["]"])
         a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1"])
@@ -174,7 +180,8 @@ class MainWindow(QMainWindow):
             "edit": ("&Edit", ["undo", "redo"]),
             "view": ("&View", ["zoom_in", "zoom_out", "fit", "actual_size", None]
                      + [f"view_{m}" for m in VIEW_MODES]),
-            "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger"]),
+            "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger", None,
+                                                                      "find_label", "focus_candidates"]),
             "help": ("&Help", ["shortcuts", "about"]),
         }
         for key, (title, names) in layout.items():
@@ -275,6 +282,31 @@ class MainWindow(QMainWindow):
         box.setWindowTitle("Keyboard shortcuts")
         box.setText(f"<table cellspacing='4'>{rows}</table>")
         box.show()
+
+    def find_label(self) -> None:
+        """Keyboard path to the palette: type part of a name, Enter makes the first match the active label."""
+        self.palette.show()
+        self.palette.raise_()
+        self.palette.search.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.palette.search.selectAll()
+
+    def focus_candidates(self) -> None:
+        """Keyboard path to the gallery: arrows preview candidates, Enter applies one."""
+        gallery = getattr(self, "gallery", None)
+        if gallery is None:
+            self.statusBar().showMessage("No candidate gallery in this window", 4000)
+            return
+        gallery.show()
+        gallery.raise_()
+        tree = gallery.tree
+        tree.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        if tree.currentItem() is None:
+            ids = set(gallery.candidate_ids())
+            items = QTreeWidgetItemIterator(tree)
+            while items.value() is not None and items.value().data(0, CANDIDATE_ID) not in ids:
+                items += 1
+            if items.value() is not None:
+                tree.setCurrentItem(items.value())
 
     def show_about(self) -> None:
         from engine import __version__
