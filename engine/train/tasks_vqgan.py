@@ -92,22 +92,24 @@ def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Te
 
 
 class _CodebookRestart:
-    """Re-seeds codebook rows that no token chose in the last `every` steps with random encoder outputs of the
-    current batch (plus a little noise); the first check also serves as a data-dependent codebook initialisation.
-    Checking much more often kept moving the decoder's inputs and made the loss worse."""
+    """Data-dependent codebook: at the first step every row is set to a random encoder output (plus a little
+    noise), then rows that no token chose in the last `every` steps are re-seeded the same way. With taming's
+    tiny uniform initialisation all tokens share a handful of codes and a short schedule never gets going."""
 
     def __init__(self, model: VQGAN, every: int):
         self.every = every
         self.hits = torch.zeros(model.config.n_embed)
+        self.initialised = False
         self.latest = None
         model.quant_conv.register_forward_hook(lambda _m, _i, out: setattr(self, "latest", out.detach()))
 
     @torch.no_grad()
     def update(self, model: VQGAN, indices: torch.Tensor, step: int) -> float:
         self.hits += torch.bincount(indices.flatten().cpu(), minlength=self.hits.numel()).float()
-        if step % self.every or self.latest is None:
+        if self.latest is None or (self.initialised and step % self.every):
             return 0.0
-        dead = (self.hits == 0).nonzero().flatten()
+        dead = torch.arange(self.hits.numel()) if not self.initialised else (self.hits == 0).nonzero().flatten()
+        self.initialised = True
         self.hits.zero_()
         if not len(dead):
             return 0.0
@@ -193,8 +195,8 @@ class _VQGANTaskBase(TrainTask):
 
     def _restart(self, model, indices) -> float:
         raw = getattr(model, "module", model)
-        if self.restart is None:
-            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 25))
+        if self.restart is None:  # the hook sees encoder outputs from the next forward on
+            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 10))
         return self.restart.update(raw, indices, self.step)
 
     def export(self, model, out_dir: Path) -> Path:
