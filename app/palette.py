@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -17,8 +17,12 @@ ID_ROLE = Qt.ItemDataRole.UserRole
 
 
 def swatch(color: tuple[int, int, int], size: int = 16) -> QIcon:
+    """A colour square with a mid-grey rim: black (unlabeled) stays visible on a dark list, white on a light one."""
     pixmap = QPixmap(size, size)
-    pixmap.fill(QColor(*color))
+    pixmap.fill(QColor(128, 128, 128))
+    painter = QPainter(pixmap)
+    painter.fillRect(1, 1, size - 2, size - 2, QColor(*color))
+    painter.end()
     return QIcon(pixmap)
 
 

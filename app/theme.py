@@ -11,17 +11,17 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
-# Fusion's dark colours as KDE Breeze Dark and the Qt examples choose them: text on base has a contrast of ~13:1
+# dark Fusion colours: inputs (base) are clearly darker wells than the window, so an unchecked box stays visible
 _DARK = {
-    QPalette.ColorRole.Window: "#353535",
+    QPalette.ColorRole.Window: "#383838",
     QPalette.ColorRole.WindowText: "#eeeeee",
-    QPalette.ColorRole.Base: "#262626",
-    QPalette.ColorRole.AlternateBase: "#303030",
+    QPalette.ColorRole.Base: "#1f1f1f",
+    QPalette.ColorRole.AlternateBase: "#2a2a2a",
     QPalette.ColorRole.ToolTipBase: "#202020",
     QPalette.ColorRole.ToolTipText: "#eeeeee",
     QPalette.ColorRole.PlaceholderText: "#9a9a9a",
     QPalette.ColorRole.Text: "#eeeeee",
-    QPalette.ColorRole.Button: "#3c3c3c",
+    QPalette.ColorRole.Button: "#444444",
     QPalette.ColorRole.ButtonText: "#eeeeee",
     QPalette.ColorRole.BrightText: "#ff6060",
     QPalette.ColorRole.Light: "#505050",
