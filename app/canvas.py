@@ -230,6 +230,9 @@ class Canvas(QGraphicsView):
             self.fit()
 
     def wheelEvent(self, event) -> None:
+        if self.document.is_open and self.tool is not None and self.tool.wheel(self.image_pos(event), event):
+            event.accept()
+            return
         steps = event.angleDelta().y() / 120.0
         if steps:
             self.set_zoom(self.zoom * ZOOM_STEP ** steps, self.mapToScene(event.position().toPoint()))
@@ -263,8 +266,10 @@ class Canvas(QGraphicsView):
             return
         if not self.document.is_open:
             return
-        if button == Qt.MouseButton.RightButton:  # picks the label under the cursor with any tool
+        if button == Qt.MouseButton.RightButton:  # picks the label under the cursor unless the tool uses it
             pos = self.image_pos(event)
+            if self.tool is not None and self.tool.right_click(pos, event):
+                return
             x, y = int(np.floor(pos.x())), int(np.floor(pos.y()))
             width, height = self.document.size
             if 0 <= x < width and 0 <= y < height:

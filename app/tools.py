@@ -98,6 +98,14 @@ class Tool:
     def key(self, event) -> bool:
         return False
 
+    def right_click(self, pos: QPointF, event) -> bool:
+        """True when the tool used the right-click; otherwise the canvas picks the label under the cursor."""
+        return False
+
+    def wheel(self, pos: QPointF, event) -> bool:
+        """True when the tool used the wheel step; otherwise the canvas zooms."""
+        return False
+
     def leave(self) -> None:
         pass
 
