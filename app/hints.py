@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QUndoCommand
 from PySide6.QtWidgets import QGraphicsItem
 
@@ -243,9 +243,10 @@ class HintTool(Tool):
     """ideepcolor's hint interaction: click adds a hint in the current colour, drag moves one, right-click
     deletes it, the wheel over a hint changes its size (elsewhere it zooms), Delete removes the selected one."""
 
-    name, title, shortcut = "hint", "Colour hint", "H"
-    status_hint = ("Click adds a colour hint, drag moves it, right-click deletes it, the wheel over a hint "
-                   "changes its size; pick the colour in the Colorize panel.")
+    name, title, shortcut = "hint", QT_TRANSLATE_NOOP("tools", "Colour hint"), "H"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Click adds a colour hint, drag moves it, right-click deletes it, "
+                                             "the wheel over a hint changes its size; pick the colour in the "
+                                             "Colorize panel.")
 
     def __init__(self, *args):
         super().__init__(*args)

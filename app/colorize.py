@@ -1,0 +1,238 @@
+"""The Colorize panel, shown for grayscale documents: the colorizer ("coltran" or "pixelcnn" model folders),
+temperature, number of candidates, the hint colour with the last colours used, the hint size and the hint list.
+
+Generating goes through the candidate gallery (app.gallery), so colourings land in the same gallery, progress
+bar and undoable Apply as edits do: the panel picks its model in the gallery's chooser and calls
+`gallery.generate(params)` with `{"temperature", "hints"}` (hints in photo pixels, as the backends read them).
+In colorize mode the window's Generate action (Ctrl+Return) and the gallery's Generate button come here too.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (QColorDialog, QComboBox, QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxLayout,
+                               QListWidget, QListWidgetItem, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
+                               QWidget)
+
+from app.gallery import build_request, install_gallery
+from app.hints import MAX_LEVEL, MIN_LEVEL, RECENT_COLOURS, HintsModel
+from engine.checkpoints import list_models
+from engine.jobs import Request
+
+KINDS = ("coltran", "pixelcnn")  # config.json "kind" = the backend that runs the model
+SWATCH = 16
+
+
+def swatch(colour: QColor, size: int = SWATCH) -> QIcon:
+    pixmap = QPixmap(size, size)
+    pixmap.fill(colour)
+    return QIcon(pixmap)
+
+
+def colorize_params(document, temperature: float) -> dict:
+    return {"temperature": float(temperature), "hints": [dict(h) for h in document.hints]}
+
+
+def colorize_request(document, backend: str, model: str, *, k: int, seed: int, temperature: float = 1.0) -> Request:
+    """The request one Colorize makes: the document's image with its hints in photo pixels."""
+    return build_request(document, backend, model, k=k, seed=seed, params=colorize_params(document, temperature))
+
+
+class ColorizePanel(QDockWidget):
+    def __init__(self, window):
+        super().__init__("Colorize", window)
+        self.setObjectName("colorize")
+        self.window_ = window
+        self.document = window.document
+        self.hints = HintsModel.of(self.document)
+
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        form = QFormLayout()
+        self.model_box = QComboBox()
+        self.model_box.setAccessibleName("Colorization model")
+        self.model_box.setPlaceholderText("No colorization models installed")
+        self.model_box.setToolTip("ColTran: best colours, slow on a CPU. PixelCNN: fast, more varied.")
+        form.addRow("&Model", self.model_box)
+        self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=1.0, decimals=2)
+        self.temperature.setAccessibleName("Sampling temperature")
+        self.temperature.setToolTip("1: the model's own distribution; lower: safer, duller colours; 0: the most "
+                                    "likely colour everywhere")
+        form.addRow("&Temperature", self.temperature)
+        self.samples = QSpinBox(minimum=1, maximum=16, value=3)
+        self.samples.setAccessibleName("Number of colourings")
+        form.addRow("C&andidates", self.samples)
+
+        self.colour_button = QPushButton("Hint &colour…")
+        self.colour_button.setAccessibleName("Hint colour")
+        self.colour_button.setToolTip("The colour new hints get; with a hint selected, recolours it")
+        self.colour_button.clicked.connect(self.choose_colour)
+        form.addRow(self.colour_button)
+        self.recent_row = QHBoxLayout()
+        self.recent_row.setSpacing(2)
+        self.recent_buttons: list[QToolButton] = []
+        for n in range(RECENT_COLOURS):
+            button = QToolButton()
+            button.setIconSize(QSize(SWATCH, SWATCH))
+            button.setAccessibleName(f"Recent hint colour {n + 1}")
+            button.clicked.connect(lambda _=False, i=n: self._use_recent(i))
+            button.hide()
+            self.recent_buttons.append(button)
+            self.recent_row.addWidget(button)
+        self.recent_row.addStretch(1)
+        form.addRow(self.recent_row)
+        self.size_spin = QSpinBox(minimum=MIN_LEVEL, maximum=MAX_LEVEL, value=self.hints.level)
+        self.size_spin.setAccessibleName("Hint size")
+        self.size_spin.setToolTip("Patch size of the selected hint and of new ones (the wheel over a hint too)")
+        self.size_spin.valueChanged.connect(self._size_chosen)
+        form.addRow("Hint &size", self.size_spin)
+        layout.addLayout(form)
+
+        self.hint_list = QListWidget()
+        self.hint_list.setAccessibleName("Colour hints")
+        self.hint_list.currentRowChanged.connect(lambda row: self.hints.select(row))
+        layout.addWidget(self.hint_list, 1)
+        buttons = QHBoxLayout()
+        self.delete_button = QPushButton("&Delete hint")
+        self.delete_button.clicked.connect(lambda: self.hints.selected >= 0 and self.hints.delete(self.hints.selected))
+        self.clear_button = QPushButton("C&lear hints")
+        self.clear_button.clicked.connect(self.hints.clear)
+        buttons.addWidget(self.delete_button)
+        buttons.addWidget(self.clear_button)
+        layout.addLayout(buttons)
+        self.generate_button = QPushButton("Colori&ze")
+        self.generate_button.setToolTip("Sample colourings with these hints (Ctrl+Return)")
+        self.generate_button.clicked.connect(lambda: self.generate())
+        layout.addWidget(self.generate_button)
+        self.setWidget(body)
+
+        self.hints.changed.connect(self._fill_hints)
+        self.hints.selection_changed.connect(self._selection_changed)
+        self.hints.colour_changed.connect(self._show_colour)
+        self.hints.recent_changed.connect(self._fill_recent)
+        self.document.reset.connect(self._document_reset)
+        self._show_colour(self.hints.colour)
+        self._fill_hints()
+
+    # ---- models --------------------------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        current = self.model_box.currentData()
+        self.model_box.clear()
+        for kind in KINDS:
+            for info in list_models(kind):
+                self.model_box.addItem(f"{info.title} ({kind})", f"{kind}\t{info.name}")
+        index = self.model_box.findData(current) if current is not None else -1
+        self.model_box.setCurrentIndex(index if index >= 0 else min(0, self.model_box.count() - 1))
+
+    def choose_model(self, data: str) -> bool:
+        index = self.model_box.findData(data)
+        if index >= 0:
+            self.model_box.setCurrentIndex(index)
+        return index >= 0
+
+    # ---- generating ----------------------------------------------------------------------------------------
+    def params(self) -> dict:
+        return colorize_params(self.document, self.temperature.value())
+
+    def generate(self) -> int | None:
+        """Queue k colourings with the chosen model and the hints; the job id, or None after saying why not."""
+        choice = self.model_box.currentData()
+        if choice is None:
+            self.window_.show_error("No colorization model installed: import ColTran's checkpoints with "
+                                    "`sgraffito import coltran` or train the demo PixelCNN (see the README).")
+            return None
+        gallery = install_gallery(self.window_)
+        index = gallery.model_box.findData(choice)
+        if index < 0:
+            gallery.add_backend_choice(self.model_box.currentText(), *choice.split("\t"))
+        else:
+            gallery.model_box.setCurrentIndex(index)
+        gallery.samples.setValue(self.samples.value())
+        gallery.show()
+        return gallery.generate(self.params())
+
+    # ---- hints ---------------------------------------------------------------------------------------------
+    def ask_colour(self, initial: QColor) -> QColor:
+        """The colour dialog (tests replace this)."""
+        return QColorDialog.getColor(initial, self, "Hint colour")
+
+    def choose_colour(self) -> None:
+        colour = self.ask_colour(self.hints.colour)
+        if colour.isValid():
+            self.hints.set_colour(colour)
+
+    def _use_recent(self, index: int) -> None:
+        if index < len(self.hints.recent):
+            self.hints.set_colour(self.hints.recent[index])
+
+    def _show_colour(self, colour: QColor) -> None:
+        self.colour_button.setIcon(swatch(colour))
+        self.colour_button.setToolTip(f"Hint colour {colour.name()}: the colour new hints get; with a hint "
+                                      "selected, recolours it")
+
+    def _fill_recent(self) -> None:
+        for button, colour in zip(self.recent_buttons, self.hints.recent + [None] * RECENT_COLOURS):
+            button.setVisible(colour is not None)
+            if colour is not None:
+                button.setIcon(swatch(colour))
+                button.setToolTip(colour.name())
+
+    def _size_chosen(self, level: int) -> None:
+        if self.hints.selected >= 0:
+            self.hints.resize(self.hints.selected, level)
+        else:
+            self.hints.level = level
+
+    def _fill_hints(self) -> None:
+        self.hint_list.blockSignals(True)
+        self.hint_list.clear()
+        for index, hint in enumerate(self.hints.hints):
+            item = QListWidgetItem(swatch(QColor(*hint["rgb"])), f"({hint['x']:.0f}, {hint['y']:.0f})  size "
+                                   f"{self.hints.level_of(index)}  {QColor(*hint['rgb']).name()}")
+            self.hint_list.addItem(item)
+        self.hint_list.setCurrentRow(self.hints.selected)
+        self.hint_list.blockSignals(False)
+        self.delete_button.setEnabled(self.hints.selected >= 0)
+        self.clear_button.setEnabled(bool(self.hints.hints))
+
+    def _selection_changed(self, index: int) -> None:
+        self.hint_list.blockSignals(True)
+        self.hint_list.setCurrentRow(index)
+        self.hint_list.blockSignals(False)
+        self.delete_button.setEnabled(index >= 0)
+        if index >= 0:
+            self.size_spin.blockSignals(True)
+            self.size_spin.setValue(self.hints.level_of(index))
+            self.size_spin.blockSignals(False)
+
+    def _document_reset(self) -> None:
+        colorize = self.document.mode == "colorize"
+        if colorize:
+            self.refresh_models()
+        self.setVisible(colorize)
+        self._fill_hints()
+
+
+def install_colorize(window) -> ColorizePanel:
+    """Add the Colorize panel to app.main_window.MainWindow (with the gallery, which shows the colourings) and
+    send Generate to the panel while the document is grayscale. Idempotent."""
+    if getattr(window, "colorize_panel", None) is not None:
+        return window.colorize_panel
+    panel = ColorizePanel(window)
+    window.colorize_panel = panel
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, panel)
+    panel._document_reset()
+    gallery = install_gallery(window)
+
+    def generate() -> None:
+        panel.generate() if window.document.mode == "colorize" else gallery.generate()
+
+    for signal in (window.actions["generate"].triggered, gallery.generate_button.clicked):
+        signal.disconnect()
+        signal.connect(generate)
+    # the gallery's chooser lists colorizers too in colorize mode: a choice there is the panel's choice
+    gallery.model_box.activated.connect(lambda i: panel.choose_model(gallery.model_box.itemData(i) or ""))
+    if "view" in getattr(window, "menus", {}):
+        window.menus["view"].addAction(panel.toggleViewAction())
+    return panel
