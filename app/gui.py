@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QCoreApplication, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -48,7 +48,8 @@ def open_start_document(window: MainWindow, args) -> None:
         if sample is not None:
             window.open_path(sample[0], labels=sample[1], label_set=label_set)
         else:
-            window.statusBar().showMessage("No sample photos in assets/samples", 8000)
+            window.statusBar().showMessage(QCoreApplication.translate("gui", "No sample photos in assets/samples"),
+                                           8000)
 
 
 def remembered_label_set():

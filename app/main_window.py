@@ -13,7 +13,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow,
                                QMenu, QMessageBox, QSlider, QSpinBox, QToolBar, QTreeWidgetItemIterator, QVBoxLayout,
@@ -22,10 +22,12 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, 
 from app import files
 from app import settings as user_settings
 from app.canvas import Canvas
+from app.colorize import install_colorize
 from app.document import VIEW_MODES, Document, describe
 from app.gallery import ID_ROLE as CANDIDATE_ID
 from app.gpu_hint import CudaHint, cuda_hint
 from app.gpu_hint import NOTICE as CUDA_NOTICE
+from app.hints import HintTool
 from app.palette import PaletteDock
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
@@ -35,17 +37,27 @@ from engine.paths import APP_NAME
 
 AUTOSAVE_MS = 60_000
 UNDO_LIMIT = 100  # steps, as napari; a global fill of a 24-MP map alone keeps 96 MB of patches
-PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp)"
-OPEN_FILTER = f"Photos and projects (*.sgraffito *.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp);;{PHOTO_FILTER}"
-PROJECT_FILTER = "Sgraffito projects (*.sgraffito)"
-LABEL_FILTER = "Label maps (*.png)"
-EXPORT_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;TIFF (*.tif *.tiff);;WebP (*.webp)"
-VIEW_TITLES = {"both": "Photo and labels", "photo": "Photo", "labels": "Labels", "outline": "Outline of edits"}
+# user-visible texts defined outside a method are marked for lupdate here and translated where they are shown
+PHOTO_FILTER = QT_TRANSLATE_NOOP("MainWindow", "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp)")
+OPEN_FILTER = QT_TRANSLATE_NOOP("MainWindow", "Photos and projects (*.sgraffito *.jpg *.jpeg *.png *.tif *.tiff "
+                                              "*.webp *.bmp);;Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp)")
+PROJECT_FILTER = QT_TRANSLATE_NOOP("MainWindow", "Sgraffito projects (*.sgraffito)")
+LABEL_FILTER = QT_TRANSLATE_NOOP("MainWindow", "Label maps (*.png)")
+EXPORT_FILTER = QT_TRANSLATE_NOOP("MainWindow", "PNG (*.png);;JPEG (*.jpg *.jpeg);;TIFF (*.tif *.tiff);;WebP (*.webp)")
+VIEW_TITLES = {"both": QT_TRANSLATE_NOOP("MainWindow", "Photo and labels"),
+               "photo": QT_TRANSLATE_NOOP("MainWindow", "Photo"), "labels": QT_TRANSLATE_NOOP("MainWindow", "Labels"),
+               "outline": QT_TRANSLATE_NOOP("MainWindow", "Outline of edits")}
 MODE_HINTS = {
-    "colorize": "Grayscale photo: colorize mode. Label painting works as usual; painting colour hints arrives "
-                "with the colorization tools.",
-    "translate": "Label map only: translation mode. Paint the map; a model renders a photo from it.",
+    "colorize": QT_TRANSLATE_NOOP("MainWindow", "Grayscale photo: colorize mode. The Colour hint tool (H) drops "
+                                                "colour hints; Colorize (Ctrl+Return) samples colourings."),
+    "translate": QT_TRANSLATE_NOOP("MainWindow", "Label map only: translation mode. Paint the map; a model renders a "
+                                                 "photo from it."),
 }
+
+
+def tool_text(text: str) -> str:
+    """A tool's title or hint (marked in app/tools.py) in the user's language."""
+    return QCoreApplication.translate("tools", text)
 
 
 class MainWindow(QMainWindow):
@@ -56,9 +68,10 @@ class MainWindow(QMainWindow):
         self.undo_stack.setUndoLimit(UNDO_LIMIT)
         self.settings = ToolSettings()
         self.canvas = Canvas(self.document)
-        self.canvas.setAccessibleName("Image canvas")
-        self.canvas.setAccessibleDescription("The photo and its label map; paint with the mouse or a tablet")
-        self.tools = {cls.name: cls(self.document, self.canvas, self.settings) for cls in TOOLS}
+        self.canvas.setAccessibleName(self.tr("Image canvas"))
+        self.canvas.setAccessibleDescription(self.tr("The photo and its label map; paint with the mouse or a tablet"))
+        self.tools = {cls.name: cls(self.document, self.canvas, self.settings)
+                      for cls in (*TOOLS, HintTool)}
         self.actions: dict[str, QAction] = {}
         self.menus: dict[str, QMenu] = {}
         self.theme = Theme(QApplication.instance(), self)
@@ -109,6 +122,7 @@ class MainWindow(QMainWindow):
         self.select_tool("brush")
         self._update_title()
         self._update_enabled()
+        install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
 
     # ---- building ------------------------------------------------------------------------------------------
     def _action(self, name: str, text: str, slot, shortcuts=(), checkable: bool = False) -> QAction:
@@ -122,52 +136,55 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         a = self._action
-        a("open", "&Open…", lambda: self.open_dialog(), [QKeySequence.StandardKey.Open])
-        a("open_labels", "Open &Label Map…", lambda: self.open_label_map(), ["Ctrl+Shift+O"])
-        a("new_from_labels", "&New from Label Map…", lambda: self.new_from_label_map(), ["Ctrl+N"])
-        a("save", "&Save", lambda: self.save(), [QKeySequence.StandardKey.Save])
-        a("save_as", "Save &As…", lambda: self.save_as(), ["Ctrl+Shift+S"])
-        a("export_image", "&Export Image…", lambda: self.export_image(), ["Ctrl+E"])
-        a("export_labels", "Export Label &Map…", lambda: self.export_label_map(), ["Ctrl+Shift+E"])
-        a("quit", "&Quit", self.close, ["Ctrl+Q"])
+        a("open", self.tr("&Open…"), lambda: self.open_dialog(), [QKeySequence.StandardKey.Open])
+        a("open_labels", self.tr("Open &Label Map…"), lambda: self.open_label_map(), ["Ctrl+Shift+O"])
+        a("new_from_labels", self.tr("&New from Label Map…"), lambda: self.new_from_label_map(), ["Ctrl+N"])
+        a("save", self.tr("&Save"), lambda: self.save(), [QKeySequence.StandardKey.Save])
+        a("save_as", self.tr("Save &As…"), lambda: self.save_as(), ["Ctrl+Shift+S"])
+        a("export_image", self.tr("&Export Image…"), lambda: self.export_image(), ["Ctrl+E"])
+        a("export_labels", self.tr("Export Label &Map…"), lambda: self.export_label_map(), ["Ctrl+Shift+E"])
+        a("quit", self.tr("&Quit"), self.close, ["Ctrl+Q"])
 
-        undo = self.undo_stack.createUndoAction(self, "&Undo")
+        undo = self.undo_stack.createUndoAction(self, self.tr("&Undo"))
         undo.setShortcuts([QKeySequence("Ctrl+Z")])
-        redo = self.undo_stack.createRedoAction(self, "&Redo")
+        redo = self.undo_stack.createRedoAction(self, self.tr("&Redo"))
         redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
         for name, action in (("undo", undo), ("redo", redo)):
             self.addAction(action)
             self.actions[name] = action
 
-        a("zoom_in", "Zoom &In", self.canvas.zoom_in, ["+", "=", "Ctrl++"])
-        a("zoom_out", "Zoom &Out", self.canvas.zoom_out, ["-", "Ctrl+-"])
-        a("fit", "&Fit", self.canvas.fit, ["0"])
-        a("actual_size", "&100 %", self.canvas.actual_size, ["1"])
+        a("zoom_in", self.tr("Zoom &In"), self.canvas.zoom_in, ["+", "=", "Ctrl++"])
+        a("zoom_out", self.tr("Zoom &Out"), self.canvas.zoom_out, ["-", "Ctrl+-"])
+        a("fit", self.tr("&Fit"), self.canvas.fit, ["0"])
+        a("actual_size", self.tr("&100 %"), self.canvas.actual_size, ["1"])
         self.view_group = QActionGroup(self)
         for mode in VIEW_MODES:
-            action = a(f"view_{mode}", VIEW_TITLES[mode], lambda _=False, m=mode: self.document.set_view_mode(m),
-                       checkable=True)
+            action = a(f"view_{mode}", self.tr(VIEW_TITLES[mode]),
+                       lambda _=False, m=mode: self.document.set_view_mode(m), checkable=True)
             self.view_group.addAction(action)
 
         self.tool_group = QActionGroup(self)
         for tool in self.tools.values():
-            action = a(f"tool_{tool.name}", f"{tool.title}\t{tool.shortcut}",
+            title = tool_text(tool.title)
+            action = a(f"tool_{tool.name}", f"{title}\t{tool.shortcut}",
                        lambda _=False, n=tool.name: self.select_tool(n), [tool.shortcut], checkable=True)
-            action.setToolTip(f"{tool.title} ({tool.shortcut}): {tool.status_hint}")
-            action.setIconText(tool.title)
+            action.setToolTip(f"{title} ({tool.shortcut}): {tool_text(tool.status_hint)}")
+            action.setIconText(title)
             self.tool_group.addAction(action)
-        a("find_label", "&Find Label…", self.find_label, [QKeySequence.StandardKey.Find])
-        a("focus_candidates", "Go to &Candidates", self.focus_candidates, ["Ctrl+J"])
-        a("brush_smaller", "Smaller Brush", lambda: self.settings.grow(1 / 1.2), ["["])
-        a("brush_larger", "Larger Brush", lambda: self.settings.grow(1.2), ["]"])
-        a("shortcuts", "&Keyboard Shortcuts", self.show_shortcuts, ["F1"])
-        a("about", "&About Sgraffito", self.show_about)
+        a("find_label", self.tr("&Find Label…"), self.find_label, [QKeySequence.StandardKey.Find])
+        a("focus_candidates", self.tr("Go to &Candidates"), self.focus_candidates, ["Ctrl+J"])
+        a("brush_smaller", self.tr("Smaller Brush"), lambda: self.settings.grow(1 / 1.2), ["["])
+        a("brush_larger", self.tr("Larger Brush"), lambda: self.settings.grow(1.2), ["]"])
+        a("shortcuts", self.tr("&Keyboard Shortcuts"), self.show_shortcuts, ["F1"])
+        a("about", self.tr("&About Sgraffito"), self.show_about)
         self.theme_group = QActionGroup(self)
-        for choice, title in (("system", "&System"), ("light", "&Light"), ("dark", "&Dark")):
+        for choice, title in (("system", self.tr("&System")), ("light", self.tr("&Light")),
+                              ("dark", self.tr("&Dark"))):
             self.theme_group.addAction(a(f"theme_{choice}", title, lambda _=False, c=choice: self.set_theme(c),
                                          checkable=True))
         self.device_group = QActionGroup(self)
-        for choice, title in (("auto", "&Automatic (GPU if available)"), ("cpu", "&CPU"), ("cuda", "CUDA &GPU")):
+        for choice, title in (("auto", self.tr("&Automatic (GPU if available)")), ("cpu", self.tr("&CPU")),
+                              ("cuda", self.tr("CUDA &GPU"))):
             self.device_group.addAction(a(f"device_{choice}", title, lambda _=False, c=choice: self.set_device(c),
                                           checkable=True))
         self.actions[f"device_{user_settings.device()}"].setChecked(True)
@@ -175,76 +192,77 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         bar = self.menuBar()
         layout = {
-            "file": ("&File", ["open", "open_labels", "new_from_labels", None, "save", "save_as", None,
+            "file": (self.tr("&File"), ["open", "open_labels", "new_from_labels", None, "save", "save_as", None,
                                "export_image", "export_labels", None, "quit"]),
-            "edit": ("&Edit", ["undo", "redo"]),
-            "view": ("&View", ["zoom_in", "zoom_out", "fit", "actual_size", None]
+            "edit": (self.tr("&Edit"), ["undo", "redo"]),
+            "view": (self.tr("&View"), ["zoom_in", "zoom_out", "fit", "actual_size", None]
                      + [f"view_{m}" for m in VIEW_MODES]),
-            "tools": ("&Tools", [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger", None,
+            "tools": (self.tr("&Tools"), [f"tool_{n}" for n in self.tools] + [None, "brush_smaller", "brush_larger", None,
                                                                       "find_label", "focus_candidates"]),
-            "help": ("&Help", ["shortcuts", "about"]),
+            "help": (self.tr("&Help"), ["shortcuts", "about"]),
         }
         for key, (title, names) in layout.items():
             menu = bar.addMenu(title)
             for name in names:
                 menu.addSeparator() if name is None else menu.addAction(self.actions[name])
             self.menus[key] = menu
-        self.menus["recent"] = recent = QMenu("Open &Recent", self)
+        self.menus["recent"] = recent = QMenu(self.tr("Open &Recent"), self)
         self.menus["file"].insertMenu(self.actions["open_labels"], recent)
         recent.aboutToShow.connect(self._fill_recent)
         self.menus["view"].addSeparator()
         self.menus["view"].addAction(self.palette.toggleViewAction())
-        self.menus["theme"] = theme = self.menus["view"].addMenu("&Theme")
+        self.menus["theme"] = theme = self.menus["view"].addMenu(self.tr("&Theme"))
         theme.addActions(self.theme_group.actions())
         self.menus["edit"].addSeparator()
-        self.menus["device"] = device = self.menus["edit"].addMenu("Processing &Device")
+        self.menus["device"] = device = self.menus["edit"].addMenu(self.tr("Processing &Device"))
         device.addActions(self.device_group.actions())
 
     def _build_toolbars(self) -> None:
-        tools = QToolBar("Tools", self)
+        tools = QToolBar(self.tr("Tools"), self)
         tools.setObjectName("tools")
         tools.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         for name in self.tools:
             tools.addAction(self.actions[f"tool_{name}"])
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, tools)
 
-        options = QToolBar("Tool options", self)
+        options = QToolBar(self.tr("Tool options"), self)
         options.setObjectName("tool_options")
         self.size_spin = QSpinBox()
         self.size_spin.setRange(MIN_RADIUS, MAX_RADIUS)
-        self.size_spin.setSuffix(" px")
-        self.size_spin.setPrefix("radius ")
-        self.size_spin.setAccessibleName("Brush radius")
+        self.size_spin.setSuffix(self.tr(" px"))
+        self.size_spin.setPrefix(self.tr("radius "))
+        self.size_spin.setAccessibleName(self.tr("Brush radius"))
         self.size_spin.setValue(self.settings.radius)
         self.size_spin.valueChanged.connect(self.settings.set_radius)
         self.shape_combo = QComboBox()
-        self.shape_combo.addItems(["round", "square"])
-        self.shape_combo.setAccessibleName("Brush shape")
+        self.shape_combo.addItems([self.tr("round"), self.tr("square")])
+        self.shape_combo.setAccessibleName(self.tr("Brush shape"))
         self.shape_combo.currentIndexChanged.connect(lambda i: self.settings.set_square(i == 1))
-        self.global_check = QCheckBox("Global fill")
-        self.global_check.setToolTip("Fill replaces the clicked label everywhere (Shift+click does it once)")
+        self.global_check = QCheckBox(self.tr("Global fill"))
+        self.global_check.setToolTip(self.tr("Fill replaces the clicked label everywhere (Shift+click does it once)"))
         self.global_check.toggled.connect(self.settings.set_global_fill)
-        self.only_check = QCheckBox("Only unlabeled")
-        self.only_check.setToolTip("Brush, superpixel, lasso, rectangle and GrabCut keep pixels that have a label")
+        self.only_check = QCheckBox(self.tr("Only unlabeled"))
+        self.only_check.setToolTip(self.tr("Brush, superpixel, lasso, rectangle and GrabCut keep pixels that have "
+                                           "a label"))
         self.only_check.toggled.connect(self.settings.set_only_unlabeled)
         self.settings.changed.connect(self._settings_changed)
         self.view_combo = QComboBox()
-        self.view_combo.setAccessibleName("View mode")
+        self.view_combo.setAccessibleName(self.tr("View mode"))
         for mode in VIEW_MODES:
-            self.view_combo.addItem(VIEW_TITLES[mode], mode)
+            self.view_combo.addItem(self.tr(VIEW_TITLES[mode]), mode)
         self.view_combo.activated.connect(lambda i: self.document.set_view_mode(self.view_combo.itemData(i)))
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setFixedWidth(120)
-        self.opacity_slider.setAccessibleName("Label overlay opacity")
+        self.opacity_slider.setAccessibleName(self.tr("Label overlay opacity"))
         self.opacity_slider.setValue(round(self.document.overlay_opacity * 100))
         self.opacity_slider.valueChanged.connect(lambda v: self.document.set_overlay_opacity(v / 100))
         for widget in (self.size_spin, self.shape_combo, self.global_check, self.only_check):
             options.addWidget(widget)
         options.addSeparator()
-        options.addWidget(QLabel(" View "))
+        options.addWidget(QLabel(self.tr(" View ")))
         options.addWidget(self.view_combo)
-        options.addWidget(QLabel(" Overlay "))
+        options.addWidget(QLabel(self.tr(" Overlay ")))
         options.addWidget(self.opacity_slider)
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, options)
         self.toolbars = {"tools": tools, "options": options}
@@ -265,21 +283,22 @@ class MainWindow(QMainWindow):
         for path in user_settings.recent_files():
             menu.addAction(path.name, lambda p=path: self.open_path(p)).setToolTip(str(path))
         if menu.isEmpty():
-            menu.addAction("(none)").setEnabled(False)
+            menu.addAction(self.tr("(none)")).setEnabled(False)
 
     def shortcut_table(self) -> list[tuple[str, str]]:
         rows = [(action.text().split("\t")[0].replace("&", "").rstrip("…"),
                  ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()))
                 for action in self.actions.values() if action.shortcuts()]
-        return rows + [("Pan", "Space+drag, middle-drag"), ("Zoom around the cursor", "mouse wheel"),
-                       ("Pick the label under the cursor", "right-click"),
-                       ("Fill everywhere", "Shift+click with Fill"),
-                       ("GrabCut: mark object / background", "Shift+drag / Ctrl+drag")]
+        return rows + [(self.tr("Pan"), self.tr("Space+drag, middle-drag")),
+                       (self.tr("Zoom around the cursor"), self.tr("mouse wheel")),
+                       (self.tr("Pick the label under the cursor"), self.tr("right-click")),
+                       (self.tr("Fill everywhere"), self.tr("Shift+click with Fill")),
+                       (self.tr("GrabCut: mark object / background"), self.tr("Shift+drag / Ctrl+drag"))]
 
     def show_shortcuts(self) -> None:
         rows = "".join(f"<tr><td>{name}</td><td><b>{keys}</b></td></tr>" for name, keys in self.shortcut_table())
         box = QMessageBox(self)
-        box.setWindowTitle("Keyboard shortcuts")
+        box.setWindowTitle(self.tr("Keyboard shortcuts"))
         box.setText(f"<table cellspacing='4'>{rows}</table>")
         box.show()
 
@@ -294,7 +313,7 @@ class MainWindow(QMainWindow):
         """Keyboard path to the gallery: arrows preview candidates, Enter applies one."""
         gallery = getattr(self, "gallery", None)
         if gallery is None:
-            self.statusBar().showMessage("No candidate gallery in this window", 4000)
+            self.statusBar().showMessage(self.tr("No candidate gallery in this window"), 4000)
             return
         gallery.show()
         gallery.raise_()
@@ -312,14 +331,15 @@ class MainWindow(QMainWindow):
         from engine import __version__
 
         hint = self.gpu_hint.text or cuda_hint()  # imports torch only when an NVIDIA GPU is present
-        text = (f"<h3>{APP_NAME} {__version__}</h3><p>Semantic image editing: paint a photo's label map, "
-                f"generate candidates, blend the chosen one back.</p>"
-                f"<p>Processing device: {self.actions['device_' + user_settings.device()].text().replace('&', '')}"
-                f"</p>")
+        device = self.actions[f"device_{user_settings.device()}"].text().replace("&", "")
+        text = (f"<h3>{APP_NAME} {__version__}</h3><p>"
+                + self.tr("Semantic image editing: paint a photo's label map, generate candidates, blend the chosen "
+                          "one back.") + "</p><p>" + self.tr("Processing device: {device}").format(device=device)
+                + "</p>")
         if hint:
             text += f"<p>{hint}</p>"
         box = QMessageBox(self)
-        box.setWindowTitle(f"About {APP_NAME}")
+        box.setWindowTitle(self.tr("About {app}").format(app=APP_NAME))
         box.setTextFormat(Qt.TextFormat.RichText)
         box.setText(text)
         box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # the pip command can be copied
@@ -337,8 +357,9 @@ class MainWindow(QMainWindow):
         user_settings.set_device(choice)
         os.environ["SGRAFFITO_DEVICE"] = choice  # engine.device reads it when the engine starts
         self.actions[f"device_{choice}"].setChecked(True)
-        self.statusBar().showMessage(f"Processing device: {self.actions[f'device_{choice}'].text().replace('&', '')}"
-                                     " — used when the engine next starts (restart if it already generated)", 8000)
+        device = self.actions[f"device_{choice}"].text().replace("&", "")
+        self.statusBar().showMessage(self.tr("Processing device: {device} — used when the engine next starts "
+                                             "(restart if it already generated)").format(device=device), 8000)
 
     def _gpu_hint_found(self, text: str) -> None:
         self.statusBar().showMessage(text, 60_000)
@@ -359,7 +380,7 @@ class MainWindow(QMainWindow):
         tool = self.tools[name]
         self.canvas.set_tool(tool)
         self.actions[f"tool_{name}"].setChecked(True)
-        self.statusBar().showMessage(f"{tool.title}: {tool.status_hint}", 4000)
+        self.statusBar().showMessage(f"{tool_text(tool.title)}: {tool_text(tool.status_hint)}", 4000)
 
     @property
     def tool(self):
@@ -387,12 +408,13 @@ class MainWindow(QMainWindow):
             return
         text = f"x {x}, y {y}   {info['name']} ({info['id']})"
         if info["id"] != info["original"]:
-            text += f"   was {info['original_name']}"
+            text += "   " + self.tr("was {label}").format(label=info["original_name"])
         self.hover_label.setText(text)
 
     def _document_reset(self) -> None:
         doc = self.document
         hint = MODE_HINTS.get(doc.mode)
+        hint = self.tr(hint) if hint else None
         self.banner.setText(hint or "")
         self.banner.setVisible(hint is not None)
         width, height = doc.size
@@ -417,23 +439,24 @@ class MainWindow(QMainWindow):
         self.setWindowModified(doc.dirty)
 
     # ---- dialogs (tests replace these) ---------------------------------------------------------------------
-    def show_error(self, message: str, title: str = "Cannot do that") -> None:
-        QMessageBox.critical(self, title, message)
+    def show_error(self, message: str, title: str = "") -> None:
+        QMessageBox.critical(self, title or self.tr("Cannot do that"), message)
 
     def ask_save_changes(self) -> str:
         """'save', 'discard' or 'cancel' for a document with unsaved changes."""
         buttons = (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
                    | QMessageBox.StandardButton.Cancel)
         name = self.document.path.name if self.document.path else self.document.title
-        answer = QMessageBox.question(self, "Unsaved changes", f"Save the changes to {name}?", buttons,
+        answer = QMessageBox.question(self, self.tr("Unsaved changes"),
+                                      self.tr("Save the changes to {name}?").format(name=name), buttons,
                                       QMessageBox.StandardButton.Save)
         return {QMessageBox.StandardButton.Save: "save",
                 QMessageBox.StandardButton.Discard: "discard"}.get(answer, "cancel")
 
     def ask_recover(self, description: str) -> bool:
         answer = QMessageBox.question(
-            self, "Recover unsaved work",
-            f"Sgraffito closed without saving {description}. Recover it?",
+            self, self.tr("Recover unsaved work"),
+            self.tr("Sgraffito closed without saving {description}. Recover it?").format(description=description),
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes)
         return answer == QMessageBox.StandardButton.Yes
 
@@ -445,7 +468,7 @@ class MainWindow(QMainWindow):
         return Path(path) if path else None
 
     def ask_quality(self) -> int | None:
-        quality, ok = QInputDialog.getInt(self, "Export quality", "JPEG / WebP quality (1-100):",
+        quality, ok = QInputDialog.getInt(self, self.tr("Export quality"), self.tr("JPEG / WebP quality (1-100):"),
                                           files.DEFAULT_QUALITY, 1, 100)
         return quality if ok else None
 
@@ -457,7 +480,7 @@ class MainWindow(QMainWindow):
         except SgraffitoError as problem:
             self.show_error(str(problem))
         except MemoryError:
-            self.show_error("Not enough memory for this image.")
+            self.show_error(self.tr("Not enough memory for this image."))
         except OSError as problem:
             self.show_error(f"{getattr(problem, 'filename', '') or 'file'}: {problem.strerror or problem}")
         return False
@@ -473,7 +496,7 @@ class MainWindow(QMainWindow):
         return answer == "discard"
 
     def open_dialog(self) -> bool:
-        path = self.ask_path("Open a photo or project", OPEN_FILTER)
+        path = self.ask_path(self.tr("Open a photo or project"), self.tr(OPEN_FILTER))
         return path is not None and self.open_path(path)
 
     def open_path(self, path, labels=None, label_set: LabelSet | None = None) -> bool:
@@ -490,7 +513,7 @@ class MainWindow(QMainWindow):
         return opened
 
     def new_from_label_map(self, path=None, label_set: LabelSet | None = None) -> bool:
-        path = path or self.ask_path("New document from a label map", LABEL_FILTER)
+        path = path or self.ask_path(self.tr("New document from a label map"), self.tr(LABEL_FILTER))
         if path is None or not self.confirm_discard():
             return False
         return self._attempt(self._load, files.read_label_map_document, Path(path),
@@ -507,7 +530,7 @@ class MainWindow(QMainWindow):
         doc = self.document
         if not doc.is_open:
             return False
-        path = path or self.ask_path("Open the photo's label map", LABEL_FILTER)
+        path = path or self.ask_path(self.tr("Open the photo's label map"), self.tr(LABEL_FILTER))
         if path is None:
             return False
         return self._attempt(lambda: doc.replace_label_maps(files.read_labels_for(Path(path), doc.label_set,
@@ -524,7 +547,7 @@ class MainWindow(QMainWindow):
             return False
         if path is None:
             suggestion = Path(self.document.title).with_suffix(files.PROJECT_SUFFIX).name
-            path = self.ask_path("Save project", PROJECT_FILTER, save=True, suggestion=suggestion)
+            path = self.ask_path(self.tr("Save project"), self.tr(PROJECT_FILTER), save=True, suggestion=suggestion)
             if path is None:
                 return False
         path = Path(path)
@@ -537,7 +560,7 @@ class MainWindow(QMainWindow):
         self.document.mark_saved(path, project)
         self._forget_autosave()
         user_settings.remember(path)
-        self.statusBar().showMessage(f"Saved {path}", 4000)
+        self.statusBar().showMessage(self.tr("Saved {path}").format(path=path), 4000)
 
     def export_image(self, path=None) -> bool:
         doc = self.document
@@ -545,7 +568,7 @@ class MainWindow(QMainWindow):
             return False
         quality = files.DEFAULT_QUALITY
         if path is None:
-            path = self.ask_path("Export image", EXPORT_FILTER, save=True,
+            path = self.ask_path(self.tr("Export image"), self.tr(EXPORT_FILTER), save=True,
                                  suggestion=Path(doc.title).stem + "-edited.png")
             if path is None:
                 return False
@@ -557,7 +580,7 @@ class MainWindow(QMainWindow):
                     return False
         ok = self._attempt(files.export_image, doc, Path(path), quality)
         if ok:
-            self.statusBar().showMessage(f"Exported {path}", 4000)
+            self.statusBar().showMessage(self.tr("Exported {path}").format(path=path), 4000)
         return ok
 
     def export_label_map(self, path=None) -> bool:
@@ -565,13 +588,13 @@ class MainWindow(QMainWindow):
         if not doc.is_open:
             return False
         if path is None:
-            path = self.ask_path("Export label map", LABEL_FILTER, save=True,
+            path = self.ask_path(self.tr("Export label map"), self.tr(LABEL_FILTER), save=True,
                                  suggestion=Path(doc.title).stem + "-labels.png")
             if path is None:
                 return False
         ok = self._attempt(files.export_label_map, doc, Path(path))
         if ok:
-            self.statusBar().showMessage(f"Exported {path}", 4000)
+            self.statusBar().showMessage(self.tr("Exported {path}").format(path=path), 4000)
         return ok
 
     def autosave(self, wait: bool = False) -> None:
@@ -580,7 +603,7 @@ class MainWindow(QMainWindow):
         doc = self.document
         job = self.autosave_job
         if job is not None and job.done() and job.exception() is not None:
-            self.statusBar().showMessage(f"Autosave failed: {job.exception()}", 8000)
+            self.statusBar().showMessage(self.tr("Autosave failed: {problem}").format(problem=job.exception()), 8000)
         state = (doc.doc_id, doc.revision, len(doc.candidates), len(doc.history), len(doc.hints))
         if doc.is_open and doc.dirty and state != self._autosaved and (job is None or job.done()):
             self._autosaved = state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QCoreApplication, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                QVBoxLayout, QWidget)
@@ -30,7 +30,7 @@ class PaletteDock(QDockWidget):
     error = Signal(str)  # switching to a set that lacks ids of the open map
 
     def __init__(self, document: Document, parent=None):
-        super().__init__("Labels", parent)
+        super().__init__(QCoreApplication.translate("PaletteDock", "Labels"), parent)
         self.setObjectName("palette")
         self.document = document
         body = QWidget()
@@ -38,7 +38,7 @@ class PaletteDock(QDockWidget):
         layout.setContentsMargins(4, 4, 4, 4)
 
         self.set_combo = QComboBox()
-        self.set_combo.setAccessibleName("Label set")
+        self.set_combo.setAccessibleName(self.tr("Label set"))
         for name in available_sets():
             self.set_combo.addItem(load_label_set(name).title, name)
         self.set_combo.activated.connect(self._set_chosen)
@@ -46,19 +46,19 @@ class PaletteDock(QDockWidget):
         self.set_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.set_combo.setMinimumContentsLength(16)
         self.set_combo.currentIndexChanged.connect(lambda i: self.set_combo.setToolTip(self.set_combo.itemText(i)))
-        self.subset_check = QCheckBox("Landscape labels only")
+        self.subset_check = QCheckBox(self.tr("Landscape labels only"))
         self.subset_check.setChecked(True)
         self.subset_check.toggled.connect(self.refresh)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("Search labels…")
+        self.search.setPlaceholderText(self.tr("Search labels…"))
         self.search.setClearButtonEnabled(True)
-        self.search.setAccessibleName("Search labels")
+        self.search.setAccessibleName(self.tr("Search labels"))
         self.search.textChanged.connect(self.refresh)
         self.search.returnPressed.connect(self._pick_first)
         self.recent = QListWidget()
-        self.recent.setAccessibleName("Recently used labels")
+        self.recent.setAccessibleName(self.tr("Recently used labels"))
         self.labels = QListWidget()
-        self.labels.setAccessibleName("Labels")
+        self.labels.setAccessibleName(self.tr("Labels"))
         for widget in (self.recent, self.labels):
             widget.itemClicked.connect(self._item_chosen)
             widget.itemActivated.connect(self._item_chosen)
@@ -67,10 +67,10 @@ class PaletteDock(QDockWidget):
         layout.addWidget(self.set_combo)
         layout.addWidget(self.subset_check)
         layout.addWidget(self.search)
-        self.recent_title = QLabel("Recent")
+        self.recent_title = QLabel(self.tr("Recent"))
         layout.addWidget(self.recent_title)
         layout.addWidget(self.recent)
-        layout.addWidget(QLabel("All"))
+        layout.addWidget(QLabel(self.tr("All")))
         layout.addWidget(self.labels, 1)
         layout.addWidget(self.active)
         self.setWidget(body)
@@ -114,12 +114,13 @@ class PaletteDock(QDockWidget):
     def _entry(self, label_id: int) -> QListWidgetItem:
         label_set = self.document.label_set
         if label_id == label_set.unlabeled:
-            item = QListWidgetItem(swatch((0, 0, 0)), f"unlabeled  ({label_id})")
-            item.setToolTip("Clears the label: the overlay shows the photo there")
+            item = QListWidgetItem(swatch((0, 0, 0)), self.tr("unlabeled  ({id})").format(id=label_id))
+            item.setToolTip(self.tr("Clears the label: the overlay shows the photo there"))
         else:
             label = label_set.by_id[label_id]
             item = QListWidgetItem(swatch(label.color), f"{label.name}  ({label.id})")
-            item.setToolTip(f"{label.name}: id {label.id}, colour #{'%02x%02x%02x' % label.color}")
+            item.setToolTip(self.tr("{name}: id {id}, colour {colour}").format(
+                name=label.name, id=label.id, colour="#%02x%02x%02x" % label.color))
         item.setData(ID_ROLE, label_id)
         return item
 
@@ -168,7 +169,7 @@ class PaletteDock(QDockWidget):
     def _active_changed(self, label_id: int) -> None:
         self._select(label_id)
         name = self.document.label_set.name_of(label_id)
-        self.active.setText(f"Painting: <b>{name}</b> ({label_id})")
+        self.active.setText(self.tr("Painting: <b>{name}</b> ({id})").format(name=name, id=label_id))
 
     def _item_chosen(self, item: QListWidgetItem) -> None:
         self.document.set_active_label(item.data(ID_ROLE))

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QApplication, QGraphicsPathItem, QGraphicsRectItem, QToolTip
 
@@ -222,13 +222,13 @@ class StrokeTool(Tool):
 
 
 class BrushTool(StrokeTool):
-    name, title, shortcut = "brush", "Brush", "B"
-    status_hint = "Paint the active label. [ ] change the size."
+    name, title, shortcut = "brush", QT_TRANSLATE_NOOP("tools", "Brush"), "B"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Paint the active label. [ ] change the size.")
 
 
 class EraserTool(StrokeTool):
-    name, title, shortcut = "eraser", "Eraser", "E"
-    status_hint = "Restore the original labels under the stroke."
+    name, title, shortcut = "eraser", QT_TRANSLATE_NOOP("tools", "Eraser"), "E"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Restore the original labels under the stroke.")
 
     def stamp(self, a, b) -> None:
         x0, y0, mask = self.footprint(a, b)
@@ -241,8 +241,8 @@ class EraserTool(StrokeTool):
 class SuperpixelTool(StrokeTool):
     """Paints whole superpixels: every segment the brush touches takes the active label."""
 
-    name, title, shortcut = "superpixel", "Superpixel brush", "P"
-    status_hint = "Paint whole superpixels (regions of similar colour)."
+    name, title, shortcut = "superpixel", QT_TRANSLATE_NOOP("tools", "Superpixel brush"), "P"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Paint whole superpixels (regions of similar colour).")
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -301,8 +301,9 @@ class SuperpixelTool(StrokeTool):
 
 
 class FillTool(Tool):
-    name, title, shortcut = "fill", "Fill", "G"
-    status_hint = "Click fills the connected region of one label; Shift+click (or Global) replaces it everywhere."
+    name, title, shortcut = "fill", QT_TRANSLATE_NOOP("tools", "Fill"), "G"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Click fills the connected region of one label; Shift+click (or Global) "
+                                             "replaces it everywhere.")
 
     def press(self, pos, event) -> None:
         if event.button() != Qt.MouseButton.LeftButton:
@@ -333,8 +334,8 @@ class FillTool(Tool):
 
 
 class PickerTool(Tool):
-    name, title, shortcut = "picker", "Eyedropper", "I"
-    status_hint = "Click picks the label under the cursor."
+    name, title, shortcut = "picker", QT_TRANSLATE_NOOP("tools", "Eyedropper"), "I"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Click picks the label under the cursor.")
 
     def press(self, pos, event) -> None:
         info = describe(self.document, *pixel(pos))
@@ -372,8 +373,9 @@ class RegionTool(Tool):
 
 
 class LassoTool(RegionTool):
-    name, title, shortcut = "lasso", "Lasso", "L"
-    status_hint = "Drag a freehand outline, or click corners and double-click (Enter) to close; Esc cancels."
+    name, title, shortcut = "lasso", QT_TRANSLATE_NOOP("tools", "Lasso"), "L"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Drag a freehand outline, or click corners and double-click (Enter) "
+                                             "to close; Esc cancels.")
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -452,8 +454,8 @@ class LassoTool(RegionTool):
 
 
 class RectangleTool(RegionTool):
-    name, title, shortcut = "rectangle", "Rectangle", "R"
-    status_hint = "Drag a rectangle to fill it with the active label."
+    name, title, shortcut = "rectangle", QT_TRANSLATE_NOOP("tools", "Rectangle"), "R"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Drag a rectangle to fill it with the active label.")
     text = "Rectangle fill"
 
     def __init__(self, *args):
@@ -505,9 +507,9 @@ class RectangleTool(RegionTool):
 
 
 class GrabCutTool(RectangleTool):
-    name, title, shortcut = "grabcut", "GrabCut region", "C"
-    status_hint = ("Drag a rectangle around an object: GrabCut labels what stands out. Then Shift+drag marks "
-                   "more object, Ctrl+drag marks background.")
+    name, title, shortcut = "grabcut", QT_TRANSLATE_NOOP("tools", "GrabCut region"), "C"
+    status_hint = QT_TRANSLATE_NOOP("tools", "Drag a rectangle around an object: GrabCut labels what stands out. "
+                                             "Then Shift+drag marks more object, Ctrl+drag marks background.")
     text = "GrabCut fill"
 
     def __init__(self, *args):
