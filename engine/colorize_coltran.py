@@ -30,7 +30,7 @@ import torch
 
 from engine.colorize_pixelcnn import Hint, parse_hints
 from engine.errors import InputError
-from engine.models.coltran import ColTran, ColTranConfig, rgb_to_symbols, symbols_to_rgb
+from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb
 
 DEFAULT_MODEL = "demo-coltran"
 COARSE, FINE = 64, 256

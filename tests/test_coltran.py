@@ -1,6 +1,5 @@
 """ColTran: exact cached decoding, causality, the TF-free importer, and the colorization pipeline."""
 
-import json
 import re
 
 import numpy as np

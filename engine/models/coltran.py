@@ -754,7 +754,7 @@ def _transform(array, how: str) -> torch.Tensor:
     return tensor
 
 
-def infer_stage_config(stage: str, variables: dict[str, "np.ndarray"]):
+def infer_stage_config(stage: str, variables: dict):
     """The architecture of one stage from its official variables' canonical names and shapes."""
     names = set(variables)
     root = STAGE_SCOPES[stage]
