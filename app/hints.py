@@ -8,8 +8,9 @@ layer, the tool and the colorize panel share. Every change is one QUndoCommand o
 the wheel's size steps on one hint merge into one command.
 
 Sizes follow ideepcolor's 1x1..9x9 patches at the model's scale: a hint has a level 1..9 and a radius of
-level x `unit` photo pixels, where `unit` is one cell of a 128-pixel working grid (between ColTran's 64x64
-coarse grid and the PixelCNN's chroma map), so a level means the same on a scan and on a thumbnail.
+level x `unit` photo pixels, where `unit` is one cell of ColTran's 64x64 coarse grid (half a cell of the demo
+PixelCNN's 32-wide chroma map), so a level means the same on a scan and on a thumbnail. Smaller disks would
+be diluted: both colorizers sample chroma on such a grid and upsample it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PySide6.QtWidgets import QGraphicsItem
 from app.tools import Tool, cosmetic_pen
 
 MIN_LEVEL, MAX_LEVEL, DEFAULT_LEVEL = 1, 9, 3
-GRID = 128  # working-grid cells across the long side: one cell = one level of radius
+GRID = 64  # coarse cells across the long side (ColTran): one cell = one level of radius
 RECENT_COLOURS = 8
 MIN_SCREEN_RADIUS = 5.0  # view pixels: a hint stays visible and clickable when zoomed out
 RESIZE_COMMAND_ID = 0x5167  # QUndoCommand.id() of size steps, which merge per hint
