@@ -266,6 +266,10 @@ class HintTool(Tool):
     def press(self, pos, event) -> None:
         if event.button() != Qt.MouseButton.LeftButton:
             return
+        if self.document.mode != "colorize":
+            self.canvas.message.emit("Colour hints steer the colorization of grayscale photos; this photo has "
+                                     "colour already")
+            return
         index = self.model.hint_at(pos.x(), pos.y(), self._slack())
         if index < 0:
             if not self._inside(pos):

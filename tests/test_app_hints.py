@@ -174,3 +174,15 @@ def test_hints_survive_save_and_reopen(window, tmp_path):
     assert window.colorize_panel.hint_list.count() == 2
     click(window, 80, 50, Qt.MouseButton.RightButton)  # the reopened hints are editable
     assert len(hints(window)) == 1
+
+
+def test_colour_photos_take_no_hints(window, tmp_path):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, : W // 2] = (200, 40, 30)
+    rgb[:, W // 2:] = (30, 90, 220)
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    assert window.open_path(tmp_path / "colour.png"), window.errors
+    assert window.document.mode == "edit" and not window.colorize_panel.isVisible()
+    window.select_tool("hint")
+    click(window, 20, 20)
+    assert hints(window) == []
