@@ -242,7 +242,8 @@ class HintLayer(QGraphicsItem):
 
 class HintTool(Tool):
     """ideepcolor's hint interaction: click adds a hint in the current colour, drag moves one, right-click
-    deletes it, the wheel over a hint changes its size (elsewhere it zooms), Delete removes the selected one."""
+    deletes it, the wheel over a hint changes its size (elsewhere it zooms), Delete removes the selected one,
+    Esc deselects it."""
 
     name, title, shortcut = "hint", QT_TRANSLATE_NOOP("tools", "Colour hint"), "H"
     status_hint = QT_TRANSLATE_NOOP("tools", "Click adds a colour hint, drag moves it, right-click deletes it, "
@@ -313,6 +314,9 @@ class HintTool(Tool):
     def key(self, event) -> bool:
         if event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and self.model.selected >= 0:
             self.model.delete(self.model.selected)
+            return True
+        if event.key() == Qt.Key.Key_Escape and self.model.selected >= 0:  # the colour button then sets new hints
+            self.model.select(-1)
             return True
         return False
 

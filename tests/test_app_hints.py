@@ -159,6 +159,13 @@ def test_colour_button_recolours_the_selected_hint_and_keeps_recent_colours(wind
     assert hints(window)[0]["rgb"] == [200, 40, 30]
     panel.recent_buttons[0].click()  # the blue again, from the recent colours
     assert hints(window)[0]["rgb"] == [20, 90, 220]
+    QTest.keyClick(window.canvas, Qt.Key.Key_Escape)  # deselected: a colour is for the next hint only
+    panel.recent_buttons[1].click()
+    assert hints(window)[0]["rgb"] == [20, 90, 220]
+    click(window, 10, 10)
+    assert hints(window)[1]["rgb"] == [200, 40, 30]
+    QTest.keyClick(window.canvas, Qt.Key.Key_Delete)
+    assert len(hints(window)) == 1
 
 
 def test_hints_survive_save_and_reopen(window, tmp_path):
