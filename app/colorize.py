@@ -30,13 +30,18 @@ def swatch(colour: QColor, size: int = SWATCH) -> QIcon:
     return QIcon(pixmap)
 
 
-def colorize_params(document, temperature: float) -> dict:
-    return {"temperature": float(temperature), "hints": [dict(h) for h in document.hints]}
+def colorize_params(document, backend: str, temperature: float, hint_tolerance: int = 0) -> dict:
+    params = {"temperature": float(temperature), "hints": [dict(h) for h in document.hints]}
+    if backend == "coltran":  # ColTran restricts hinted cells to the hint's colour bin +- this many levels
+        params["hint_tolerance"] = int(hint_tolerance)
+    return params
 
 
-def colorize_request(document, backend: str, model: str, *, k: int, seed: int, temperature: float = 1.0) -> Request:
+def colorize_request(document, backend: str, model: str, *, k: int, seed: int, temperature: float = 1.0,
+                     hint_tolerance: int = 0) -> Request:
     """The request one Colorize makes: the document's image with its hints in photo pixels."""
-    return build_request(document, backend, model, k=k, seed=seed, params=colorize_params(document, temperature))
+    return build_request(document, backend, model, k=k, seed=seed,
+                         params=colorize_params(document, backend, temperature, hint_tolerance))
 
 
 class ColorizePanel(QDockWidget):
@@ -63,6 +68,12 @@ class ColorizePanel(QDockWidget):
         self.samples = QSpinBox(minimum=1, maximum=16, value=3)
         self.samples.setAccessibleName("Number of colourings")
         form.addRow("C&andidates", self.samples)
+        self.tolerance = QSpinBox(minimum=0, maximum=3, value=0)
+        self.tolerance.setAccessibleName("Hint tolerance")
+        self.tolerance.setToolTip("ColTran: how far (in coarse colour levels per channel) a hinted area may stray "
+                                  "from the hint's colour")
+        form.addRow("Hint t&olerance", self.tolerance)
+        self.model_box.currentIndexChanged.connect(self._model_changed)
 
         self.colour_button = QPushButton("Hint &colour…")
         self.colour_button.setAccessibleName("Hint colour")
@@ -132,8 +143,12 @@ class ColorizePanel(QDockWidget):
         return index >= 0
 
     # ---- generating ----------------------------------------------------------------------------------------
+    def _model_changed(self) -> None:
+        self.tolerance.setEnabled(str(self.model_box.currentData()).startswith("coltran\t"))
+
     def params(self) -> dict:
-        return colorize_params(self.document, self.temperature.value())
+        backend = str(self.model_box.currentData()).split("\t")[0]
+        return colorize_params(self.document, backend, self.temperature.value(), self.tolerance.value())
 
     def generate(self) -> int | None:
         """Queue k colourings with the chosen model and the hints; the job id, or None after saying why not."""

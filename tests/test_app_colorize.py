@@ -74,9 +74,11 @@ def test_request_builder_carries_backend_model_temperature_and_hints(tmp_path):
     document.load(label_set=load_label_set(DEFAULT_SET), labels=np.zeros((40, 50), np.uint16), photo=photo)
     assert document.mode == "colorize"
     document.hints = [{"x": 12.5, "y": 30.5, "radius": 2.0, "rgb": [10, 200, 30]}]
-    request = colorize_request(document, "coltran", "some-model", k=3, seed=7, temperature=0.6)
+    request = colorize_request(document, "coltran", "some-model", k=3, seed=7, temperature=0.6, hint_tolerance=1)
     assert (request.backend, request.model, request.k, request.seed) == ("coltran", "some-model", 3, 7)
-    assert thaw(request.params) == {"temperature": 0.6, "hints": document.hints}
+    assert thaw(request.params) == {"temperature": 0.6, "hints": document.hints, "hint_tolerance": 1}
+    request = colorize_request(document, "pixelcnn", "other", k=1, seed=0)
+    assert thaw(request.params) == {"temperature": 1.0, "hints": document.hints}
     assert request.photo.shape[:2] == (40, 50)
 
 
@@ -91,6 +93,7 @@ def test_panel_lists_both_colorizers_and_generate_sends_the_chosen_one(window, m
     panel.choose_model("coltran\ttiny-coltran")
     panel.temperature.setValue(0.4)
     panel.samples.setValue(2)
+    panel.tolerance.setValue(1)
 
     window.actions["generate"].trigger()  # Ctrl+Return
     window.gallery.generate_button.click()
@@ -99,7 +102,7 @@ def test_panel_lists_both_colorizers_and_generate_sends_the_chosen_one(window, m
     for request in sent:
         assert (request.backend, request.model, request.k) == ("coltran", "tiny-coltran", 2)
         params = thaw(request.params)
-        assert params["temperature"] == pytest.approx(0.4)
+        assert params["temperature"] == pytest.approx(0.4) and params["hint_tolerance"] == 1
         assert params["hints"] == [{"x": 20.5, "y": 10.5, "radius": window.document.hints[0]["radius"],
                                     "rgb": list(HINT_RGB)}]
 
@@ -109,8 +112,9 @@ def test_panel_lists_both_colorizers_and_generate_sends_the_chosen_one(window, m
     gallery_box.setCurrentIndex(index)
     gallery_box.activated.emit(index)
     assert panel.model_box.currentData() == "pixelcnn\ttiny-pixelcnn"
+    assert not panel.tolerance.isEnabled(), "only ColTran has a hint tolerance"
     window.actions["generate"].trigger()
-    assert sent[-1].backend == "pixelcnn"
+    assert sent[-1].backend == "pixelcnn" and "hint_tolerance" not in thaw(sent[-1].params)
 
 
 def test_no_colorizer_installed_says_so(window, monkeypatch):
