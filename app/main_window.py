@@ -123,6 +123,7 @@ class MainWindow(QMainWindow):
         self._update_title()
         self._update_enabled()
         install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
+        self.menuBar().addAction(self.menus["help"].menuAction())  # Help stays last, after the panels' menus
 
     # ---- building ------------------------------------------------------------------------------------------
     def _action(self, name: str, text: str, slot, shortcuts=(), checkable: bool = False) -> QAction:

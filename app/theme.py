@@ -7,9 +7,9 @@ explicitly on the Fusion style, whose widgets draw everything from the palette; 
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QObject, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QToolBar, QToolButton
 
 # dark Fusion colours: inputs (base) are clearly darker wells than the window, so an unchecked box stays visible
 _DARK = {
@@ -45,6 +45,33 @@ _DARK_DISABLED = {
 CANVAS = {"dark": QColor(40, 40, 43), "light": QColor(150, 150, 154)}
 
 
+# Fusion draws these from fixed dark-grey pixmaps that vanish on a dark window: dock float/close, toolbar overflow
+_GLYPHS = (QStyle.StandardPixmap.SP_TitleBarNormalButton, QStyle.StandardPixmap.SP_TitleBarCloseButton,
+           QStyle.StandardPixmap.SP_DockWidgetCloseButton, QStyle.StandardPixmap.SP_ToolBarHorizontalExtensionButton,
+           QStyle.StandardPixmap.SP_ToolBarVerticalExtensionButton, QStyle.StandardPixmap.SP_LineEditClearButton)
+
+
+class DarkFusion(QProxyStyle):
+    """Fusion with those glyphs in the light text colour."""
+
+    def __init__(self):
+        super().__init__("Fusion")
+
+    def standardIcon(self, pixmap, option=None, widget=None) -> QIcon:
+        icon = super().standardIcon(pixmap, option, widget)
+        if pixmap not in _GLYPHS or icon.isNull():
+            return icon
+        light = QIcon()
+        for size in icon.availableSizes() or [QSize(16, 16)]:
+            glyph = icon.pixmap(size)
+            painter = QPainter(glyph)
+            painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceIn)  # keep the shape
+            painter.fillRect(glyph.rect(), QColor(_DARK[QPalette.ColorRole.WindowText]))
+            painter.end()
+            light.addPixmap(glyph)
+        return light
+
+
 def dark_palette() -> QPalette:
     palette = QPalette()
     for role, colour in _DARK.items():
@@ -71,7 +98,9 @@ class Theme(QObject):
         super().__init__(parent)
         self.app = app
         self.choice = "system"
-        self._light = app.palette()  # the platform's palette before we change anything
+        self._light = app.palette()  # the platform's palette and style before we change anything
+        self._style_name = app.style().name()
+        self._dark_style: DarkFusion | None = None
         app.styleHints().colorSchemeChanged.connect(lambda _scheme: self.choice == "system" and self.apply())
 
     @property
@@ -90,8 +119,25 @@ class Theme(QObject):
         else:
             self.app.styleHints().unsetColorScheme()
         if dark and not is_dark(self.app.palette()):
-            self.app.setStyle("Fusion")  # native styles (Windows Vista, macOS) draw parts in fixed light colours
+            # native styles (Windows Vista, macOS) draw parts in fixed light colours; Fusion draws from the palette
+            self._dark_style = DarkFusion()
+            self.app.setStyle(self._dark_style)
             self.app.setPalette(dark_palette())
         elif not dark and is_dark(self.app.palette()):
+            if self._dark_style is not None:
+                self.app.setStyle(self._style_name)
+                self._dark_style = None
             self.app.setPalette(self._light if not is_dark(self._light) else self.app.style().standardPalette())
+        self._refresh_overflow_buttons()
         self.changed.emit(dark)
+
+    def _refresh_overflow_buttons(self) -> None:
+        """A toolbar takes its overflow icon once, when it is made; a new style does not reach it."""
+        for top in self.app.topLevelWidgets():
+            for button in top.findChildren(QToolButton, "qt_toolbar_ext_button"):
+                toolbar = button.parent()
+                if isinstance(toolbar, QToolBar):
+                    glyph = (QStyle.StandardPixmap.SP_ToolBarHorizontalExtensionButton
+                             if toolbar.orientation() == Qt.Orientation.Horizontal
+                             else QStyle.StandardPixmap.SP_ToolBarVerticalExtensionButton)
+                    button.setIcon(self.app.style().standardIcon(glyph, None, button))
