@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QStyle
 
 from app import gpu_hint, settings
 from app.gui import remembered_label_set
@@ -29,6 +29,13 @@ def make_window(qtbot, monkeypatch):
 
     yield make
     QApplication.instance().setPalette(QApplication.style().standardPalette())
+
+
+def glyph_lightness(glyph) -> int:
+    """The lightest opaque pixel of a style's icon."""
+    image = QApplication.style().standardIcon(glyph).pixmap(16, 16).toImage()
+    return max((image.pixelColor(x, y).lightness() for x in range(image.width()) for y in range(image.height())
+                if image.pixelColor(x, y).alpha() > 128), default=0)
 
 
 def window_colour():
@@ -105,6 +112,7 @@ def test_dark_theme_darkens_the_palette_and_canvas_and_light_brings_them_back(ma
     text = QApplication.instance().palette().color(QPalette.ColorRole.WindowText)
     assert text.lightness() - window_colour().lightness() > 150, "text stays legible"
     assert settings.theme() == "dark"
+    assert glyph_lightness(QStyle.StandardPixmap.SP_DockWidgetCloseButton) > 180, "dock buttons stay visible"
     window.actions["theme_light"].trigger()
     assert window_colour().lightness() > 200
     assert window.canvas.backgroundBrush().color().lightness() > 120
