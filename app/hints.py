@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QUndoCommand
 from PySide6.QtWidgets import QGraphicsItem
 
 from app.tools import Tool, cosmetic_pen
+from engine.composite import transfer_chroma
 
 MIN_LEVEL, MAX_LEVEL, DEFAULT_LEVEL = 1, 9, 3
 GRID = 64  # coarse cells across the long side (ColTran): one cell = one level of radius
@@ -85,6 +87,18 @@ class HintsModel(QObject):
         """The centre of the photo pixel under (x, y), kept inside the photo."""
         width, height = self.document.size
         return (min(width - 1, max(0, math.floor(x))) + 0.5, min(height - 1, max(0, math.floor(y))) + 0.5)
+
+    def shown_colour(self, index: int) -> QColor:
+        """The hint's colour as the result will show it: the colorizers keep the photo's luminance and take only
+        the hint's chroma (ideepcolor's picker offers only the colours of the point's lightness, for the
+        same reason)."""
+        hint, image = self.hints[index], self.document.image
+        if image is None:
+            return QColor(*hint["rgb"])
+        x, y = self.clamp(hint["x"], hint["y"])
+        pixel = image[int(y):int(y) + 1, int(x):int(x) + 1]
+        r, g, b = (int(c) for c in transfer_chroma(pixel, np.array([[hint["rgb"]]], np.uint8))[0, 0])
+        return QColor(r, g, b)
 
     def hint_at(self, x: float, y: float, slack: float = 0.0) -> int:
         """The topmost (last added) hint whose disk, grown by `slack` photo pixels, contains (x, y); -1 if none."""
@@ -204,8 +218,9 @@ class HintCommand(QUndoCommand):
 
 
 class HintLayer(QGraphicsItem):
-    """Hints on the canvas: disks in their colour with a dark and a light outline (visible on any photo); the
-    selected one has a yellow ring. Shown in colorize mode."""
+    """Hints on the canvas: each a disk filled with the colour the result will have there (the photo's
+    luminance, the hint's chroma), ringed in the picked colour and outlined in black (visible on any photo);
+    the selected one has a yellow outer ring. Shown in colorize mode."""
 
     def __init__(self, model: HintsModel):
         super().__init__()
@@ -231,13 +246,16 @@ class HintLayer(QGraphicsItem):
         for index, hint in enumerate(self.model.hints):
             centre = QPointF(hint["x"], hint["y"])
             radius = max(hint["radius"], MIN_SCREEN_RADIUS / zoom)
-            selected = index == self.model.selected
-            painter.setBrush(QColor(*hint["rgb"]))
-            painter.setPen(cosmetic_pen(QColor(0, 0, 0, 200), 3.5 if selected else 3))
+            painter.setBrush(self.model.shown_colour(index))
+            painter.setPen(cosmetic_pen(QColor(0, 0, 0, 220), 5))
             painter.drawEllipse(centre, radius, radius)
             painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.setPen(cosmetic_pen(QColor(255, 220, 0) if selected else QColor(255, 255, 255), 1.5))
+            painter.setPen(cosmetic_pen(QColor(*hint["rgb"]), 3))
             painter.drawEllipse(centre, radius, radius)
+            if index == self.model.selected:
+                ring = radius + 4 / zoom
+                painter.setPen(cosmetic_pen(QColor(255, 220, 0), 1.5))
+                painter.drawEllipse(centre, ring, ring)
 
 
 class HintTool(Tool):

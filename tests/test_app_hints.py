@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.hints import DEFAULT_LEVEL, HintsModel
 from app.main_window import MainWindow
+from engine.composite import transfer_chroma
 
 W, H = 96, 64
 RED = QColor(200, 40, 30)
@@ -89,7 +90,11 @@ def test_hints_are_drawn_as_coloured_disks(window):
     QApplication.processEvents()
     image = window.canvas.viewport().grab().toImage()
     centre = view_point(window, 40.5, 30.5)
-    assert QColor(image.pixel(centre)).getRgb()[:3] == (200, 40, 30)
+    # the colour the result will have: the photo's luminance there with the hint's chroma
+    shown = transfer_chroma(window.document.image[30:31, 40:41], np.array([[[200, 40, 30]]], np.uint8))[0, 0]
+    assert np.abs(np.array(QColor(image.pixel(centre)).getRgb()[:3]) - shown).max() <= 1
+    assert shown[0] > shown[1] + 40, "reddish"
+    assert abs(float(shown @ [0.299, 0.587, 0.114]) - window.document.image[30, 40, 0]) <= 1.5
     # outside the disk: the gray photo
     far = view_point(window, 40.5 + 3 * hints(window)[0]["radius"], 30.5)
     r, g, b = QColor(image.pixel(far)).getRgb()[:3]
