@@ -22,6 +22,7 @@ from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QPointF, QRectF, Qt, Sign
 from PySide6.QtGui import QColor, QPainter, QUndoCommand
 from PySide6.QtWidgets import QGraphicsItem
 
+from app.canvas import MIN_ZOOM
 from app.tools import Tool, cosmetic_pen
 from engine.composite import transfer_chroma
 
@@ -226,18 +227,39 @@ class HintLayer(QGraphicsItem):
         super().__init__()
         self.model = model
         self.setZValue(5)  # over the photo and the label overlay, under the tools' previews
+        self._drawn: set[tuple] = set()  # what the last paint showed: only changed disks are repainted
         model.changed.connect(self._changed)
-        model.document.reset.connect(self._changed)
-        self._changed()
+        model.document.reset.connect(self._reset)
+        self._reset()
 
-    def _changed(self) -> None:
+    def _reset(self) -> None:
         self.prepareGeometryChange()
         self.setVisible(self.model.document.mode == "colorize")
+        self._drawn = set()
+        self._changed()
         self.update()
+
+    def _state(self) -> set[tuple]:
+        return {(h["x"], h["y"], h["radius"], tuple(h["rgb"]), i == self.model.selected)
+                for i, h in enumerate(self.model.hints)}
+
+    def _changed(self) -> None:
+        """Repaint the disks that appeared, moved or changed, not the whole photo (a 24-MP one is slow to redraw
+        at every mouse move of a drag)."""
+        state = self._state()
+        views = self.scene().views() if self.scene() is not None else []
+        zoom = views[0].transform().m11() if views else 1.0
+        margin = (MIN_SCREEN_RADIUS + 10) / max(zoom, 1e-6)  # the minimum on-screen size, the rings
+        for x, y, radius, *_ in state ^ self._drawn:
+            extent = max(radius, MIN_SCREEN_RADIUS / max(zoom, 1e-6)) + margin
+            self.update(QRectF(x - extent, y - extent, 2 * extent, 2 * extent))
+        self._drawn = state
 
     def boundingRect(self) -> QRectF:
         width, height = self.model.document.size
-        margin = MAX_LEVEL * self.model.unit + 64  # disks at the border; the minimum on-screen size
+        # disks at the border, at their minimum on-screen size at the smallest zoom (the canvas's scene rect is
+        # set apart, so this does not change scrolling)
+        margin = MAX_LEVEL * self.model.unit + (MIN_SCREEN_RADIUS + 10) / MIN_ZOOM
         return QRectF(-margin, -margin, width + 2 * margin, height + 2 * margin)
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
