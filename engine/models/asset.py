@@ -259,6 +259,26 @@ def blocked_attention(q, k, v, bias):
     return out.view(q.shape)
 
 
+ROW_CHUNK = 8  # query blocks per gather: bounds the gathered keys/values and scores to 8 of 64 rows
+
+
+def _row_chunks(qb, kb, vb, table, bias, start_k, start_v):
+    """Blocked attention of all query blocks, ROW_CHUNK blocks at a time. qb/kb/vb (B,H,nb,nt,d); table
+    (B,H,nb,S) key blocks per query block; bias (nb,nt,K); start_k/v (B,H,1,d) prepended to every row's keys."""
+    b, h, nb = qb.shape[:3]
+    kb, vb = kb.contiguous(), vb.contiguous()  # gather_blocks flattens them; copy once, not per chunk
+    outs = []
+    for r0 in range(0, nb, ROW_CHUNK):
+        rows = slice(r0, min(nb, r0 + ROW_CHUNK))
+        keys, values = gather_blocks(kb, table[:, :, rows]), gather_blocks(vb, table[:, :, rows])
+        if start_k is not None:
+            n = keys.shape[2]
+            keys = torch.cat([start_k[:, :, None].expand(b, h, n, 1, -1), keys], 3)
+            values = torch.cat([start_v[:, :, None].expand(b, h, n, 1, -1), values], 3)
+        outs.append(blocked_attention(qb[:, :, rows], keys, values, bias[rows]))
+    return torch.cat(outs, 2)
+
+
 def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None, q_pos: torch.Tensor | None = None):
     """Additive bias (R, nq, S*nt) from slot validity and the within-block causal rule of one slot.
     q_pos: in-block positions of the queries (default 0..nt-1)."""
@@ -310,10 +330,8 @@ class ASSETAttention(nn.Module):
         b, h, length, d = q.shape
         nt = length // nb
         table, valid = full_layout(guided, nb)
-        kb = gather_blocks(k.view(b, h, nb, nt, d), table)
-        vb = gather_blocks(v.view(b, h, nb, nt, d), table)
-        bias = slot_bias(valid, nt, None)
-        out = blocked_attention(q.view(b, h, nb, nt, d), kb, vb, bias)
+        out = _row_chunks(q.view(b, h, nb, nt, d), k.view(b, h, nb, nt, d), v.view(b, h, nb, nt, d), table,
+                          slot_bias(valid, nt, None), None, None)
         return self.merge(out.reshape(b, h, length, d))
 
     def sga_causal(self, x, guided, nb):
@@ -323,13 +341,12 @@ class ASSETAttention(nn.Module):
         length -= 1
         nt = length // nb
         table, valid = causal_layout(guided, nb)
-        kb = gather_blocks(k[:, :, 1:].reshape(b, h, nb, nt, d), table)
-        vb = gather_blocks(v[:, :, 1:].reshape(b, h, nb, nt, d), table)
-        kb = torch.cat([k[:, :, :1, None].expand(b, h, nb, 1, d), kb], 3)
-        vb = torch.cat([v[:, :, :1, None].expand(b, h, nb, 1, d), vb], 3)
+        start_k, start_v = k[:, :, :1].clone(), v[:, :, :1].clone()
+        blocks = [t[:, :, 1:].reshape(b, h, nb, nt, d) for t in (q, k, v)]
+        del q, k, v  # the slices above would keep the projections alive through the row loop
         bias = F.pad(slot_bias(valid, nt, causal_slot=5), (1, 0))
-        out = blocked_attention(q[:, :, 1:].reshape(b, h, nb, nt, d), kb, vb, bias)
-        return self.merge(torch.cat([v[:, :, :1], out.reshape(b, h, length, d)], 2))
+        out = _row_chunks(*blocks, table, bias, start_k, start_v)
+        return self.merge(torch.cat([start_v, out.reshape(b, h, length, d)], 2))
 
     def sga_cross(self, x, kv, guided, nb):
         """Decoder cross-attention: [START] attends densely to the whole encoder output, image tokens by SGA."""
