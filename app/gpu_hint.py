@@ -46,13 +46,13 @@ def cuda_hint() -> str | None:
     """What to tell the user, or None when there is nothing to say (no GPU, or torch already uses CUDA)."""
     if not nvidia_gpu_present() or torch_cuda_version() is not None:
         return None
-    tr = QCoreApplication.translate
     if getattr(sys, "frozen", False):
-        return tr("gpu_hint", "An NVIDIA GPU is present, but this bundle ships the CPU build of PyTorch. "
-                              "Install Sgraffito with pip and the CUDA build of torch to generate on the GPU.")
-    return tr("gpu_hint", "An NVIDIA GPU is present, but PyTorch is a CPU build. To generate on the GPU, "
-                          "install the CUDA build: {command}").format(command=install_command())
-
+        return QCoreApplication.translate(
+            "gpu_hint", "An NVIDIA GPU is present, but this bundle ships the CPU build of PyTorch. Install Sgraffito "
+                        "with pip and the CUDA build of torch to generate on the GPU.")
+    return QCoreApplication.translate(
+        "gpu_hint", "An NVIDIA GPU is present, but PyTorch is a CPU build. To generate on the GPU, install the CUDA "
+                    "build: {command}").format(command=install_command())
 
 class CudaHint(QObject):
     """Runs `cuda_hint()` off the UI thread; `found(text)` arrives on the UI thread (queued signal)."""
