@@ -125,11 +125,14 @@ class HintsModel(QObject):
         if not colour.isValid():
             return
         self.colour = colour
-        self.recent = [colour] + [c for c in self.recent if c.rgb() != colour.rgb()][:RECENT_COLOURS - 1]
         self.colour_changed.emit(colour)
-        self.recent_changed.emit()
+        self._remember(colour)
         if self.selected >= 0 and self.hints[self.selected]["rgb"] != rgb_of(colour):
             self.recolour(self.selected, colour)
+
+    def _remember(self, colour: QColor) -> None:
+        self.recent = [colour] + [c for c in self.recent if c.rgb() != colour.rgb()][:RECENT_COLOURS - 1]
+        self.recent_changed.emit()
 
     # ---- undoable edits ------------------------------------------------------------------------------------
     def _push(self, text: str, after: list[dict], select: int, *, applied_before: list[dict] | None = None,
@@ -150,9 +153,7 @@ class HintsModel(QObject):
         hint = {"x": x, "y": y, "radius": self.radius_for(self.level if level is None else level),
                 "rgb": rgb_of(colour or self.colour)}
         self._push("Add colour hint", [dict(h) for h in self.hints] + [hint], len(self.hints))
-        self.recent = [QColor(*hint["rgb"])] + [c for c in self.recent if c.rgb() != QColor(*hint["rgb"]).rgb()]
-        self.recent = self.recent[:RECENT_COLOURS]
-        self.recent_changed.emit()
+        self._remember(QColor(*hint["rgb"]))
         return len(self.hints) - 1
 
     def delete(self, index: int) -> None:
@@ -180,7 +181,8 @@ class HintsModel(QObject):
     def drag_to(self, index: int, x: float, y: float) -> None:
         """Live position while dragging; `finish_move` records the whole drag as one step."""
         x, y = self.clamp(x, y)
-        self.hints[index].update(x=x, y=y)
+        # a new dict, not an update in place: an autosave may be writing the old one from its thread
+        self.hints[index] = {**self.hints[index], "x": x, "y": y}
         self.changed.emit()
 
     def finish_move(self, index: int, before: list[dict]) -> None:
