@@ -155,3 +155,23 @@ def test_open_generate_pick_apply_export_from_the_keyboard(window, qtbot, tmp_pa
     assert (tmp_path / "out.png").is_file(), window.errors
     with Image.open(tmp_path / "out.png") as exported:
         assert np.array_equal(np.asarray(exported.convert("RGB")), window.document.image)
+
+
+def test_tab_visits_every_visible_control_once_and_comes_back(window):
+    window.activateWindow()
+    window.canvas.setFocus()
+    visited = []
+    for _ in range(200):
+        QTest.keyClick(QApplication.focusWidget(), Qt.Key.Key_Tab)
+        if QApplication.focusWidget() is window.canvas:
+            break
+        visited.append(QApplication.focusWidget())
+    else:
+        pytest.fail("Tab never came back to the canvas")
+    reachable = {w for w in window.findChildren(QWidget)
+                 if isinstance(w, INTERACTIVE) and not internal(w, window) and w.isVisible() and w.isEnabled()
+                 and w.focusPolicy() & Qt.FocusPolicy.TabFocus and w is not window.canvas}
+    assert len(visited) == len(set(visited))
+    assert reachable - set(visited) == set(), [spoken_name(w) for w in reachable - set(visited)]
+    order = [spoken_name(w) for w in visited]
+    assert order.index("Generate") < order.index("Candidates") < order.index("Apply")
