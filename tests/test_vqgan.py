@@ -128,7 +128,7 @@ def test_renamed_key_is_reported_by_name(tmp_path, capsys):
     assert cli(["import", "vqgan", str(path)]) == 2
     err = capsys.readouterr().err
     assert "renamed.ckpt" in err and "encoder.mid.attn_1.proj.weight" in err
-    assert not list_models()
+    assert not [m for m in list_models() if m.source == "imported"]
 
 
 def test_asset_checkpoint_splits_into_masked_image_and_seg_tokenizers(tmp_path):
@@ -237,7 +237,7 @@ def test_import_asset_bundle(tmp_path):
 
     assert cli(["import", "asset", str(tmp_path / "landscape_1024.ckpt"), "--guiding",
                 str(tmp_path / "guiding.ckpt")]) == 0
-    [info] = list_models("asset")
+    [info] = [m for m in list_models("asset") if m.source == "imported"]
     assert info.name == "landscape_1024" and info.source == "imported"
     image = load_vqgan(info.path, "image_vqgan")
     assert image.config.masked_encoder and load_vqgan(info.path, "seg_vqgan").config.n_labels == 182
@@ -258,7 +258,7 @@ def test_training_tasks_export_into_one_shared_demo_folder(tmp_path):
     save_model_dir(demo, {"guiding": {"w": torch.ones(2)}}, {"kind": "asset", "title": "t", "guiding": {"d": 1}})
     (demo / "MODEL_CARD.md").write_text("# ASSET demo\n\n## Transformers\n\nguiding notes\n")
     options = dict(ch=32, num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32, crop=32, scene_size=64,
-                   eval_scenes=1, eval_size=32, export_dir=str(demo))
+                   eval_scenes=1, eval_size=64, export_dir=str(demo))
     for task in ("vqgan", "seg_vqgan"):
         config = TrainConfig(task=task, steps=2, batch_size=2, ema_decay=0, eval_every=0, save_every=0,
                              log_every=1, device="cpu", out_dir=str(tmp_path / task), options=options)

@@ -170,8 +170,9 @@ def _record(directory: Path, stem: str, entry: dict) -> dict:
 def _card(training: dict) -> str:
     lines = ["## Tokenizers (image VQGAN and segmentation VQGAN)", ""]
     lines.append("Trained from scratch with `sgraffito train vqgan|seg_vqgan` (engine/train/tasks_vqgan.py) on "
-                 "procedural landscapes (engine.data.landscapes, TRAIN_SEEDS), random 128 px crops of 256 px "
-                 "scenes; evaluated on held-out EVAL_SEEDS scenes at 256 px. Weights stored as float32.")
+                 "procedural landscapes (engine.data.landscapes, TRAIN_SEEDS), random crops of 256 px "
+                 "scenes; evaluated on held-out EVAL_SEEDS scenes at 256 px with the float32 weights (the shipped files may "
+                 "store them as float16, see export_dtype in the training YAML).")
     for stem, t in training.items():
         lines += ["", f"### {stem}.safetensors", ""]
         lines += [f"- {k}: {v}" for k, v in t.items()]
@@ -217,7 +218,10 @@ class _VQGANTaskBase(TrainTask):
         training = _record(directory, self.stem, entry)
         config = {"kind": "asset", "title": "ASSET demo (synthetic landscapes)", "label_set": LABEL_SET,
                   self.stem: model_cfg.to_dict(), "training": training}
-        save_model_dir(directory, {self.stem: model.state_dict()}, config, merge_config=True)
+        state = model.state_dict()
+        if self.options.get("export_dtype") == "float16":  # halves the shipped files; loading converts back
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        save_model_dir(directory, {self.stem: state}, config, merge_config=True)
         _write_card_section(directory, _card(training))
         return directory
 
