@@ -101,7 +101,11 @@ class Theme(QObject):
         self._light = app.palette()  # the platform's palette and style before we change anything
         self._style_name = app.style().name()
         self._dark_style: DarkFusion | None = None
-        app.styleHints().colorSchemeChanged.connect(lambda _scheme: self.choice == "system" and self.apply())
+        app.styleHints().colorSchemeChanged.connect(self._system_changed)  # a method: disconnected with self
+
+    def _system_changed(self, _scheme) -> None:
+        if self.choice == "system":
+            self.apply()
 
     @property
     def dark(self) -> bool:
