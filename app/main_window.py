@@ -30,7 +30,6 @@ from app.gpu_hint import CudaHint, cuda_hint
 from app.gpu_hint import NOTICE as CUDA_NOTICE
 from app.hints import HintTool
 from app.live_preview import install_live_preview
-from app.live_preview import install_live_preview
 from app.palette import PaletteDock
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
@@ -127,7 +126,6 @@ class MainWindow(QMainWindow):
         self._update_enabled()
         install_gallery(self)  # candidates dock, Generate menu (Ctrl+Return), status-bar progress and Cancel
         install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
-        self.live_preview = install_live_preview(self)  # View > Live Preview (ASAPNet), on for label maps
         self.live_preview = install_live_preview(self)  # View > Live Preview (ASAPNet), on for label maps
         self.menuBar().addAction(self.menus["help"].menuAction())  # Help stays last, after the panels' menus
 
