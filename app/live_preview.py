@@ -52,6 +52,7 @@ class LivePreview(QObject):
         self._pending = False
         self._changed_at = 0.0
         self.enabled = False
+        self._reveal = False  # switch a labels-only view to show the first rendering after enabling
         self.image: np.ndarray | None = None  # the preview on the canvas (kept alive: the QImage wraps it)
         self._finished.connect(self._on_finished)
         document.undo_stack.indexChanged.connect(self._on_change)
@@ -63,8 +64,7 @@ class LivePreview(QObject):
         self.enabled = enabled
         self._generation += 1
         if enabled:
-            if self.document.view_mode == "labels":  # a document made from a label map: show the rendering
-                self.document.set_view_mode("both")
+            self._reveal = True
             self._on_change()
         else:
             self._timer.stop()
@@ -99,6 +99,11 @@ class LivePreview(QObject):
         elif self.enabled and generation == self._generation and result.shape[:2] == self.document.labels.shape:
             self.image = result
             self.canvas.photo_item.set_image(wrap_rgb(result), result)
+            if self._reveal and self.document.view_mode == "labels":
+                # a document made from a label map shows only labels: once there is a rendering, show it under
+                # them (not before, which would show an empty canvas); later the user's view choice stands
+                self.document.set_view_mode("both")
+            self._reveal = False
             self.rendered.emit(time.perf_counter() - changed_at)
         if self._pending:
             self._pending = False
