@@ -23,6 +23,7 @@ from engine.errors import SgraffitoError
 
 DEBOUNCE_MS = 40
 MAX_SIDE = 1024  # larger documents are rendered at this size and scaled up: a preview, not the final image
+QUICK_SIDE = 256  # larger ones get a quick pass at this size first (the model's native size: LR stream + MLPs)
 
 
 def default_renderer():
@@ -32,16 +33,19 @@ def default_renderer():
 
 
 class LivePreview(QObject):
-    rendered = Signal(float)  # seconds from the change (end of stroke) to the new image on the canvas
+    rendered = Signal(float, bool)  # seconds from the change (end of stroke) to the new image; full resolution?
     failed = Signal(str)  # a message for the status bar, e.g. the model reads another label set
-    _finished = Signal(int, object, float)  # worker -> UI thread: generation, image or error message, change time
+    _finished = Signal(int, object, float, bool, bool)  # worker -> UI: generation, image or error message,
+    # change time, full resolution, worker done
 
     def __init__(self, document, canvas, load_renderer: Callable[[], object] = default_renderer,
-                 debounce_ms: int = DEBOUNCE_MS, max_side: int = MAX_SIDE, parent: QObject | None = None):
+                 debounce_ms: int = DEBOUNCE_MS, max_side: int = MAX_SIDE, quick_side: int = QUICK_SIDE,
+                 parent: QObject | None = None):
         super().__init__(parent or canvas)
         self.document = document
         self.canvas = canvas
         self.max_side = max_side
+        self.quick_side = quick_side
         self._load_renderer = load_renderer
         self._renderer = None  # created on the worker thread: loading a model takes a while
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-preview")
@@ -92,11 +96,13 @@ class LivePreview(QObject):
         labels = self.document.labels.copy()
         self._executor.submit(self._work, self._generation, labels, self.document.label_set.name, self._changed_at)
 
-    def _on_finished(self, generation: int, result, changed_at: float) -> None:
-        self._busy = False
+    def _on_finished(self, generation: int, result, changed_at: float, full: bool, done: bool) -> None:
+        if done:
+            self._busy = False
         if isinstance(result, str):
             self.failed.emit(result)
-        elif self.enabled and generation == self._generation and result.shape[:2] == self.document.labels.shape:
+        elif (result is not None and self.enabled and generation == self._generation
+              and result.shape[:2] == self.document.labels.shape):
             self.image = result
             self.canvas.photo_item.set_image(wrap_rgb(result), result)
             if self._reveal and self.document.view_mode == "labels":
@@ -104,8 +110,8 @@ class LivePreview(QObject):
                 # them (not before, which would show an empty canvas); later the user's view choice stands
                 self.document.set_view_mode("both")
             self._reveal = False
-            self.rendered.emit(time.perf_counter() - changed_at)
-        if self._pending:
+            self.rendered.emit(time.perf_counter() - changed_at, full)
+        if done and self._pending:
             self._pending = False
             self._start()
 
@@ -126,17 +132,30 @@ class LivePreview(QObject):
             if renderer.label_set and renderer.label_set != label_set:
                 raise SgraffitoError(f"live preview: the ASAPNet model reads {renderer.label_set} label maps, "
                                      f"this document uses {label_set}")
-            h, w = labels.shape
-            scale = min(1.0, self.max_side / max(h, w))
-            size = None if scale == 1.0 else (max(16, round(w * scale)), max(16, round(h * scale)))
-            image = renderer.render(labels, size)
-            if size is not None:
-                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-            self._finished.emit(generation, image, changed_at)
+            side = max(labels.shape)
+            if side > self.quick_side:
+                # a quick pass at the model's native size first: the view follows the stroke at once, the full
+                # resolution comes after it unless a newer stroke is already waiting
+                self._finished.emit(generation, self._render(renderer, labels, self.quick_side), changed_at, False,
+                                    False)
+                if self._pending:
+                    self._finished.emit(generation, None, changed_at, False, True)
+                    return
+            self._finished.emit(generation, self._render(renderer, labels, self.max_side), changed_at, True, True)
         except SgraffitoError as error:
-            self._finished.emit(generation, str(error), changed_at)
+            self._finished.emit(generation, str(error), changed_at, True, True)
         except Exception as error:  # noqa: BLE001 - a failed preview must not take the editor down
-            self._finished.emit(generation, f"live preview failed: {type(error).__name__}: {error}", changed_at)
+            self._finished.emit(generation, f"live preview failed: {type(error).__name__}: {error}", changed_at,
+                                True, True)
+
+    @staticmethod
+    def _render(renderer, labels: np.ndarray, max_side: int) -> np.ndarray:
+        h, w = labels.shape
+        scale = min(1.0, max_side / max(h, w))
+        if scale == 1.0:
+            return renderer.render(labels)
+        image = renderer.render(labels, (max(16, round(w * scale)), max(16, round(h * scale))))
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def install_live_preview(window, load_renderer: Callable[[], object] = default_renderer) -> LivePreview:
@@ -166,6 +185,6 @@ def install_live_preview(window, load_renderer: Callable[[], object] = default_r
 
     window.document.reset.connect(on_reset)
     preview.failed.connect(lambda message: window.statusBar().showMessage(message, 8000))
-    preview.rendered.connect(lambda seconds: window.statusBar().showMessage(
-        f"Live preview updated {seconds * 1000:.0f} ms after the stroke", 3000))
+    preview.rendered.connect(lambda seconds, full: window.statusBar().showMessage(
+        f"Live preview updated {seconds * 1000:.0f} ms after the stroke" + ("" if full else " (quick pass)"), 3000))
     return preview

@@ -139,3 +139,20 @@ def test_main_window_turns_the_preview_on_for_documents_made_from_label_maps(qtb
     action.setChecked(False)
     assert window.canvas.photo_item.image.isNull()
     preview.shutdown()
+
+
+def test_large_documents_get_a_quick_pass_then_the_full_rendering(qtbot, editor, renderer):
+    import cv2
+
+    document, canvas = editor  # 128 x 96
+    preview = LivePreview(document, canvas, lambda: renderer, debounce_ms=5, quick_side=64)
+    passes = []
+    preview.rendered.connect(lambda seconds, full: passes.append((full, preview.image.copy())))
+    preview.set_enabled(True)
+    qtbot.waitUntil(lambda: len(passes) == 2, timeout=10_000)
+    (first_full, quick), (second_full, full) = passes
+    assert (first_full, second_full) == (False, True)
+    small = renderer.render(document.labels, (64, 48))
+    np.testing.assert_array_equal(quick, cv2.resize(small, (128, 96), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(full, renderer.render(document.labels))
+    preview.shutdown()
