@@ -174,6 +174,8 @@ def _card(training: dict) -> str:
                  "scenes; evaluated on held-out EVAL_SEEDS scenes at 256 px with the float32 weights (the shipped files may "
                  "store them as float16, see export_dtype in the training YAML).")
     for stem, t in training.items():
+        if stem not in ("image_vqgan", "seg_vqgan"):  # the transformers' entries belong to their own section
+            continue
         lines += ["", f"### {stem}.safetensors", ""]
         lines += [f"- {k}: {v}" for k, v in t.items()]
     return "\n".join(lines) + "\n"
