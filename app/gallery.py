@@ -30,7 +30,8 @@ from engine.project import StoredCandidate
 CAP_BYTES = 512 * 2 ** 20  # raw pixels of all kept candidates; PNG in the project is usually smaller
 THUMB = 96
 KEEP_REQUESTS = 4
-ID_ROLE = Qt.ItemDataRole.UserRole
+ID_ROLE = Qt.ItemDataRole.UserRole  # a candidate item's StoredCandidate id (str)
+GROUP_ROLE = Qt.ItemDataRole.UserRole + 1  # a group item's request id (str)
 # which model kinds (config.json "kind" = backend name) generate in which document mode
 MODE_KINDS = {"edit": ("asset", "asapnet"), "colorize": ("coltran", "pixelcnn"), "translate": ("asapnet",)}
 
@@ -371,7 +372,7 @@ class GalleryDock(QDockWidget):
         group = RequestGroup(group_id, title, request, meta)
         self.groups[group_id] = group
         item = QTreeWidgetItem([title])
-        item.setData(0, ID_ROLE, ("group", group_id))
+        item.setData(0, GROUP_ROLE, group_id)
         item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsSelectable)
         self.tree.addTopLevelItem(item)
         item.setExpanded(True)
@@ -380,7 +381,7 @@ class GalleryDock(QDockWidget):
     def _group_item(self, group_id: str) -> QTreeWidgetItem | None:
         for index in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(index)
-            if item.data(0, ID_ROLE) == ("group", group_id):
+            if item.data(0, GROUP_ROLE) == group_id:
                 return item
         return None
 
@@ -497,7 +498,7 @@ class GalleryDock(QDockWidget):
         parent = self._group_item(group.id)
         item = QTreeWidgetItem([self._label(stored)])
         item.setIcon(0, thumbnail(stored.image))
-        item.setData(0, ID_ROLE, ("candidate", stored.id))
+        item.setData(0, ID_ROLE, stored.id)
         item.setToolTip(0, self._tooltip(stored))
         parent.addChild(item)
         self._set_group_status(group, group.status)
@@ -518,8 +519,7 @@ class GalleryDock(QDockWidget):
     # ---- candidates ----------------------------------------------------------------------------------------
     @staticmethod
     def _candidate_id(item: QTreeWidgetItem | None) -> str | None:
-        data = item.data(0, ID_ROLE) if item is not None else None
-        return data[1] if data and data[0] == "candidate" else None
+        return (item.data(0, ID_ROLE) or None) if item is not None else None
 
     def _stored(self, candidate_id: str | None) -> StoredCandidate | None:
         return next((c for c in self.document.candidates if c.id == candidate_id), None)

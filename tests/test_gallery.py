@@ -269,6 +269,9 @@ def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtb
     gallery.samples.setValue(2)
     window.actions["generate"].trigger()
     qtbot.waitUntil(lambda: len(window.document.candidates) == 2, timeout=TIMEOUT)
+    window.focus_candidates()  # the editor's Ctrl+J: the first candidate becomes current and is previewed
+    assert gallery._candidate_id(gallery.tree.currentItem()) == window.document.candidates[0].id
+    assert gallery.preview.isVisible()
     errors = []
     window.show_error = lambda message, title="": errors.append(message)
     gallery.error.disconnect()
