@@ -92,7 +92,6 @@ class PreviewItem(QGraphicsItem):
         super().__init__()
         self.setZValue(100)
         self.image = QImage()
-        self.region = (0, 0, 0, 0)
         self.split = 1.0
         self.setVisible(False)
 
@@ -101,7 +100,6 @@ class PreviewItem(QGraphicsItem):
         patch = np.ascontiguousarray(patch)
         self.image = QImage(patch.data, patch.shape[1], patch.shape[0], patch.strides[0],
                             QImage.Format.Format_RGB888).copy()
-        self.region = region
         self.setPos(region[0], region[1])
         self.setVisible(True)
         self.update()
