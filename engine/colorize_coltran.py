@@ -33,7 +33,7 @@ from engine.errors import InputError
 from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb
 
 DEFAULT_MODEL = "demo-coltran"
-COARSE, FINE = 64, 256
+COARSE, FINE = 64, 256  # the official models; `colorize` follows the resolutions a model was built for
 
 
 def area_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -74,26 +74,27 @@ def frame(gray: np.ndarray, framing: str) -> np.ndarray:
     return gray
 
 
-def hint_constraints(hints: list[Hint], photo_hw: tuple[int, int], framing: str, tolerance: int = 0) -> np.ndarray | None:
-    """(64, 64, 512) bool of allowed coarse symbols per cell, or None without hints."""
+def hint_constraints(hints: list[Hint], photo_hw: tuple[int, int], framing: str, tolerance: int = 0,
+                     coarse: int = COARSE) -> np.ndarray | None:
+    """(coarse, coarse, 512) bool of allowed coarse symbols per cell, or None without hints."""
     if not hints:
         return None
     height, width = photo_hw
     if framing == "crop":
         side = min(height, width)
-        top, left, sy, sx = (height - side) / 2, (width - side) / 2, COARSE / side, COARSE / side
+        top, left, sy, sx = (height - side) / 2, (width - side) / 2, coarse / side, coarse / side
     else:
-        top, left, sy, sx = 0.0, 0.0, COARSE / height, COARSE / width
-    allowed = np.ones((COARSE, COARSE, 512), bool)
+        top, left, sy, sx = 0.0, 0.0, coarse / height, coarse / width
+    allowed = np.ones((coarse, coarse, 512), bool)
     levels = np.stack(np.meshgrid(np.arange(8), np.arange(8), np.arange(8), indexing="ij"), -1).reshape(512, 3)
-    cy, cx = np.mgrid[0:COARSE, 0:COARSE] + 0.5
+    cy, cx = np.mgrid[0:coarse, 0:coarse] + 0.5
     for hint in hints:
         bins = np.array(hint.rgb) // 32
         symbols_ok = (np.abs(levels - bins) <= tolerance).all(-1)
         # cells whose centre lies in the disk, and always the cell under the hint's centre
         inside = ((cy / sy + top - hint.y) ** 2 + (cx / sx + left - hint.x) ** 2) <= hint.radius ** 2
         row, col = int((hint.y - top) * sy), int((hint.x - left) * sx)
-        if 0 <= row < COARSE and 0 <= col < COARSE:
+        if 0 <= row < coarse and 0 <= col < coarse:
             inside[row, col] = True
         allowed[inside] = symbols_ok
     return allowed
@@ -115,10 +116,11 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     the centre square)."""
     from engine.composite import transfer_chroma
 
+    coarse_size, fine_size = model.config.core.resolution[0], model.config.spatial_upsampler.resolution[0]
     gray_full = to_gray(photo)
     framed = frame(gray_full, framing)
-    gray_fine = area_resize(framed, FINE, FINE)
-    gray_coarse = area_resize(gray_fine, COARSE, COARSE)
+    gray_fine = area_resize(framed, fine_size, fine_size)
+    gray_coarse = area_resize(gray_fine, coarse_size, coarse_size)
     batch = len(seeds)
     fine = torch.from_numpy(gray_fine).long().to(device).expand(batch, -1, -1)
     coarse = torch.from_numpy(gray_coarse).long().to(device).expand(batch, -1, -1)
@@ -127,14 +129,19 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
         preview = symbols_to_rgb(colorizer.parallel_preview(coarse[:1]))[0].cpu().numpy() * 32 + 16
         on_preview(transfer_chroma(gray_coarse.astype(np.uint8), preview.astype(np.uint8)))
     constraints = hint_constraints(list(hints), framed.shape if framing == "crop" else gray_full.shape, framing,
-                                   hint_tolerance)
+                                   hint_tolerance, coarse_size)
     if constraints is not None:
         constraints = torch.from_numpy(constraints).to(device).expand(batch, -1, -1, -1)
-    symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (COARSE, COARSE)).to(device), mode=mode,
-                               temperature=temperature, constraints=constraints,
-                               row_context_quirk=row_context_quirk, on_row=on_row)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each pixel is a chain of tiny ops: threads only add synchronisation
+    try:
+        symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
+                                   mode=mode, temperature=temperature, constraints=constraints,
+                                   row_context_quirk=row_context_quirk, on_row=on_row)
+    finally:
+        torch.set_num_threads(threads)
     rgb64 = model.color_upsampler(symbols_to_rgb(symbols), coarse).argmax(-1)  # (B, 64, 64, 3) 0..255
-    blurry = rgb64.repeat_interleave(FINE // COARSE, dim=1).repeat_interleave(FINE // COARSE, dim=2)
+    blurry = rgb64.repeat_interleave(fine_size // coarse_size, dim=1).repeat_interleave(fine_size // coarse_size, dim=2)
     rgb256 = model.spatial_upsampler(blurry, fine).argmax(-1).to(torch.uint8).cpu().numpy()
     base = framed if framing == "crop" else photo
     return [transfer_chroma(base, image) for image in rgb256]

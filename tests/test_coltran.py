@@ -175,11 +175,13 @@ def test_a_truncated_or_corrupt_bundle_is_refused(tmp_path):
 
 
 def tiny_coltran(seed=9):
+    """The official stages at a quarter of their resolution (16x16 colorizer, 64x64 spatial upsampler), so the
+    pipeline tests sample 256 pixels instead of 4096."""
     config = ColTranConfig(
         CoreConfig(hidden_size=16, ff_size=16, num_heads=2, num_encoder_layers=1, num_outer_layers=1,
-                   num_inner_layers=1, resolution=(64, 64)),
-        UpsamplerConfig(hidden_size=16, ff_size=16, num_heads=2, num_encoder_layers=1, resolution=(64, 64)),
-        UpsamplerConfig(hidden_size=8, ff_size=8, num_heads=1, num_encoder_layers=1, resolution=(256, 256)))
+                   num_inner_layers=1, resolution=(16, 16)),
+        UpsamplerConfig(hidden_size=16, ff_size=16, num_heads=2, num_encoder_layers=1, resolution=(16, 16)),
+        UpsamplerConfig(hidden_size=8, ff_size=8, num_heads=1, num_encoder_layers=1, resolution=(64, 64)))
     model = ColTran(config)
     for stage in (model.colorizer, model.color_upsampler, model.spatial_upsampler):
         randomized(stage, seed)
@@ -241,14 +243,19 @@ def test_colorize_keeps_the_original_luminance_at_full_resolution():
 def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
     model = tiny_coltran().eval()
     hints = [Hint(x=20, y=12, radius=6, rgb=(200, 40, 40))]
-    allowed = hint_constraints(hints, (48, 80), "stretch")
+    allowed = hint_constraints(hints, (48, 80), "stretch", coarse=16)
     cells = np.argwhere(~allowed.all(-1))
     assert len(cells) >= 1
     from engine.colorize_coltran import uniforms
 
-    coarse = torch.from_numpy(area_resize(area_resize(gradient_photo(), 256, 256), 64, 64)).long()[None]
-    symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (64, 64)),
-                                     constraints=torch.from_numpy(allowed)[None])
+    coarse = torch.from_numpy(area_resize(area_resize(gradient_photo(), 64, 64), 16, 16)).long()[None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the pipeline samples: tiny per-pixel ops
+    try:
+        symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (16, 16)),
+                                         constraints=torch.from_numpy(allowed)[None])
+    finally:
+        torch.set_num_threads(threads)
     expected = int(rgb_to_symbols(torch.tensor([200, 40, 40])))
     assert all(int(symbols[0, r, c]) == expected for r, c in cells)
 
