@@ -336,7 +336,11 @@ def write_card_section(directory: Path, edits: dict) -> None:
              "512 px, guide = INTER_AREA downscale to 256 px) encoded once with this folder's VQGANs, edit masks "
              "by the official generate_mask_from_seg rule; loss = cross-entropy at masked tokens. The SGA model "
              "starts from the guiding weights and is guided by the trained guiding transformer (official chain). "
-             "Both are strictly causal (`reference_rows_5_6: false`).", ""]
+             "Both are strictly causal (`reference_rows_5_6: false`). eval_masked_* are on the first "
+             "`eval_sequences` cached scenes, never trained on.", ""]
+    for key in ("data", "limitations"):
+        if key in training:
+            lines += [f"{key.capitalize()}: {training[key]}", ""]
     for stem in ("guiding", "sga"):
         if stem in training:
             lines += [f"### {stem}.safetensors", ""] + [f"- {k}: {v}" for k, v in training[stem].items()] + [""]
