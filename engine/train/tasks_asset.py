@@ -338,9 +338,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
              "starts from the guiding weights and is guided by the trained guiding transformer (official chain). "
              "Both are strictly causal (`reference_rows_5_6: false`). eval_masked_* are on the first "
              "`eval_sequences` cached scenes, never trained on.", ""]
-    for key in ("data", "limitations"):
-        if key in training:
-            lines += [f"{key.capitalize()}: {training[key]}", ""]
+    notes = read_model_config(directory).get("transformer_notes", {})
+    lines += [f"{key.capitalize()}: {text}" for key, text in notes.items()] + [""] * bool(notes)
     for stem in ("guiding", "sga"):
         if stem in training:
             lines += [f"### {stem}.safetensors", ""] + [f"- {k}: {v}" for k, v in training[stem].items()] + [""]
