@@ -339,7 +339,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
              "Both are strictly causal (`reference_rows_5_6: false`). eval_masked_* are on the first "
              "`eval_sequences` cached scenes, never trained on.", ""]
     notes = read_model_config(directory).get("transformer_notes", {})
-    lines += [f"{key.capitalize()}: {text}" for key, text in notes.items()] + [""] * bool(notes)
+    for key, text in notes.items():
+        lines += [f"{key.capitalize()}: {text}", ""]
     for stem in ("guiding", "sga"):
         if stem in training:
             lines += [f"### {stem}.safetensors", ""] + [f"- {k}: {v}" for k, v in training[stem].items()] + [""]
