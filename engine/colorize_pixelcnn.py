@@ -178,18 +178,20 @@ def colorize(
     on_row: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """A gray (H, W) or RGB (H, W, 3) uint8 photo -> one (H, W, 3) uint8 colouring per seed."""
-    from engine.composite import transfer_chroma
-
     lum = luminance(photo)
     ab = sample_chroma(model, lum, seeds, temperature=temperature, hints=hints, device=device, on_row=on_row)
-    work_hw = working_shape(*lum.shape, model.config)
+    return [apply_chroma(photo, lum, chroma, model.config) for chroma in ab]
+
+
+def apply_chroma(photo: np.ndarray, lum: np.ndarray, chroma: np.ndarray, cfg: PixelCNNConfig) -> np.ndarray:
+    """Chroma (hc, wc, 2) at the chroma resolution -> the photo coloured at full resolution: the chroma is
+    upsampled to the working size, made an RGB image with the working luminance, and transferred."""
+    from engine.composite import transfer_chroma
+
+    work_hw = working_shape(*lum.shape, cfg)
     lum_work = cv2.resize(lum, work_hw[::-1], interpolation=cv2.INTER_AREA)
-    out = []
-    for chroma in ab:
-        chroma = cv2.resize(chroma, work_hw[::-1], interpolation=cv2.INTER_LINEAR)
-        colored = lab_to_rgb(np.concatenate([lum_work[:, :, None], chroma], axis=2))
-        out.append(transfer_chroma(photo, colored))
-    return out
+    chroma = cv2.resize(chroma, work_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    return transfer_chroma(photo, lab_to_rgb(np.concatenate([lum_work[:, :, None], chroma], axis=2)))
 
 
 class PixelCNNBackend:

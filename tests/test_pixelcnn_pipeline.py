@@ -100,3 +100,10 @@ def test_cli_writes_the_samples(model_dir, tmp_path, capsys):
     assert main(["colorize", str(photo), "--weights", str(model_dir), "--hints", str(hints), "--out", str(out)]) == 2
     assert "outside the 64x48 photo" in capsys.readouterr().err
     assert main(["colorize", str(photo), "--model", "nosuch", "--out", str(out)]) == 2
+
+
+def test_shipped_demo_model_loads_and_colours():
+    model = load_model()  # assets/models/demo-pixelcnn-colorizer, strict keys and shapes
+    out = colorize(model, gray_photo(), [0])[0]
+    assert out.shape == (48, 64, 3)
+    assert np.abs(out.astype(int) - gray_photo()[:, :, None]).max() > 3, "the demo model adds colour"

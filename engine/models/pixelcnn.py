@@ -110,6 +110,10 @@ class PixelCNNColorizer(nn.Module):
         embed += [nn.Conv2d(e, e, 3, padding=4, dilation=4), nn.ELU()]
         embed += [nn.Conv2d(e, c.cond_channels, 3, padding=1)]
         self.embed = nn.Sequential(*embed)
+        # PIC's auxiliary feed-forward colorizer: chroma-bin logits straight from the conditioning map. Its loss
+        # makes the embedding carry colour; without it a short run learned to copy the left neighbour's colour
+        # and let the luminance decide little (green skies). Also the feed-forward baseline in evaluations.
+        self.aux = nn.Conv2d(c.cond_channels, c.bins**2, 1)
         # Decoder input (B, E + 1, h, w): an embedding of each earlier pixel's bin and a constant 1 that marks
         # the zero padding as "outside the image". An embedding, not the a, b values: most chroma sits within
         # +-20 of gray, so a scaled (a, b) input differs little between neighbouring bins, and a first model
