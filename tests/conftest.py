@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# One intra-op thread per test process (pytest-xdist runs one process per core): tests run chains of small
+# tensor ops, and two OpenMP threads per process on two shared cores spin against each other (measured: a
+# sampler test took 94 s with two threads and under 1 s with one). Subprocesses inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -249,13 +249,8 @@ def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
     from engine.colorize_coltran import uniforms
 
     coarse = torch.from_numpy(area_resize(area_resize(gradient_photo(), 64, 64), 16, 16)).long()[None]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the pipeline samples: tiny per-pixel ops
-    try:
-        symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (16, 16)),
-                                         constraints=torch.from_numpy(allowed)[None])
-    finally:
-        torch.set_num_threads(threads)
+    symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (16, 16)),
+                                     constraints=torch.from_numpy(allowed)[None])
     expected = int(rgb_to_symbols(torch.tensor([200, 40, 40])))
     assert all(int(symbols[0, r, c]) == expected for r, c in cells)
 
