@@ -284,6 +284,19 @@ def _row_chunks(qb, kb, vb, table, bias, start_k, start_v):
     return torch.cat(outs, 2)
 
 
+def sga_causal_core(q, k, v, guided, nb):
+    """Causal SGA on projected heads q/k/v (B,H,1+L,d) ([START] first) -> (B,H,1+L,d)."""
+    b, h, length, d = q.shape
+    length -= 1
+    nt = length // nb
+    table, valid = causal_layout(guided, nb)
+    start_k, start_v = k[:, :, :1].clone(), v[:, :, :1].clone()
+    blocks = [t[:, :, 1:].reshape(b, h, nb, nt, d) for t in (q, k, v)]
+    bias = F.pad(slot_bias(valid, nt, causal_slot=5), (1, 0))
+    out = _row_chunks(*blocks, table, bias, start_k, start_v)
+    return torch.cat([start_v, out.reshape(b, h, length, d)], 2)
+
+
 def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None, q_pos: torch.Tensor | None = None):
     """Additive bias (R, nq, S*nt) from slot validity and the within-block causal rule of one slot.
     q_pos: in-block positions of the queries (default 0..nt-1)."""
@@ -342,16 +355,7 @@ class ASSETAttention(nn.Module):
     def sga_causal(self, x, guided, nb):
         """Causal SGA over [START] + image tokens (decoder self-attention). [START] attends to itself only."""
         q, k, v = self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
-        b, h, length, d = q.shape
-        length -= 1
-        nt = length // nb
-        table, valid = causal_layout(guided, nb)
-        start_k, start_v = k[:, :, :1].clone(), v[:, :, :1].clone()
-        blocks = [t[:, :, 1:].reshape(b, h, nb, nt, d) for t in (q, k, v)]
-        del q, k, v  # the slices above would keep the projections alive through the row loop
-        bias = F.pad(slot_bias(valid, nt, causal_slot=5), (1, 0))
-        out = _row_chunks(*blocks, table, bias, start_k, start_v)
-        return self.merge(torch.cat([start_v, out.reshape(b, h, length, d)], 2))
+        return self.merge(sga_causal_core(q, k, v, guided, nb))
 
     def sga_cross(self, x, kv, guided, nb):
         """Decoder cross-attention: [START] attends densely to the whole encoder output, image tokens by SGA."""
