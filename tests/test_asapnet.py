@@ -19,15 +19,6 @@ from engine.models.asapnet import (
 TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: thread start-up and oversubscription on a busy 2-core box cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def official_keys(c_in, n_params, reflection, lr_width=16, lr_max_width=64, lr_depth=2, n_ds=4):
     """netG.state_dict() names and shapes as tamarott/ASAPNet builds them, written out from its index arithmetic:
     every 3x3 conv is Sequential(conv without bias, affine IN); reflection puts a ReflectionPad2d before each one."""

@@ -12,15 +12,6 @@ from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenera
 TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: thread start-up and oversubscription on a busy 2-core box cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def official_pth(path, cfg, seed=0):
     """A netG state dict saved the way upstream's util.save_network does (torch.save of a plain state dict)."""
     torch.manual_seed(seed)

@@ -1,19 +1,10 @@
 """The ASAPNet training task: one backward gives each network exactly its own GAN gradient."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.models.asapnet import ASAPNetConfig
 from engine.train.tasks_asapnet import ASAPNetGAN
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_combined_loss_gives_each_network_its_own_gradient():

@@ -1,22 +1,11 @@
 """Gated PixelCNN: causality, no blind spot, cached sampling == reference, conditioning, hints."""
 
-import numpy as np
 import pytest
 import torch
 
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
 
 TINY = PixelCNNConfig(channels=12, layers=5, kernel=3, cond_channels=6, embed_channels=6, bins=8, work_size=32)
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: intra-op threads only cost synchronisation, which on a loaded CI machine dominates."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 @pytest.fixture
 def model():
