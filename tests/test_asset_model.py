@@ -19,15 +19,6 @@ from engine.models.asset import (
 )
 from engine.models.asset_sampling import sample_tokens, sample_tokens_reference
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: a second intra-op thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = dict(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, cond_vocab_size=24)
 
@@ -44,7 +35,7 @@ def tiny(**kw) -> ASSET:
 def random_guidance(cfg, batch, gen, reference_rows_5_6=True):
     """Guided blocks as the official rules allow them: never a sliding neighbour of a bidirectional row;
     causal rows >= 7 pick from 0..i-3, rows 5 and 6 from 0..i (reference) or 0..i-3."""
-    nb, h, le, ld = cfg.num_blocks, cfg.decoder_attention_heads, cfg.encoder_layers, cfg.decoder_layers
+    nb, h, ld = cfg.num_blocks, cfg.decoder_attention_heads, cfg.decoder_layers
 
     def full(nl):
         out = torch.empty(nl, batch, h, nb, 3, dtype=torch.long)

@@ -13,15 +13,6 @@ from engine.data.landscapes import generate_scene
 from engine.models.asset import ASSET, ASSETConfig
 from engine.models.vqgan import VQGAN, VQGANConfig
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: a second intra-op thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 VQ = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=64)
 TR = dict(vocab_size=64, cond_vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
           decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, reference_rows_5_6=False)
