@@ -203,6 +203,15 @@ class Document(QObject):
         self.view_changed.emit()
 
     # ---- editing -------------------------------------------------------------------------------------------
+    def ensure_image(self) -> np.ndarray:
+        """The image layer; a document made from a label map alone gets a black one when its first rendering
+        is applied, so candidates apply (and undo) there like on a photo."""
+        if self.image is None:
+            width, height = self.size
+            self.image = np.zeros((height, width, 3), np.uint8)
+            self._image_is_photo = False
+        return self.image
+
     def layer(self, name: str) -> np.ndarray:
         if name == "image" and self.image is not None and (self._image_is_photo or not self.image.flags.writeable):
             # copy on the first applied patch: the photo's own pixels stay as loaded

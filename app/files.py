@@ -74,7 +74,7 @@ def to_project(document, copy: bool = False) -> Project:
     """The document as an engine Project. The arrays are shared unless `copy` (for a save in another thread
     while the user keeps painting)."""
     photo, image = document.photo, document.image
-    unchanged = photo is None or image is photo.rgb or np.array_equal(image, photo.rgb)
+    unchanged = image is None or (photo is not None and (image is photo.rgb or np.array_equal(image, photo.rgb)))
     take = np.copy if copy else (lambda array: array)
     project = Project(photo=photo, label_set=document.label_set.name,
                       original_labels=take(document.original_labels), edited_labels=take(document.labels),

@@ -559,9 +559,6 @@ class GalleryDock(QDockWidget):
         if stored is None:
             return False
         document = self.document
-        if document.image is None:
-            self.error.emit("this document has no photo layer to apply a candidate to")
-            return False
         x0, y0, x1, y1 = stored.meta["box"]
         if x1 > document.size[0] or y1 > document.size[1]:
             self.error.emit(f"the candidate ({x1 - x0}×{y1 - y0} at {x0}, {y0}) does not fit this image")
@@ -574,6 +571,9 @@ class GalleryDock(QDockWidget):
                  "applied": _now()}
         text = f"Apply candidate (seed {stored.meta.get('seed')})"
         stack = document.undo_stack
+        if document.image is None and document.view_mode == "labels":
+            document.set_view_mode("both")  # show what was applied to a label-map-only document
+        document.ensure_image()
         stack.beginMacro(text)
         document.write_patch("image", x0, y0, stored.image, text)
         stack.push(_AppliedCommand(self, stored.id, entry, baseline))

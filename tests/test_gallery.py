@@ -155,6 +155,42 @@ def test_apply_undo_redo_of_a_candidate(qtbot, gallery):
     assert len(document.history) == 1
 
 
+def test_a_rendering_applies_to_a_document_made_from_a_label_map_alone(qtbot, document, runtime, tmp_path):
+    """Translate mode: no photo; the first applied candidate starts the image layer, and undo/redo work."""
+    from app.canvas import Canvas
+
+    labels = document.labels.copy()
+    doc = Document()
+    doc.load(label_set=load_label_set(DEFAULT_SET), labels=labels)
+    assert doc.mode == "translate" and doc.image is None
+    bridge = EngineBridge(runtime)
+    canvas = Canvas(doc)
+    dock = GalleryDock(doc, bridge, canvas)
+    qtbot.addWidget(canvas)
+    qtbot.addWidget(dock)
+    dock.add_backend_choice("Fake", fake_backend.NAME)
+    dock.samples.setValue(1)
+    try:
+        assert dock.generate() is not None
+        qtbot.waitUntil(lambda: len(doc.candidates) >= 1 and not bridge.busy(), timeout=TIMEOUT)
+        stored = doc.candidates[0]
+        x0, y0, x1, y1 = stored.meta["box"]
+        assert dock.apply(stored.id)
+        np.testing.assert_array_equal(doc.image[y0:y1, x0:x1], stored.image)
+        assert doc.view_mode != "labels", "the applied rendering is shown"
+        doc.undo_stack.undo()
+        assert not doc.image.any()
+        doc.undo_stack.redo()
+        np.testing.assert_array_equal(doc.image[y0:y1, x0:x1], stored.image)
+        path = tmp_path / "rendered.sgraffito"
+        files.write_project(doc, path)
+        reopened = files.read_project(path)
+        assert reopened["photo"] is None
+        np.testing.assert_array_equal(reopened["image"], doc.image)
+    finally:
+        bridge.shutdown()
+
+
 def test_enter_applies_the_current_candidate(qtbot, gallery):
     generate(qtbot, gallery, 3)
     gallery.tree.setCurrentItem(gallery.tree.topLevelItem(0).child(0))
