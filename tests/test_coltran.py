@@ -260,3 +260,14 @@ def test_sepia_photos_are_colorized_from_their_luma():
     gray = to_gray(sepia)
     assert gray.shape == (48, 80) and abs(int(gray[10, 10]) - round(0.299 * sepia[10, 10, 0] + 0.587 * sepia[10, 10, 1]
                                                               + 0.114 * sepia[10, 10, 2])) <= 1
+
+
+def test_the_shipped_demo_model_colours_a_gray_photo():
+    from engine.metrics import colorfulness
+
+    model = load_model()  # assets/models/demo-coltran
+    gray = gradient_photo(40, 60)
+    image = colorize(model, gray, [0])[0]
+    assert image.shape == (40, 60, 3)
+    assert np.abs(image.astype(np.float64) @ [0.299, 0.587, 0.114] - gray).max() <= 1.0
+    assert colorfulness(image) > 5, "the demo adds colour"
