@@ -323,7 +323,8 @@ class GalleryDock(QDockWidget):
         self.model_box.clear()
         kinds = MODE_KINDS.get(self.document.mode, ())
         usable = [m for m in self.models if m.kind in {k for ks in MODE_KINDS.values() for k in ks}]
-        usable.sort(key=lambda m: (m.kind not in kinds, m.kind, m.name))
+        # the mode's engines first, in MODE_KINDS order (ASSET before ASAPNet for edits), then the rest
+        usable.sort(key=lambda m: (kinds.index(m.kind) if m.kind in kinds else len(kinds), m.kind, m.name))
         for info in usable:
             self.model_box.addItem(f"{info.title} ({info.kind})", f"{info.kind}\t{info.name}")
         for title, choice in self.extra_choices:
