@@ -349,18 +349,9 @@ def write_card_section(directory: Path, edits: dict) -> None:
               "class's mean training colour plus Gaussian noise of the class's standard deviation. Metrics: "
               "engine.metrics.label_agreement (edited region) and engine.metrics.reflection_score.", ""]
     lines += [f"- {k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in edits.items()]
-    section = "\n".join(lines).strip()
-    card = directory / "MODEL_CARD.md"
-    text = card.read_text() if card.is_file() else "# ASSET demo models: synthetic landscapes\n\n"
-    block = f"{CARD_BEGIN}\n{section}\n{CARD_END}"
-    if CARD_BEGIN in text and CARD_END in text:
-        head, rest = text.split(CARD_BEGIN, 1)
-        text = head + block + rest.split(CARD_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = card.with_name(".MODEL_CARD.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(card)
+    from engine.train.tasks_vqgan import write_card_section as write_between_markers
+
+    write_between_markers(directory, "\n".join(lines), CARD_BEGIN, CARD_END)
 
 
 if __name__ == "__main__":  # python -m engine.train.tasks_asset [FOLDER]: evaluate edits, write the card

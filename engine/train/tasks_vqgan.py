@@ -139,14 +139,15 @@ def _eval_scenes(count: int, size: int):
     return [generate_scene(int(seed), size) for seed in list(EVAL_SEEDS)[:count]]
 
 
-def _write_card_section(directory: Path, section: str) -> None:
-    """Put `section` between the tokenizer markers of MODEL_CARD.md, keeping what other exporters wrote."""
+def write_card_section(directory: Path, section: str, begin: str = CARD_BEGIN, end: str = CARD_END) -> None:
+    """Put `section` between one exporter's markers in the shared MODEL_CARD.md of the ASSET demo folder,
+    keeping what the other exporters wrote (tokenizers here, transformers in tasks_asset.py)."""
     card = directory / "MODEL_CARD.md"
     text = card.read_text() if card.is_file() else "# ASSET demo models: synthetic landscapes\n\n"
-    block = f"{CARD_BEGIN}\n{section.strip()}\n{CARD_END}"
-    if CARD_BEGIN in text and CARD_END in text:
-        head, rest = text.split(CARD_BEGIN, 1)
-        text = head + block + rest.split(CARD_END, 1)[1]
+    block = f"{begin}\n{section.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     tmp = card.with_name(".MODEL_CARD.md.tmp")
@@ -224,7 +225,7 @@ class _VQGANTaskBase(TrainTask):
         if self.options.get("export_dtype") == "float16":  # halves the shipped files; loading converts back
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_model_dir(directory, {self.stem: state}, config, merge_config=True)
-        _write_card_section(directory, _card(training))
+        write_card_section(directory, _card(training))
         return directory
 
 
