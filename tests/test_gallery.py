@@ -36,8 +36,8 @@ def document(qtbot, tmp_path):
     return doc
 
 
-@pytest.fixture
-def gallery(qtbot, document, runtime):
+def make_dock(qtbot, document, runtime, samples=3) -> GalleryDock:
+    """A gallery on `document` with a canvas and the fake backend; shut its bridge down when done."""
     from app.canvas import Canvas
 
     bridge = EngineBridge(runtime)
@@ -46,9 +46,15 @@ def gallery(qtbot, document, runtime):
     qtbot.addWidget(canvas)
     qtbot.addWidget(dock)
     dock.add_backend_choice("Fake", fake_backend.NAME)
-    dock.samples.setValue(3)
+    dock.samples.setValue(samples)
+    return dock
+
+
+@pytest.fixture
+def gallery(qtbot, document, runtime):
+    dock = make_dock(qtbot, document, runtime)
     yield dock
-    bridge.shutdown()
+    dock.bridge.shutdown()
 
 
 def generate(qtbot, gallery, count):
@@ -157,19 +163,11 @@ def test_apply_undo_redo_of_a_candidate(qtbot, gallery):
 
 def test_a_rendering_applies_to_a_document_made_from_a_label_map_alone(qtbot, document, runtime, tmp_path):
     """Translate mode: no photo; the first applied candidate starts the image layer, and undo/redo work."""
-    from app.canvas import Canvas
-
-    labels = document.labels.copy()
     doc = Document()
-    doc.load(label_set=load_label_set(DEFAULT_SET), labels=labels)
+    doc.load(label_set=load_label_set(DEFAULT_SET), labels=document.labels.copy())
     assert doc.mode == "translate" and doc.image is None
-    bridge = EngineBridge(runtime)
-    canvas = Canvas(doc)
-    dock = GalleryDock(doc, bridge, canvas)
-    qtbot.addWidget(canvas)
-    qtbot.addWidget(dock)
-    dock.add_backend_choice("Fake", fake_backend.NAME)
-    dock.samples.setValue(1)
+    dock = make_dock(qtbot, doc, runtime, samples=1)
+    bridge = dock.bridge
     try:
         assert dock.generate() is not None
         qtbot.waitUntil(lambda: len(doc.candidates) >= 1 and not bridge.busy(), timeout=TIMEOUT)
