@@ -2,7 +2,7 @@
 the hint tool.
 
 A hint is `{"x", "y", "radius", "rgb": [r, g, b]}` in photo pixels (pixel centres at integer + 0.5), the format
-engine.colorize_pixelcnn.parse_hints and the "coltran" / "pixelcnn" backends read. The list itself lives in
+engine.hints.parse_hints and the "coltran" / "pixelcnn" backends read. The list itself lives in
 `document.hints` so it is saved with the project; `HintsModel` is the observable view of it that the canvas
 layer, the tool and the colorize panel share. Every change is one QUndoCommand on the document's undo stack;
 the wheel's size steps on one hint merge into one command.

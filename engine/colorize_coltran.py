@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.colorize_pixelcnn import Hint, parse_hints
+from engine.hints import Hint, parse_hints
 from engine.errors import InputError
 from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb
 

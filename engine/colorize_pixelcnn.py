@@ -12,8 +12,6 @@ so the autoregressive decoder sees them as context and never overwrites them.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,45 +20,10 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
+from engine.hints import Hint, parse_hints
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
 
 DEFAULT_MODEL = "demo-pixelcnn-colorizer"
-
-
-@dataclass(frozen=True)
-class Hint:
-    x: float
-    y: float
-    radius: float
-    rgb: tuple[int, int, int]
-
-
-def parse_hints(items, source: str = "hints") -> list[Hint]:
-    """A list of {"x", "y", "radius", "rgb": [r, g, b] or "#rrggbb"} -> Hints; InputError naming the entry."""
-    if not isinstance(items, list):
-        raise InputError(f"{source}: expected a JSON list of {{x, y, radius, rgb}} objects")
-    hints = []
-    for n, item in enumerate(items):
-        try:
-            rgb = item["rgb"]
-            if isinstance(rgb, str):
-                rgb = [int(rgb.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)]
-            rgb = tuple(int(c) for c in rgb)
-            hint = Hint(float(item["x"]), float(item["y"]), float(item.get("radius", 8)), rgb)
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"{source}: hint {n} is not {{x, y, radius, rgb}}: {error!r}") from None
-        if len(hint.rgb) != 3 or not all(0 <= c <= 255 for c in hint.rgb) or hint.radius <= 0:
-            raise InputError(f"{source}: hint {n} needs rgb of three 0-255 values and a positive radius")
-        hints.append(hint)
-    return hints
-
-
-def load_hints(path: str | Path) -> list[Hint]:
-    try:
-        items = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read hints: {error}") from None
-    return parse_hints(items, str(path))
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 
 from app.cli import main
 from engine.colorize_coltran import area_resize, colorize, hint_constraints, load_model, to_gray
-from engine.colorize_pixelcnn import Hint
+from engine.hints import Hint
 from engine.errors import CheckpointError
 from engine.models.coltran import (STAGE_SCOPES, ColorUpsampler, ColTran, ColTranConfig, ColTranCore, CoreConfig,
                                    SpatialUpsampler, UpsamplerConfig, convert_official_stage, official_table,
