@@ -274,3 +274,83 @@ def test_training_tasks_export_into_one_shared_demo_folder(tmp_path):
     assert "guiding notes" in card and "### image_vqgan.safetensors" in card and "### seg_vqgan.safetensors" in card
     assert load_vqgan(demo, "image_vqgan").config.masked_encoder
     assert (demo / "guiding.safetensors").is_file()
+
+
+def test_norm_groups_is_a_config_choice_that_changes_no_checkpoint_key():
+    small = VQGAN(VQGANConfig(ch=32, num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32, norm_groups=8,
+                              masked_encoder=True))
+    official = VQGAN(VQGANConfig(ch=32, num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32, masked_encoder=True))
+    assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in official.state_dict().items()}
+    assert small.decoder.norm_out.num_groups == 8 and small.encoder.mid.block_1.norm1.num_groups == 8
+    assert official.decoder.norm_out.num_groups == 32
+    assert VQGANConfig.from_dict(small.config.to_dict()).norm_groups == 8
+
+
+def test_kmeans_separates_clusters_and_copes_with_fewer_points_than_centres():
+    from engine.train.tasks_vqgan import kmeans
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in truth])
+    centres = kmeans(points, 3)
+    assert torch.cdist(truth, centres).min(1).values.max() < 0.1
+    few = kmeans(points[:2], 5)
+    assert few.shape == (5, 2) and torch.isfinite(few).all()
+
+
+def test_codebook_warmup_then_kmeans_init_fits_the_latents():
+    """taming's tiny uniform codebook sits far from the encoder's outputs (training then collapses onto the few
+    nearest codes); after the continuous warm-up the k-means codebook quantises the same latents closely."""
+    from engine.data.landscapes import generate_scene
+    from engine.train.tasks_vqgan import _Codebook
+
+    torch.manual_seed(0)
+    model = VQGAN(VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, embed_dim=8, n_embed=64,
+                              norm_groups=8))
+    x = torch.stack([torch.from_numpy(generate_scene(s, 64).image.copy()).permute(2, 0, 1) for s in range(4)])
+    x = x.float() / 127.5 - 1
+
+    def quantisation_error():
+        with torch.no_grad():
+            z = model.encode_z(x)
+            zq = model.quantize.get_codebook_entry(model.quantize.codes(z))
+            return float((z - zq).pow(2).mean() / z.pow(2).mean())
+
+    before = quantisation_error()
+    care = _Codebook(model, every=10, warmup=2)
+    for step in range(2):
+        assert not care.quantizing(step)
+        rec, qloss, indices = model(x, quantize=False)
+        assert indices is None and rec.shape == x.shape and float(qloss) == 0
+        care.update(model, indices, step)
+    assert care.quantizing(2) and care.initialised
+    assert before > 0.9 and quantisation_error() < 0.2
+    assert model.encode(x)[1].unique().numel() >= 48
+
+
+def test_decoder_fine_tune_keeps_the_tokens_and_records_both_stages(tmp_path):
+    """Fine-tuning only the decoder (options.decoder_from) must leave encoder and codebook bit-identical, so
+    token caches and transformers trained on them stay valid."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from engine.train import TrainConfig, train
+
+    demo = tmp_path / "demo"
+    options = dict(ch=32, num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32, crop=32, scene_size=64,
+                   eval_scenes=1, eval_size=64, export_dir=str(demo), mask_prob=0.0)
+    base = TrainConfig(task="vqgan", steps=2, batch_size=2, ema_decay=0, eval_every=0, save_every=0, log_every=1,
+                       device="cpu", out_dir=str(tmp_path / "first"), options=options)
+    train(base)
+    first = load_file(str(tmp_path / "first" / "checkpoint" / "model.safetensors"))
+    tuned = TrainConfig(**{**base.__dict__, "lr": 1e-2, "out_dir": str(tmp_path / "tuned"),
+                           "options": {**options, "decoder_from": str(tmp_path / "first" / "checkpoint" / "model.safetensors")}})
+    train(tuned)
+    second = load_file(str(tmp_path / "tuned" / "checkpoint" / "model.safetensors"))
+    for key, value in first.items():
+        same = torch.equal(value, second[key])
+        assert same if key.startswith(("encoder.", "quant_conv.", "quantize.")) else True, key
+    assert any(not torch.equal(first[k], second[k]) for k in first if k.startswith("decoder."))
+    entry = json.loads((demo / "config.json").read_text())["training"]["image_vqgan"]
+    assert entry["steps"] == 2 and "encoder and codebook frozen" in entry["decoder fine-tune"]

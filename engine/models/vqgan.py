@@ -50,6 +50,7 @@ class VQGANConfig:
     legacy: bool = True  # VectorQuantizer2's original loss weighting (beta on the codebook term)
     masked_encoder: bool = False  # ASSET: PartialConv + RegionNorm encoder (downsample_legacy: False)
     n_labels: int | None = None  # segmentation VQGAN: number of classes (adds the `colorize` buffer)
+    norm_groups: int = 32  # taming's Normalize always uses 32; small demo models use fewer (no key changes)
 
     def __post_init__(self):
         self.ch_mult = tuple(self.ch_mult)
@@ -85,8 +86,8 @@ def _fit(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class GroupNorm(nn.GroupNorm):
     """taming's Normalize: 32 groups, eps 1e-6. Takes (and ignores) a mask so plain and masked blocks share code."""
 
-    def __init__(self, channels: int):
-        super().__init__(32, channels, eps=1e-6, affine=True)
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__(groups, channels, eps=1e-6, affine=True)
 
     def forward(self, x, mask=None):
         return super().forward(x)
@@ -149,16 +150,17 @@ def _conv3(cin: int, cout: int, masked: bool, stride: int = 1) -> nn.Conv2d:
     return cls(cin, cout, kernel_size=3, stride=stride, padding=1 if stride == 1 else 0)
 
 
-def _norm(channels: int, masked: bool) -> GroupNorm:
-    return RegionNorm(channels) if masked else GroupNorm(channels)
+def _norm(channels: int, masked: bool, groups: int = 32) -> GroupNorm:
+    return RegionNorm(channels, groups) if masked else GroupNorm(channels, groups)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, masked: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, masked: bool = False,
+                 groups: int = 32):
         super().__init__()
-        self.norm1 = _norm(in_channels, masked)
+        self.norm1 = _norm(in_channels, masked, groups)
         self.conv1 = _conv3(in_channels, out_channels, masked)
-        self.norm2 = _norm(out_channels, masked)
+        self.norm2 = _norm(out_channels, masked, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _conv3(out_channels, out_channels, masked)
         if in_channels != out_channels:
@@ -176,10 +178,10 @@ class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1 q/k/v/proj_out convs. In the masked encoder, keys inside the
     hole are hidden from queries outside it (queries inside the hole still see every key)."""
 
-    def __init__(self, channels: int, masked: bool = False):
+    def __init__(self, channels: int, masked: bool = False, groups: int = 32):
         super().__init__()
         self.masked = masked
-        self.norm = _norm(channels, masked)
+        self.norm = _norm(channels, masked, groups)
         self.q = nn.Conv2d(channels, channels, kernel_size=1)
         self.k = nn.Conv2d(channels, channels, kernel_size=1)
         self.v = nn.Conv2d(channels, channels, kernel_size=1)
@@ -226,7 +228,7 @@ class Upsample(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        masked = cfg.masked_encoder
+        masked, groups = cfg.masked_encoder, cfg.norm_groups
         self.conv_in = _conv3(cfg.in_channels, cfg.ch, masked)
         res, mult_in = cfg.resolution, (1,) + cfg.ch_mult
         self.down = nn.ModuleList()
@@ -235,19 +237,19 @@ class Encoder(nn.Module):
             down.block, down.attn = nn.ModuleList(), nn.ModuleList()
             block_in = cfg.ch * mult_in[level]
             for _ in range(cfg.num_res_blocks):
-                down.block.append(ResnetBlock(block_in, cfg.ch * mult, cfg.dropout, masked))
+                down.block.append(ResnetBlock(block_in, cfg.ch * mult, cfg.dropout, masked, groups))
                 block_in = cfg.ch * mult
                 if res in cfg.attn_resolutions:
-                    down.attn.append(AttnBlock(block_in, masked))
+                    down.attn.append(AttnBlock(block_in, masked, groups))
             if level != len(cfg.ch_mult) - 1:
                 down.downsample = Downsample(block_in, masked)
                 res //= 2
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, masked)
-        self.mid.attn_1 = AttnBlock(block_in, masked)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, masked)
-        self.norm_out = _norm(block_in, masked)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, masked, groups)
+        self.mid.attn_1 = AttnBlock(block_in, masked, groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, masked, groups)
+        self.norm_out = _norm(block_in, masked, groups)
         self.conv_out = _conv3(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, masked)
 
     def forward(self, x, mask=None):
@@ -269,28 +271,28 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
-        block_in = cfg.ch * cfg.ch_mult[-1]
+        block_in, groups = cfg.ch * cfg.ch_mult[-1], cfg.norm_groups
         res = cfg.resolution // cfg.factor
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, padding=1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout, groups=groups)
+        self.mid.attn_1 = AttnBlock(block_in, groups=groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout, groups=groups)
         ups = []
         for level in reversed(range(len(cfg.ch_mult))):
             up = nn.Module()
             up.block, up.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                up.block.append(ResnetBlock(block_in, cfg.ch * cfg.ch_mult[level], cfg.dropout))
+                up.block.append(ResnetBlock(block_in, cfg.ch * cfg.ch_mult[level], cfg.dropout, groups=groups))
                 block_in = cfg.ch * cfg.ch_mult[level]
                 if res in cfg.attn_resolutions:
-                    up.attn.append(AttnBlock(block_in))
+                    up.attn.append(AttnBlock(block_in, groups=groups))
             if level != 0:
                 up.upsample = Upsample(block_in)
                 res *= 2
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)  # up[0] is the full-resolution level, as in taming
-        self.norm_out = GroupNorm(block_in)
+        self.norm_out = GroupNorm(block_in, groups)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, kernel_size=3, padding=1)
 
     def forward(self, z):
@@ -391,10 +393,15 @@ class VQGAN(nn.Module):
             indices = indices.reshape(shape)
         return self.decode(self.quantize.get_codebook_entry(indices))
 
-    def forward(self, x, mask=None):
-        """(reconstruction, quantiser loss, indices); the training path."""
-        quant, qloss, indices = self.quantize(self.encode_z(x, mask))
+    def _train_path(self, z: torch.Tensor, quantize: bool):
+        if not quantize:  # the continuous autoencoder of a training warm-up: no codes yet
+            return self.decode(z), z.new_zeros(()), None
+        quant, qloss, indices = self.quantize(z)
         return self.decode(quant), qloss, indices
+
+    def forward(self, x, mask=None, quantize: bool = True):
+        """(reconstruction, quantiser loss, indices); the training path."""
+        return self._train_path(self.encode_z(x, mask), quantize)
 
     # Segmentation VQGAN helpers: label maps (B,H,W) of 0-based class ids.
 
@@ -419,12 +426,10 @@ class VQGAN(nn.Module):
         if labels.shape[-1] % f or labels.shape[-2] % f:
             raise InputError(f"label map size {labels.shape[-1]}x{labels.shape[-2]} is not a multiple of {f}")
 
-    def forward_labels(self, labels: torch.Tensor):
+    def forward_labels(self, labels: torch.Tensor, quantize: bool = True):
         """(class logits (B,n_labels,H,W), quantiser loss, indices) for label maps; the training path."""
         self._check_labels(labels)
-        z = self.quant_conv(self.encoder.features(self.label_conv_in(labels)))
-        quant, qloss, indices = self.quantize(z)
-        return self.decode(quant), qloss, indices
+        return self._train_path(self.quant_conv(self.encoder.features(self.label_conv_in(labels))), quantize)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         self._check_labels(labels)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from engine.checkpoints import read_model_config, save_model_dir
 from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene
-from engine.metrics import psnr
+from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.paths import assets_dir
 from engine.train.task import TrainConfig, TrainTask, register_task
@@ -91,33 +91,73 @@ def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Te
     return total / scales
 
 
-class _CodebookRestart:
-    """Data-dependent codebook: at the first step every row is set to a random encoder output (plus a little
-    noise), then rows that no token chose in the last `every` steps are re-seeded the same way. With taming's
-    tiny uniform initialisation all tokens share a handful of codes and a short schedule never gets going."""
+class _Codebook:
+    """Data-dependent codebook care. The first `warmup` steps train a continuous autoencoder (no quantiser) while
+    the encoder outputs of the last steps are kept; the codebook is then set by k-means on them, and afterwards rows
+    that no token chose in the last `every` steps are re-seeded on random encoder outputs of the current batch.
+    With taming's tiny uniform initialisation all tokens share a handful of codes and a CPU-sized schedule never
+    gets going (the first demo tokenizers collapsed that way)."""
 
-    def __init__(self, model: VQGAN, every: int):
-        self.every = every
+    def __init__(self, model: VQGAN, every: int, warmup: int, keep: int = 64):
+        self.every, self.warmup = every, warmup
         self.hits = torch.zeros(model.config.n_embed)
         self.initialised = False
-        self.latest = None
-        model.quant_conv.register_forward_hook(lambda _m, _i, out: setattr(self, "latest", out.detach()))
+        self.recent: list[torch.Tensor] = []
+        self.keep = keep
+        model.quant_conv.register_forward_hook(lambda _m, _i, out: self._observe(out))
+
+    def _observe(self, out: torch.Tensor) -> None:
+        self.recent = (self.recent + [out.detach().permute(0, 2, 3, 1).reshape(-1, out.shape[1]).cpu()])[-self.keep:]
+
+    def quantizing(self, step: int) -> bool:
+        return step >= self.warmup
 
     @torch.no_grad()
-    def update(self, model: VQGAN, indices: torch.Tensor, step: int) -> float:
-        self.hits += torch.bincount(indices.flatten().cpu(), minlength=self.hits.numel()).float()
-        if self.latest is None or (self.initialised and step % self.every):
+    def update(self, model: VQGAN, indices: torch.Tensor | None, step: int) -> float:
+        weight = model.quantize.embedding.weight
+        if not self.initialised:
+            if step + 1 < self.warmup or not self.recent:
+                return 0.0
+            self.initialised = True
+            centres = kmeans(torch.cat(self.recent), weight.shape[0])
+            weight.copy_(centres.to(weight))
+            return float(weight.shape[0])
+        if indices is None:
             return 0.0
-        dead = torch.arange(self.hits.numel()) if not self.initialised else (self.hits == 0).nonzero().flatten()
-        self.initialised = True
+        self.hits += torch.bincount(indices.flatten().cpu(), minlength=self.hits.numel()).float()
+        if step % self.every:
+            return 0.0
+        dead = (self.hits == 0).nonzero().flatten()
         self.hits.zero_()
         if not len(dead):
             return 0.0
-        z = self.latest.permute(0, 2, 3, 1).reshape(-1, self.latest.shape[1])
-        pick = z[torch.randint(len(z), (len(dead),), device=z.device)]
-        weight = model.quantize.embedding.weight
+        z = self.recent[-1]
+        pick = z[torch.randint(len(z), (len(dead),))]
         weight[dead.to(weight.device)] = (pick + 0.05 * z.std() * torch.randn_like(pick)).to(weight)
         return float(len(dead))
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+    """k centres of points (N, D) by Lloyd's algorithm from k-means++-style distance-weighted seeds; empty
+    clusters are re-seeded on the points farthest from their centres."""
+    g = torch.Generator().manual_seed(seed)
+    points = points.float()
+    centres = points[torch.randint(len(points), (1,), generator=g)]
+    while len(centres) < k:  # add seeds in chunks: exact k-means++ costs k passes
+        d = torch.cdist(points, centres).min(1).values.pow(2)
+        take = min(k - len(centres), max(1, len(centres)))
+        centres = torch.cat([centres, points[torch.multinomial(d + 1e-12, take, replacement=True, generator=g)]])
+    for _ in range(iterations):
+        dist = torch.cdist(points, centres)
+        assign = dist.argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k).float()
+        empty = counts == 0
+        centres = torch.where(empty[:, None], centres, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            far = dist.gather(1, assign[:, None]).flatten().argsort(descending=True)
+            centres[empty] = points[far[torch.arange(int(empty.sum())) % len(far)]]
+    return centres
 
 
 def _training_statistics(count: int = 24, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +169,21 @@ def _training_statistics(count: int = 24, size: int = 128) -> tuple[np.ndarray, 
     return colour, (counts + 1) / (counts.sum() + 182)
 
 
+def _nearest(points: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return torch.cdist(torch.from_numpy(points.astype(np.float32)), torch.from_numpy(palette)).argmin(1).numpy()
+
+
+def _cell_palette(colours: int, size: int, count: int = 24) -> np.ndarray:
+    """A `colours`-entry palette (k-means) of the 16x16-cell mean colours of training scenes: the naive
+    tokenizer with a token's bit budget."""
+    means = [cv2.resize(generate_scene(int(seed), size).image, (size // 16, size // 16), interpolation=cv2.INTER_AREA)
+             for seed in TRAIN_SEEDS[:count]]
+    points = torch.from_numpy(np.concatenate([m.reshape(-1, 3) for m in means]).astype(np.float32))
+    return kmeans(points, colours).numpy()
+
+
 def _vqgan_config(options: dict, **fixed) -> VQGANConfig:
-    arch = {k: options[k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed")
+    arch = {k: options[k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "norm_groups")
             if k in options}
     return VQGANConfig(**{**arch, **fixed})
 
@@ -168,7 +221,7 @@ def _record(directory: Path, stem: str, entry: dict) -> dict:
     return training
 
 
-def _card(training: dict) -> str:
+def _card(training: dict, notes: dict | None = None) -> str:
     lines = ["## Tokenizers (image VQGAN and segmentation VQGAN)", ""]
     lines.append("Trained from scratch with `sgraffito train vqgan|seg_vqgan` (engine/train/tasks_vqgan.py) on "
                  "procedural landscapes (engine.data.landscapes, TRAIN_SEEDS), random crops of 256 px "
@@ -179,6 +232,8 @@ def _card(training: dict) -> str:
             continue
         lines += ["", f"### {stem}.safetensors", ""]
         lines += [f"- {k}: {v}" for k, v in t.items()]
+    for title, text in (notes or {}).items():  # config.json "tokenizer_notes": what the numbers mean
+        lines += ["", f"### {title}", "", text]
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +244,7 @@ class _VQGANTaskBase(TrainTask):
         super().__init__(config)
         self.options = dict(config.options)
         self.started = time.monotonic()
-        self.restart = None
+        self.codebook: _Codebook | None = None
         self.metrics: dict = {}  # the last evaluation, reused by export
 
     def train_dataset(self):
@@ -197,11 +252,38 @@ class _VQGANTaskBase(TrainTask):
         return LandscapeCrops(o.get("scene_size", 256), o.get("crop", 128), o.get("crops_per_scene", 4),
                               o.get("mask_prob", 0.5 if self.stem == "image_vqgan" else 0.0))
 
+    def _finetuning_decoder(self) -> bool:
+        return bool(self.options.get("decoder_from"))
+
+    def _initial(self, model: VQGAN) -> VQGAN:
+        """options.decoder_from (a trained model's safetensors): start there and train only post_quant_conv and
+        the decoder. The encoder and codebook stay frozen, so the tokens (and the transformers trained on them)
+        stay valid while the pictures they decode to get better."""
+        if not self._finetuning_decoder():
+            return model
+        from safetensors.torch import load_file
+
+        from engine.checkpoints import load_state_dict_strict
+
+        path = str(self.options["decoder_from"])
+        load_state_dict_strict(model, load_file(path), path)
+        for frozen in (model.encoder, model.quant_conv, model.quantize):
+            frozen.requires_grad_(False)
+        return model
+
+    def _quantizing(self, model) -> bool:
+        return self._finetuning_decoder() or self._codebook(model).quantizing(self.step)
+
+    def _codebook(self, model) -> _Codebook:
+        if self.codebook is None:
+            raw = getattr(model, "module", model)
+            self.codebook = _Codebook(raw, self.options.get("restart_every", 10), self.options.get("autoencoder_steps", 0))
+        return self.codebook
+
     def _restart(self, model, indices) -> float:
-        raw = getattr(model, "module", model)
-        if self.restart is None:  # the hook sees encoder outputs from the next forward on
-            self.restart = _CodebookRestart(raw, self.options.get("restart_every", 10))
-        return self.restart.update(raw, indices, self.step)
+        if self._finetuning_decoder():
+            return 0.0
+        return self._codebook(model).update(getattr(model, "module", model), indices, self.step)
 
     def export(self, model, out_dir: Path) -> Path:
         directory = _demo_dir(self)
@@ -218,6 +300,12 @@ class _VQGANTaskBase(TrainTask):
             "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         }
+        if self._finetuning_decoder():  # the tokenizer's own training stays on record; add this stage to it
+            previous = dict(read_model_config(directory).get("training", {}).get(self.stem, {})) \
+                if (directory / "config.json").is_file() else {}
+            entry = {**previous, **{k: entry[k] for k in metrics if k in entry},
+                     "decoder fine-tune": f"{entry['steps']} steps of {entry['batch']}, {entry['wall time']}, "
+                                          "encoder and codebook frozen (same tokens)"}
         training = _record(directory, self.stem, entry)
         config = {"kind": "asset", "title": "ASSET demo (synthetic landscapes)", "label_set": LABEL_SET,
                   self.stem: model_cfg.to_dict(), "training": training}
@@ -225,7 +313,7 @@ class _VQGANTaskBase(TrainTask):
         if self.options.get("export_dtype") == "float16":  # halves the shipped files; loading converts back
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_model_dir(directory, {self.stem: state}, config, merge_config=True)
-        write_card_section(directory, _card(training))
+        write_card_section(directory, _card(training, read_model_config(directory).get("tokenizer_notes")))
         return directory
 
 
@@ -238,11 +326,13 @@ class ImageVQGANTask(_VQGANTaskBase):
         colour, _ = _training_statistics()
         with torch.no_grad():
             model.decoder.conv_out.bias.copy_(torch.from_numpy(colour))
-        return model
+        return self._initial(model)
 
     def loss(self, model, batch):
         x, mask = batch["image"], batch["mask"]
-        xrec, qloss, indices = model(x, mask)
+        if self.step < self.options.get("mask_from_step", 0):  # edit masks slow the first steps down a lot
+            mask = torch.zeros_like(mask)
+        xrec, qloss, indices = model(x, mask, quantize=self._quantizing(model))
         l1 = (xrec - x).abs().mean()
         grad = gradient_loss(xrec, x)
         restarted = self._restart(model, indices)
@@ -251,13 +341,15 @@ class ImageVQGANTask(_VQGANTaskBase):
             mse = F.mse_loss(xrec.clamp(-1, 1), x)
         return loss, {"l1": l1.item(), "grad": grad.item(), "codebook": qloss.item(),
                       "psnr": float(10 * torch.log10(4 / mse)), "restarted": restarted,
-                      "codes_used": float(indices.unique().numel())}
+                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0}
 
     @torch.no_grad()
     def evaluate(self, model):
         size = self.options.get("eval_size", 256)
         scenes = _eval_scenes(self.options.get("eval_scenes", 16), size)
-        ours, cells, codes = [], [], set()
+        palette = _cell_palette(model.config.n_embed, size)
+        ours, cells, coded, codes = [], [], [], set()
+        agree = {"ours": [], "truth": [], "cells": []}
         for scene in scenes:
             x = torch.from_numpy(scene.image.transpose(2, 0, 1).copy()).float()[None].to(self.device) / 127.5 - 1
             _, indices = model.encode(x)
@@ -267,8 +359,18 @@ class ImageVQGANTask(_VQGANTaskBase):
             ours.append(psnr(rec, scene.image))
             # naive baseline with more bits per token: the mean colour of each 16x16 cell, upsampled bicubically
             small = cv2.resize(scene.image, (size // 16, size // 16), interpolation=cv2.INTER_AREA)
-            cells.append(psnr(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), scene.image))
+            blurred = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+            cells.append(psnr(blurred, scene.image))
+            # the same with as many bits per cell as a token: each cell mean snapped to a 512-colour palette
+            snapped = palette[_nearest(small.reshape(-1, 3), palette)].reshape(small.shape).astype(np.uint8)
+            coded.append(psnr(cv2.resize(snapped, (size, size), interpolation=cv2.INTER_CUBIC), scene.image))
+            for key, image in (("ours", rec), ("truth", scene.image), ("cells", blurred)):
+                agree[key].append(label_agreement(image, scene.labels))
         self.metrics = {"eval_psnr_db": float(np.mean(ours)), "baseline_cell_mean_psnr_db": float(np.mean(cells)),
+                        "baseline_palette_cell_psnr_db": float(np.mean(coded)),
+                        "eval_label_agreement": float(np.nanmean(agree["ours"])),
+                        "label_agreement_of_originals": float(np.nanmean(agree["truth"])),
+                        "baseline_cell_mean_label_agreement": float(np.nanmean(agree["cells"])),
                         "eval_codes_used": float(len(codes)), "eval_scenes": float(len(scenes)),
                         "eval_size_px": float(size)}
         return self.metrics
@@ -283,18 +385,18 @@ class SegVQGANTask(_VQGANTaskBase):
         _, prior = _training_statistics()
         with torch.no_grad():
             model.decoder.conv_out.bias.copy_(torch.from_numpy(np.log(prior)))
-        return model
+        return self._initial(model)
 
     def loss(self, model, batch):
         labels = batch["labels"]
         raw = getattr(model, "module", model)
-        logits, qloss, indices = raw.forward_labels(labels)
+        logits, qloss, indices = raw.forward_labels(labels, quantize=self._quantizing(model))
         ce = F.cross_entropy(logits, labels)
         restarted = self._restart(model, indices)
         with torch.no_grad():
             accuracy = (logits.argmax(1) == labels).float().mean()
         return ce + qloss, {"ce": ce.item(), "codebook": qloss.item(), "accuracy": accuracy.item(),
-                            "restarted": restarted, "codes_used": float(indices.unique().numel())}
+                            "restarted": restarted, "codes_used": float(indices.unique().numel()) if indices is not None else 0.0}
 
     @torch.no_grad()
     def evaluate(self, model):
