@@ -8,7 +8,8 @@ Pipeline (the official test.py, reorganised for the runtime):
    (params "token_mask": "reference" = only cells whose top-left pixel is edited, as the official code);
 3. the guiding transformer samples the hole at 256 px (16x16 tokens, dense attention), then a dense pass
    over each sampled result gives that candidate's SGA guidance;
-4. the SGA transformer samples the hole at R with that guidance; decode; Laplacian-blend into the photo.
+4. the SGA transformer samples the hole at R with that guidance; decode the edited tokens plus a margin of
+   context (params "decode_margin", "full" = the whole grid as the official code); Laplacian-blend into the photo.
 Candidate i uses its own random generator seeded with ctx.seeds[i], so it does not depend on k.
 """
 
@@ -31,6 +32,7 @@ from engine.models.asset_sampling import sample_tokens
 DEFAULT_MODEL = "demo-asset-landscape"
 GUIDE_SIZE = 256
 CELL = 16
+DECODE_MARGIN = 4  # tokens of context around the edit when decoding (64 px at the model's resolution)
 
 
 @dataclass
@@ -73,6 +75,8 @@ def load_bundle(name: str = "", device: str = "cpu") -> AssetBundle:
     for m in (bundle.image_vqgan, bundle.seg_vqgan, bundle.guiding, bundle.sga):
         if m is not None:
             m.to(device)
+    for m in (bundle.image_vqgan, bundle.seg_vqgan):  # NHWC convolutions: about 1.4x faster on CPU
+        m.to(memory_format=torch.channels_last)
     return bundle
 
 
@@ -108,12 +112,24 @@ def _check_labels(bundle: AssetBundle, labels: np.ndarray) -> None:
                          f"{bundle.path.name}")
 
 
+def decode_window(tokens: np.ndarray, margin: int | None) -> tuple[slice, slice]:
+    """Rows and columns of the token grid to decode: the edited tokens' bounding box grown by `margin` tokens of
+    context (None: the whole grid, as the official code). Outside the edit the photo's own pixels are kept, so
+    decoding them only costs time; the margin gives the decoder's convolutions and the blend real neighbours."""
+    h, w = tokens.shape
+    if margin is None or not tokens.any():
+        return slice(0, h), slice(0, w)
+    ys, xs = np.nonzero(tokens)
+    return (slice(max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)),
+            slice(max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)))
+
+
 @torch.no_grad()
 def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask: np.ndarray, seeds: list[int],
          ctx=None, *, top_k: int = 100, temperature: float = 1.0, rule: str = "cover",
-         region=None) -> tuple[list[np.ndarray], composite.Fit, list[float]]:
+         region=None, decode_margin: int | None = DECODE_MARGIN) -> tuple[list[np.ndarray], composite.Fit, list[float]]:
     """Sample len(seeds) candidates. Returns the patches for fit.region (full resolution, blended), the
-    fit, and per-candidate seconds (the batch time split evenly)."""
+    fit, and per-candidate seconds (the batch time split evenly). decode_margin: see decode_window."""
     device = next(bundle.guiding.parameters()).device
     start = time.perf_counter()
     if not mask.any():
@@ -161,15 +177,32 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
     if ctx is not None:
         ctx.check_cancelled()
         ctx.progress(0.96, "decoding")
+    grid_mask = tokens if side * CELL == bundle.resolution else token_mask(g_pixels, rule)
+    rows, cols = decode_window(grid_mask, decode_margin)
     patches = []
     for i in range(k):  # one at a time: a candidate's pixels must not depend on the batch size
-        decoded = bundle.image_vqgan.decode_code(out[i].reshape(1, side, side))
-        result = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+        decoded = bundle.image_vqgan.decode_code(out[i].reshape(1, side, side)[:, rows, cols])
+        window = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+        result = cv2.resize(image, (side * CELL, side * CELL), interpolation=cv2.INTER_AREA)
+        result[rows.start * CELL:rows.stop * CELL, cols.start * CELL:cols.stop * CELL] = window
         if result.shape[0] != bundle.resolution:
             result = cv2.resize(result, (bundle.resolution, bundle.resolution), interpolation=cv2.INTER_CUBIC)
         patches.append(composite.paste_back(photo, mask, result, fit))
     seconds = (time.perf_counter() - start) / k
     return patches, fit, [seconds] * k
+
+
+def _decode_margin(value) -> int | None:
+    """params["decode_margin"]: tokens of context, or "full" to decode the whole grid like the official code."""
+    if value in (None, "full"):
+        return None
+    try:
+        margin = int(value)
+    except (TypeError, ValueError):
+        margin = -1
+    if margin < 0:
+        raise InputError(f"decode_margin must be a number of tokens (0 or more) or 'full', not {value!r}")
+    return margin
 
 
 class AssetBackend:
@@ -199,7 +232,8 @@ class AssetBackend:
         patches, fit, seconds = edit(
             bundle, request.photo, np.asarray(request.labels_after), request.edit_mask(), list(ctx.seeds), ctx,
             top_k=int(params.get("top_k", 100)), temperature=float(params.get("temperature", 1.0)),
-            rule=str(params.get("token_mask", "cover")), region=request.region)
+            rule=str(params.get("token_mask", "cover")), region=request.region,
+            decode_margin=_decode_margin(params.get("decode_margin", DECODE_MARGIN)))
         info = {"model": bundle.path.name, "resolution": bundle.resolution}
         return [Candidate(image=p, region=fit.region, seed=s, info=info, seconds=t)
                 for p, s, t in zip(patches, ctx.seeds, seconds)]

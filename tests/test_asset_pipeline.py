@@ -150,3 +150,50 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
     config, weights = load_model_dir(folder)
     assert {"guiding", "sga", "image_vqgan", "seg_vqgan"} <= set(weights)
     assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 256
+
+
+def test_decode_window_is_the_edit_bounding_box_plus_margin():
+    from engine.asset_pipeline import decode_window
+
+    cells = np.zeros((32, 32), bool)
+    cells[20:26, 3:5] = True
+    assert decode_window(cells, 4) == (slice(16, 30), slice(0, 9))
+    assert decode_window(cells, None) == (slice(0, 32), slice(0, 32))
+    assert decode_window(cells, 0) == (slice(20, 26), slice(3, 5))
+
+
+def test_decode_margin_full_and_bad_values(bundle_dir):
+    from engine.asset_pipeline import AssetBackend
+    from engine.errors import InputError
+    from engine.jobs import Request
+
+    scene, after = water_edit()
+    mask = scene.labels != after
+    backend = AssetBackend()
+    for margin in ("full", 0):
+        request = Request(backend="asset", photo=scene.image, labels_before=scene.labels, labels_after=after,
+                          model=str(bundle_dir), k=1, seed=3, params={"decode_margin": margin})
+        image = backend.run(request, Ctx([3]))[0].compose(scene.image)
+        assert np.abs(image[mask].astype(int) - scene.image[mask]).mean() > 5
+        assert np.array_equal(image[:100], scene.image[:100])  # far above the edit: the photo's own pixels
+    bad = Request(backend="asset", photo=scene.image, labels_before=scene.labels, labels_after=after,
+                  model=str(bundle_dir), k=1, seed=3, params={"decode_margin": "wide"})
+    with pytest.raises(InputError, match="decode_margin"):
+        backend.run(bad, Ctx([3]))
+
+
+def test_token_dataset_draws_fresh_training_masks_and_fixed_eval_masks():
+    from engine.train.tasks_asset import TokenDataset
+
+    labels = torch.from_numpy(np.stack([generate_scene(s, 512).labels[::4, ::4] for s in (1, 2)]))
+    cache = {"z": torch.zeros(2, 1024, dtype=torch.long), "c": torch.zeros(2, 1024, dtype=torch.long),
+             "gz": torch.zeros(2, 256, dtype=torch.long), "gc": torch.zeros(2, 256, dtype=torch.long), "labels": labels}
+    train = TokenDataset(cache)
+    masks = {tuple(train[0]["m"].tolist()) for _ in range(12)}
+    assert len(masks) > 1
+    item = train[1]
+    assert item["m"].shape == (1024,) and item["gm"].shape == (256,) and item["m"].any() and not item["m"].all()
+    # the guide's cell is edited exactly when one of the 2x2 full-size cells under it is
+    assert torch.equal(item["gm"].reshape(16, 16), item["m"].reshape(16, 2, 16, 2).any(3).any(1))
+    held = TokenDataset(cache, fixed_masks=True)
+    assert torch.equal(held[0]["m"], held[0]["m"])

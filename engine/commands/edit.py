@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     parser.add_argument("--reference-token-mask", action="store_true",
                         help="resample only 16x16 cells whose top-left pixel changed, as the official ASSET code "
                         "(default: every cell the edit touches)")
+    parser.add_argument("--decode-margin", default="4", metavar="N|full",
+                        help="tokens of context decoded around the edit (default 4); 'full' decodes the whole "
+                        "image as the official code does (slower; the decoder's attention then also sees the far parts of the "
+                        "image, so the edit's pixels can differ slightly)")
     add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -45,7 +49,8 @@ def run(args) -> int:
     if (before == after).all():
         raise InputError(f"{args.labels} and {args.new_labels} are identical: nothing to edit")
     params = {"top_k": args.top_k, "temperature": args.temperature,
-              "token_mask": "reference" if args.reference_token_mask else "cover"}
+              "token_mask": "reference" if args.reference_token_mask else "cover",
+              "decode_margin": args.decode_margin}
     request = {"photo": photo.rgb, "labels_before": before, "labels_after": after, "model": args.model,
                "label_set": label_set.name, "params": params}
     return run_request("asset", request, args)

@@ -5,11 +5,16 @@ asset_sga:     the SGA transformer on 32x32 tokens (512 px), initialised from th
                official chain), guided by the trained guiding transformer's attention on the 256 px version.
 
 Both read token sequences precomputed once (`token_cache`) with the demo VQGANs from procedural landscapes
-rendered at 512 px: image codes from the mask-aware encoder, label codes, and the training edit mask of the
-official `generate_mask_from_seg` rule (a random connected component of the class under a random pixel,
-dilated with a 5x5 kernel, 4 iterations at 512 px; halved when it covers more than 60%), turned into token
-cells the same way the editor does (cells the mask touches). The 256 px guide is the INTER_AREA downscale
-of the 512 px scene, as at inference. Loss: cross-entropy at the masked tokens only.
+rendered at 512 px: image codes of the whole scene, label codes, and the label map at 1/4 size. Every sample then
+draws a fresh edit mask by the official `generate_mask_from_seg` rule (a random connected component of the class
+under a random pixel, dilated; halved when it covers more than 60%), turned into token cells the way the editor
+does (cells the mask touches), so a few hundred scenes give endless distinct training edits. The 256 px guide is
+the INTER_AREA downscale of the 512 px scene, as at inference, and its mask the same cells at half resolution.
+Loss: cross-entropy at the masked tokens only.
+
+One deliberate shortcut against the official training: the image codes are encoded once without a mask, where
+ASSET's frozen first stage re-encodes every batch with its mask. The mask-aware encoder only changes the codes
+of unmasked tokens next to the hole, and encoding per mask would cost this CPU about a second per sample.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ DEMO_DIR = "demo-asset-landscape"
 CARD_BEGIN, CARD_END = "<!-- transformers: begin -->", "<!-- transformers: end -->"
 
 
-def training_mask(labels: np.ndarray, rng: np.random.Generator, iterations: int, max_ratio: float = 0.6):
-    """The official training mask rule (asset/data/base.py generate_mask_from_seg), 1 = edit."""
+def training_mask(labels: np.ndarray, rng: np.random.Generator, iterations: int, max_ratio: float = 0.6,
+                  cell: int = 16):
+    """The official training mask rule (asset/data/base.py generate_mask_from_seg), 1 = edit; `cell` is the
+    token size in pixels of `labels` (smaller for a downscaled map)."""
     h, w = labels.shape
     y, x = int(rng.integers(h)), int(rng.integers(w))
     _, components = cv2.connectedComponents((labels == labels[y, x]).astype(np.uint8), connectivity=8)
@@ -50,7 +57,7 @@ def training_mask(labels: np.ndarray, rng: np.random.Generator, iterations: int,
             mask[:, : w // 2] = 0
         else:
             mask[:, w // 2 :] = 0
-    if not mask[::16, ::16].any():
+    if not mask[::cell, ::cell].any():
         mask[:] = 0
         if rng.random() < 0.5:
             mask[h // 2 :] = 1
@@ -70,44 +77,70 @@ class _Tokenizers:
         self.guiding = torch.nn.Linear(1, 1)  # _codes reads the device from bundle.guiding
 
 
+MASK_SCALE = 4  # the cached label maps are 1/4 of the scene size: masks are drawn there, in cells of 16/4 px
+CACHE_VERSION = 2
+
+
 def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0) -> dict:
     """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused."""
     if path.is_file():
-        return torch.load(path)
+        cache = torch.load(path, weights_only=True)
+        if cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count:
+            return cache
     tok = _Tokenizers(directory)
-    rng = np.random.default_rng(seed0)
-    out = {k: [] for k in ("z", "c", "m", "gz", "gc", "gm")}
+    no_mask = np.zeros((size, size), bool)
+    out = {k: [] for k in ("z", "c", "gz", "gc", "labels")}
     for i in range(count):
         scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
-        mask = training_mask(scene.labels, rng, iterations=2 * size // 256)
-        cells = token_mask(mask)
-        if cells.all():
-            cells[0] = False
-        pixels = _pixel_mask(cells)
-        z, c = _codes(tok, scene.image, scene.labels, pixels, "cpu")
+        z, c = _codes(tok, scene.image, scene.labels, no_mask, "cpu")
         g_image = cv2.resize(scene.image, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
         g_labels = cv2.resize(scene.labels.astype(np.int32), (GUIDE_SIZE,) * 2, interpolation=cv2.INTER_NEAREST)
-        g_pixels = cv2.resize(pixels.astype(np.uint8), (GUIDE_SIZE,) * 2, interpolation=cv2.INTER_NEAREST) > 0
-        g_cells = token_mask(g_pixels)
-        gz, gc = _codes(tok, g_image, g_labels, g_pixels, "cpu")
-        for key, value in (("z", z), ("c", c), ("m", torch.from_numpy(cells.reshape(-1))), ("gz", gz), ("gc", gc),
-                           ("gm", torch.from_numpy(g_cells.reshape(-1)))):
+        gz, gc = _codes(tok, g_image, g_labels, no_mask[:GUIDE_SIZE, :GUIDE_SIZE], "cpu")
+        small = scene.labels[::MASK_SCALE, ::MASK_SCALE]
+        for key, value in (("z", z), ("c", c), ("gz", gz), ("gc", gc), ("labels", torch.from_numpy(small.copy()))):
             out[key].append(value)
     cache = {k: torch.stack(v) for k, v in out.items()}
+    cache["version"] = CACHE_VERSION
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cache, path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(cache, tmp)
+    tmp.replace(path)
     return cache
 
 
+def edit_cells(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A training edit on a cached 1/4-size label map: (token cells at full size, cells of the 256 px guide)."""
+    side = labels.shape[0] * MASK_SCALE // 16
+    cell = 16 // MASK_SCALE  # the official rule dilates 2 * size / 256 times at full size: once at 1/4
+    mask = training_mask(labels, rng, iterations=max(1, 2 * labels.shape[0] // 256), cell=cell)
+    cells = mask.reshape(side, cell, side, cell).any(axis=(1, 3))
+    if cells.all():
+        cells[0, 0] = False
+    ratio = side // (GUIDE_SIZE // 16)
+    guide = cells.reshape(side // ratio, ratio, side // ratio, ratio).any(axis=(1, 3))
+    return cells, guide
+
+
 class TokenDataset(torch.utils.data.Dataset):
-    def __init__(self, cache: dict, keys: tuple[str, ...]):
-        self.cache, self.keys = cache, keys
+    """Cached scenes with an edit mask drawn per item: fresh each time for training, fixed per index for
+    evaluation (`fixed_masks`)."""
+
+    def __init__(self, cache: dict, fixed_masks: bool = False):
+        self.cache, self.fixed = cache, fixed_masks
 
     def __len__(self):
-        return len(self.cache[self.keys[0]])
+        return len(self.cache["z"])
 
     def __getitem__(self, i):
-        return {k: self.cache[k][i] for k in self.keys}
+        seed = i if self.fixed else int(torch.randint(2**31, ()))
+        cells, guide = edit_cells(self.cache["labels"][i].numpy(), np.random.default_rng(seed))
+        item = {k: self.cache[k][i] for k in ("z", "c", "gz", "gc")}
+        item["m"] = torch.from_numpy(cells.reshape(-1))
+        item["gm"] = torch.from_numpy(guide.reshape(-1))
+        return item
+
+    def batch(self) -> dict:
+        return torch.utils.data.default_collate([self[i] for i in range(len(self))])
 
 
 def masked_ce(model: ASSET, z, c, m, guidance=None):
@@ -148,8 +181,9 @@ class _AssetTask(TrainTask):
         self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256),
                                        self.options.get("scene_size", 512))
         held = int(self.options.get("eval_sequences", 16))
-        self.train_part = {k: v[held:] for k, v in self.cache.items()}
-        self.eval_part = {k: v[:held] for k, v in self.cache.items()}
+        tensors = {k: v for k, v in self.cache.items() if isinstance(v, torch.Tensor)}
+        self.train_part = TokenDataset({k: v[held:] for k, v in tensors.items()})
+        self.eval_part = TokenDataset({k: v[:held] for k, v in tensors.items()}, fixed_masks=True).batch()
 
     def collate(self, items):
         return torch.utils.data.default_collate(items)
@@ -164,7 +198,7 @@ class _AssetTask(TrainTask):
             "parameters": sum(p.numel() for p in model.parameters()),
             "steps": self.step + 1,
             "batch": self.config.batch_size,
-            "training sequences": len(self.train_part["z"]),
+            "training scenes": len(self.train_part),
             "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
             "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
@@ -187,11 +221,10 @@ class GuidingTask(_AssetTask):
         return ASSET(_arch(self.options, self.vocab, self.cond_vocab))
 
     def train_dataset(self):
-        return TokenDataset({"z": self.train_part["gz"], "c": self.train_part["gc"], "m": self.train_part["gm"]},
-                            ("z", "c", "m"))
+        return self.train_part
 
     def loss(self, model, batch):
-        loss, acc = masked_ce(model, batch["z"], batch["c"], batch["m"])
+        loss, acc = masked_ce(model, batch["gz"], batch["gc"], batch["gm"])
         return loss, {"ce": loss.item(), "accuracy": acc.item()}
 
     @torch.no_grad()
@@ -221,7 +254,7 @@ class SGATask(_AssetTask):
         return model
 
     def train_dataset(self):
-        return TokenDataset(self.train_part, tuple(self.train_part))
+        return self.train_part
 
     def _guidance(self, batch):
         g = self.guiding.to(batch["gz"].device)
