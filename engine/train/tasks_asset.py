@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from engine.asset_pipeline import GUIDE_SIZE, _codes, _pixel_mask, token_mask
 from engine.checkpoints import read_model_config, save_model_dir
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.device import describe_device
 from engine.models.asset import ASSET, ASSETConfig
 from engine.paths import assets_dir
 from engine.train.task import TrainConfig, TrainTask, register_task
@@ -200,7 +201,7 @@ class _AssetTask(TrainTask):
             "batch": self.config.batch_size,
             "training scenes": len(self.train_part),
             "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
-            "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
+            "hardware": f"{describe_device(str(self.device))}, torch threads: {torch.get_num_threads()}",
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         }
         config = read_model_config(self.directory)
@@ -318,7 +319,7 @@ def water_under_mountains(scene):
 
 
 @torch.no_grad()
-def evaluate_edits(directory: Path, count: int = 3, k: int = 2, size: int = 512) -> dict:
+def evaluate_edits(directory: Path, count: int = 8, k: int = 2, size: int = 512) -> dict:
     """Label agreement in the edited region and the reflection score of water-under-mountains edits on
     held-out scenes, for the demo model and for the naive per-class colour fill."""
     from engine.asset_pipeline import edit, load_bundle

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from engine.checkpoints import read_model_config, save_model_dir
 from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene
+from engine.device import describe_device
 from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.paths import assets_dir
@@ -297,7 +298,7 @@ class _VQGANTaskBase(TrainTask):
             "steps": self.step + 1,
             "batch": f"{self.config.batch_size} crops of {self.options.get('crop', 128)} px",
             "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
-            "hardware": "2-core shared CPU dev box (torch.set_num_threads(1)), no GPU",
+            "hardware": f"{describe_device(str(self.device))}, torch threads: {torch.get_num_threads()}",
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         }
         if self._finetuning_decoder():  # the tokenizer's own training stays on record; add this stage to it
