@@ -16,3 +16,22 @@ def isolated_user_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SGRAFFITO_DATA", str(data))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     return data
+
+
+def show_main_window(qtbot, monkeypatch, size=(900, 700), prepare=None):
+    """The real main window, shown offscreen, with errors collected in `win.errors` instead of dialogs and
+    unsaved changes discarded without asking. `prepare(win)` runs before it is shown."""
+    from app.main_window import MainWindow
+
+    monkeypatch.setenv("SGRAFFITO_DEVICE", "cpu")
+    win = MainWindow()
+    qtbot.addWidget(win)
+    if prepare is not None:
+        prepare(win)
+    win.errors = []
+    monkeypatch.setattr(win, "show_error", lambda message, title="": win.errors.append(message))
+    monkeypatch.setattr(win, "ask_save_changes", lambda: "discard")
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    return win

@@ -14,6 +14,8 @@ from PySide6.QtWidgets import (QAbstractButton, QAbstractItemView, QAbstractSlid
 from app.main_window import MainWindow
 from tests import fake_backend
 
+from tests.conftest import show_main_window
+
 INTERACTIVE = (QAbstractButton, QComboBox, QAbstractSpinBox, QAbstractSlider, QLineEdit, QAbstractItemView,
                QGraphicsView, QTabBar)
 COMPOUND = (QLineEdit, QAbstractSpinBox, QComboBox)  # their inner parts are announced as the control itself
@@ -27,17 +29,12 @@ def window(qtbot, monkeypatch):
     from app.gallery import install_gallery
     from app.live_preview import install_live_preview
 
-    win = MainWindow()
-    qtbot.addWidget(win)
-    install_gallery(win)
-    if "live_preview" not in win.actions:
-        install_live_preview(win, lambda: None)
-    win.errors = []
-    monkeypatch.setattr(win, "show_error", lambda message, title="": win.errors.append(message))
-    monkeypatch.setattr(win, "ask_save_changes", lambda: "discard")
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitExposed(win)
+    def install_docks(win):
+        install_gallery(win)
+        if "live_preview" not in win.actions:
+            install_live_preview(win, lambda: None)
+
+    win = show_main_window(qtbot, monkeypatch, (1400, 900), install_docks)
     yield win
     win.gallery.bridge.shutdown()
 

@@ -14,12 +14,13 @@ from PySide6.QtTest import QTest
 
 from app.colorize import colorize_request
 from app.document import Document
-from app.main_window import MainWindow
 from engine.checkpoints import save_model_dir
 from engine.imageio import load_photo
 from engine.jobs import thaw
 from engine.labels import DEFAULT_SET, load_label_set
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
+
+from tests.conftest import show_main_window
 
 # chroma on a 32-wide grid like the demo model's, so a default-size hint covers more than one chroma cell
 TINY = PixelCNNConfig(channels=12, layers=3, kernel=3, cond_channels=6, embed_channels=6, bins=8, work_size=64,
@@ -40,15 +41,7 @@ def models(isolated_user_data):
 
 @pytest.fixture
 def window(qtbot, monkeypatch, tmp_path, models):
-    monkeypatch.setenv("SGRAFFITO_DEVICE", "cpu")
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.errors = []
-    monkeypatch.setattr(win, "show_error", lambda message, title="": win.errors.append(message))
-    monkeypatch.setattr(win, "ask_save_changes", lambda: "discard")
-    win.resize(900, 700)
-    win.show()
-    qtbot.waitExposed(win)
+    win = show_main_window(qtbot, monkeypatch)
     Image.fromarray(np.full((48, 64), LUMA, np.uint8), "L").save(tmp_path / "gray.png")
     assert win.open_path(tmp_path / "gray.png"), win.errors
     yield win

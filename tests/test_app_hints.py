@@ -11,8 +11,9 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 
 from app.hints import DEFAULT_LEVEL, HintsModel
-from app.main_window import MainWindow
 from engine.composite import transfer_chroma
+
+from tests.conftest import show_main_window
 
 W, H = 96, 64
 RED = QColor(200, 40, 30)
@@ -20,15 +21,7 @@ RED = QColor(200, 40, 30)
 
 @pytest.fixture
 def window(qtbot, monkeypatch, tmp_path):
-    monkeypatch.setenv("SGRAFFITO_DEVICE", "cpu")
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.errors = []
-    monkeypatch.setattr(win, "show_error", lambda message, title="": win.errors.append(message))
-    monkeypatch.setattr(win, "ask_save_changes", lambda: "discard")
-    win.resize(900, 700)
-    win.show()
-    qtbot.waitExposed(win)
+    win = show_main_window(qtbot, monkeypatch)
     gray = (np.add.outer(np.arange(H), np.arange(W)) % 200 + 30).astype(np.uint8)
     Image.fromarray(gray, "L").save(tmp_path / "old.png")
     assert win.open_path(tmp_path / "old.png"), win.errors
