@@ -44,12 +44,15 @@ def test_run_logs_checkpoints_exports_and_resumes(tmp_path):
     assert any(not torch.equal(ema[k], v) for k, v in first.model.state_dict().items())  # EMA lags behind
     assert (out / "tiny.safetensors").is_file() and (out / "summary.json").is_file()
     state = torch.load(out / "checkpoint/state.pt", weights_only=True)
-    assert state["step"] == 4 and "optimizer" in state
+    assert state["step"] == 4 and "optimizer" in state and 0 < state["minutes"] < 5
 
     with pytest.raises(InputError, match="already holds a checkpoint"):
         train(_config(out, steps=6))
+    state["minutes"] = 100.0  # as if the first run had taken 100 minutes: the card of a resumed run counts them
+    torch.save(state, out / "checkpoint/state.pt")
     resumed = train(_config(out, steps=6), resume=True)
     assert resumed.step == 6
+    assert 100 < torch.load(out / "checkpoint/state.pt", weights_only=True)["minutes"] < 105
     assert [int(r["step"]) for r in _rows(out / "train.csv")] == [1, 2, 3, 4, 5, 6]
 
 

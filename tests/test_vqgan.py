@@ -298,6 +298,22 @@ def test_kmeans_separates_clusters_and_copes_with_fewer_points_than_centres():
     assert few.shape == (5, 2) and torch.isfinite(few).all()
 
 
+def test_texture_loss_prefers_detail_to_blur_on_a_rendered_scene():
+    """Pixel losses score a blurred landscape better than one with the right amount of the wrong grass; the texture
+    term is what asks the decoder for detail: it is zero for the target, small for a shifted copy (same texture,
+    other noise) and large for the blur."""
+    from engine.data.landscapes import generate_scene
+    from engine.train.tasks_vqgan import gradient_loss, texture_loss
+
+    x = torch.from_numpy(generate_scene(3, 128).image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    blurred = F.interpolate(F.avg_pool2d(x, 8), scale_factor=8, mode="bilinear", align_corners=False)
+    shifted = torch.roll(x, shifts=(2, 2), dims=(2, 3))
+    assert float(texture_loss(x, x)) < 1e-6
+    assert (x - shifted).abs().mean() > (x - blurred).abs().mean()  # L1 prefers the blur...
+    assert gradient_loss(shifted, x) > gradient_loss(blurred, x)  # ...and so does the gradient L1
+    assert texture_loss(shifted, x) < 0.5 * texture_loss(blurred, x)
+
+
 def test_codebook_warmup_then_kmeans_init_fits_the_latents():
     """taming's tiny uniform codebook sits far from the encoder's outputs (training then collapses onto the few
     nearest codes); after the continuous warm-up the k-means codebook quantises the same latents closely."""
@@ -328,7 +344,7 @@ def test_codebook_warmup_then_kmeans_init_fits_the_latents():
     assert model.encode(x)[1].unique().numel() >= 48
 
 
-def test_decoder_fine_tune_keeps_the_tokens_and_records_both_stages(tmp_path):
+def test_decoder_fine_tune_keeps_the_tokens_and_records_every_stage(tmp_path):
     """Fine-tuning only the decoder (options.decoder_from) must leave encoder and codebook bit-identical, so
     token caches and transformers trained on them stay valid."""
     import json
@@ -354,3 +370,10 @@ def test_decoder_fine_tune_keeps_the_tokens_and_records_both_stages(tmp_path):
     assert any(not torch.equal(first[k], second[k]) for k in first if k.startswith("decoder."))
     entry = json.loads((demo / "config.json").read_text())["training"]["image_vqgan"]
     assert entry["steps"] == 2 and "encoder and codebook frozen" in entry["decoder fine-tune"]
+
+    textured = TrainConfig(**{**tuned.__dict__, "out_dir": str(tmp_path / "textured"),
+                              "options": {**tuned.options, "texture_weight": 2.0,
+                                          "decoder_from": str(tmp_path / "tuned" / "checkpoint" / "model.safetensors")}})
+    train(textured)
+    stages = json.loads((demo / "config.json").read_text())["training"]["image_vqgan"]["decoder fine-tune"].split("; then ")
+    assert len(stages) == 2 and "texture" not in stages[0] and "2.0 x texture" in stages[1]

@@ -197,7 +197,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: TrainConfig) -> None:
+def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: TrainConfig, minutes: float) -> None:
     """Write <out>/checkpoint as a whole (into a temporary folder, then swapped in), rank 0 only."""
     rng = [None] * d.world
     if d.world > 1:
@@ -213,6 +213,7 @@ def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: T
             save_model(ema.module, str(tmp / "ema.safetensors"))
         state = {
             "step": step,
+            "minutes": minutes,  # wall time of the training so far, for the model cards of resumed runs
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
@@ -229,7 +230,7 @@ def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: T
     d.barrier()
 
 
-def _load(out: Path, d: _Dist, raw, ema, optimizer, scheduler) -> int:
+def _load(out: Path, d: _Dist, raw, ema, optimizer, scheduler) -> tuple[int, float]:
     folder = out / CHECKPOINT
     try:
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
@@ -245,7 +246,7 @@ def _load(out: Path, d: _Dist, raw, ema, optimizer, scheduler) -> int:
     rng = state["rng"]
     if len(rng) == d.world:
         _set_rng_state(rng[d.rank])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("minutes", 0.0))
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> bool:
@@ -286,7 +287,7 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
 
     step = 0
     if resume and (out / CHECKPOINT / "state.pt").is_file():
-        step = _load(out, d, raw, ema, optimizer, scheduler)
+        step, task.minutes_before = _load(out, d, raw, ema, optimizer, scheduler)
         if d.main:
             print(f"resuming {cfg.task} from step {step} ({out / CHECKPOINT})")
     else:
@@ -363,12 +364,12 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
             log.write("train", {"step": step, "minutes": (time.monotonic() - started) / 60, "lr": lr,
                                 "loss": loss_value, **logs})  # fmt: skip
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            _save(out, d, step, raw, ema, optimizer, scheduler, cfg)
+            _save(out, d, step, raw, ema, optimizer, scheduler, cfg, task.training_minutes())
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             metrics = evaluate() or metrics
     bar.close()
 
-    _save(out, d, step, raw, ema, optimizer, scheduler, cfg)
+    _save(out, d, step, raw, ema, optimizer, scheduler, cfg, task.training_minutes())
     metrics = evaluate() or metrics
     minutes = (time.monotonic() - started) / 60
     if d.main:

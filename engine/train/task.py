@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -90,6 +91,12 @@ class TrainTask:
         self.device = torch.device("cpu")
         self.step = 0
         self.rank, self.world_size = 0, 1
+        self.started = time.monotonic()
+        self.minutes_before = 0.0  # wall time of the runs this one resumes (the loop reads it from the checkpoint)
+
+    def training_minutes(self) -> float:
+        """Wall time of the whole training so far, earlier runs of a resumed training included (for model cards)."""
+        return self.minutes_before + (time.monotonic() - self.started) / 60
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError

@@ -170,7 +170,6 @@ class _AssetTask(TrainTask):
         super().__init__(config)
         self.options = dict(config.options)
         self.directory = Path(self.options.get("export_dir") or assets_dir() / "models" / DEMO_DIR)
-        self.started = time.monotonic()
         self.metrics: dict = {}
         self.model_config = read_model_config(self.directory)
         for stem in ("image_vqgan", "seg_vqgan"):
@@ -200,7 +199,7 @@ class _AssetTask(TrainTask):
             "steps": self.step + 1,
             "batch": self.config.batch_size,
             "training scenes": len(self.train_part),
-            "wall time": f"{(time.monotonic() - self.started) / 60:.1f} min",
+            "wall time": f"{self.training_minutes():.1f} min",
             "hardware": f"{describe_device(str(self.device))}, torch threads: {torch.get_num_threads()}",
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         }
@@ -319,7 +318,7 @@ def water_under_mountains(scene):
 
 
 @torch.no_grad()
-def evaluate_edits(directory: Path, count: int = 8, k: int = 2, size: int = 512) -> dict:
+def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512) -> dict:
     """Label agreement in the edited region and the reflection score of water-under-mountains edits on
     held-out scenes, for the demo model and for the naive per-class colour fill."""
     from engine.asset_pipeline import edit, load_bundle

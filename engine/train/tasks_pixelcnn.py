@@ -11,7 +11,6 @@ Loss: cross-entropy of the joint a*b bin of every chroma pixel, teacher-forced o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -193,7 +192,6 @@ class PixelCNNColorizerTask(TrainTask):
         self.name = opts.get("name", DEFAULT_MODEL)
         self._mean_ab = None
         self.metrics: dict[str, float] = {}
-        self.started = time.monotonic()
 
     def photos(self) -> list[np.ndarray]:
         """The colour photos of `photos_dir` (not label maps, not gray ones), downscaled to short side 160."""
@@ -234,7 +232,7 @@ class PixelCNNColorizerTask(TrainTask):
     def export(self, model, out_dir: Path) -> Path:
         config = {"kind": "pixelcnn", "title": "PixelCNN colorizer (demo, synthetic landscapes)",
                   **self.model_cfg.to_dict(), "training": {"task": self.config.task, "steps": self.config.steps}}
-        card = model_card(model, self.config, self.step + 1, (time.monotonic() - self.started) / 60, self.metrics,
+        card = model_card(model, self.config, self.step + 1, self.training_minutes(), self.metrics,
                           self.eval_scenes)
         return save_model_dir(Path(out_dir) / self.name, {"model": model.state_dict()}, config, card=card)
 
