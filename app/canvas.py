@@ -59,6 +59,54 @@ class ImageItem(QGraphicsItem):
         painter.drawImage(exposed, self.image, exposed)
 
 
+class CandidatePreview(QGraphicsItem):
+    """The workspace's previewed candidate (app.workspace) drawn over the canvas at its region; left of `split`
+    the candidate, right of it the image as it is."""
+
+    def __init__(self, workspace):
+        super().__init__()
+        self.setZValue(100)
+        self.image = QImage()
+        self.split = 1.0
+        self.setVisible(False)
+        workspace.events.preview_changed.connect(self.show_stored)
+
+    def show_stored(self, stored) -> None:
+        """engine.project.StoredCandidate, or None to hide."""
+        if stored is None:
+            self.setVisible(False)
+        else:
+            self.show_candidate(stored.image, tuple(stored.meta["box"]))
+
+    def show_candidate(self, patch: np.ndarray, region: tuple[int, int, int, int]) -> None:
+        self.prepareGeometryChange()
+        patch = np.ascontiguousarray(patch)
+        self.image = QImage(patch.data, patch.shape[1], patch.shape[0], patch.strides[0],
+                            QImage.Format.Format_RGB888).copy()
+        self.setPos(region[0], region[1])
+        self.setVisible(True)
+        self.update()
+
+    def set_split(self, fraction: float) -> None:
+        self.split = min(1.0, max(0.0, fraction))
+        self.update()
+
+    def boundingRect(self) -> QRectF:
+        return QRectF(0, 0, self.image.width(), self.image.height())
+
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        if self.image.isNull():
+            return
+        width = round(self.image.width() * self.split)
+        painter.drawImage(QRectF(0, 0, width, self.image.height()), self.image,
+                          QRectF(0, 0, width, self.image.height()))
+        if 0 < self.split < 1:
+            pen = QPen(QColor(255, 255, 255), 2)
+            pen.setCosmetic(True)
+            painter.setPen(pen)
+            painter.drawLine(width, 0, width, self.image.height())
+
+
 class Canvas(QGraphicsView):
     hovered = Signal(int, int)  # image pixel under the cursor
     left = Signal()  # the cursor left the image

@@ -1,10 +1,11 @@
-"""The Colorize panel, shown for grayscale documents: the colorizer ("coltran" or "pixelcnn" model folders),
-temperature, number of candidates, the hint colour with the last colours used, the hint size and the hint list.
+"""The Colorize panel, shown for grayscale documents: the colorizer (model folders of the engines serving the
+"colorize" mode in engine.registry), temperature, number of candidates, the hint colour with the last colours
+used, the hint size and the hint list.
 
-Generating goes through the candidate gallery (app.gallery), so colourings land in the same gallery, progress
-bar and undoable Apply as edits do: the panel picks its model in the gallery's chooser and calls
-`gallery.generate(params)` with `{"temperature", "hints"}` (hints in photo pixels, as the backends read them).
-In colorize mode the window's Generate action (Ctrl+Return) and the gallery's Generate button come here too.
+Generating goes through the document's workspace (app.workspace), so colourings land in the same gallery,
+progress bar and undoable Apply as edits do: the panel calls `workspace.generate(mode="colorize", ...)` with
+`{"temperature", "hints"}` (hints in photo pixels, as the backends read them). In colorize mode the window's
+Generate action (Ctrl+Return) and the gallery's Generate button come here too.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from PySide6.QtWidgets import (QColorDialog, QComboBox, QDockWidget, QDoubleSpin
                                QListWidget, QListWidgetItem, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
-from app.gallery import build_request, install_gallery
+from app.gallery import install_gallery
 from app.hints import MAX_LEVEL, MIN_LEVEL, RECENT_COLOURS, HintsModel
-from engine.checkpoints import list_models
-from engine.jobs import Request
+from app.workspace import colorize_params
+from engine import registry
+from engine.model_store import list_models
 
-KINDS = ("coltran", "pixelcnn")  # config.json "kind" = the backend that runs the model
 SWATCH = 16
 
 
@@ -28,20 +29,6 @@ def swatch(colour: QColor, size: int = SWATCH) -> QIcon:
     pixmap = QPixmap(size, size)
     pixmap.fill(colour)
     return QIcon(pixmap)
-
-
-def colorize_params(document, backend: str, temperature: float, hint_tolerance: int = 0) -> dict:
-    params = {"temperature": float(temperature), "hints": [dict(h) for h in document.hints]}
-    if backend == "coltran":  # ColTran restricts hinted cells to the hint's colour bin +- this many levels
-        params["hint_tolerance"] = int(hint_tolerance)
-    return params
-
-
-def colorize_request(document, backend: str, model: str, *, k: int, seed: int, temperature: float = 1.0,
-                     hint_tolerance: int = 0) -> Request:
-    """The request one Colorize makes: the document's image with its hints in photo pixels."""
-    return build_request(document, backend, model, k=k, seed=seed,
-                         params=colorize_params(document, backend, temperature, hint_tolerance))
 
 
 class ColorizePanel(QDockWidget):
@@ -130,7 +117,7 @@ class ColorizePanel(QDockWidget):
     def refresh_models(self) -> None:
         current = self.model_box.currentData()
         self.model_box.clear()
-        for kind in KINDS:
+        for kind in (spec.kind for spec in registry.specs("colorize")):
             for info in list_models(kind):
                 self.model_box.addItem(f"{info.title} ({kind})", f"{kind}\t{info.name}")
         index = self.model_box.findData(current) if current is not None else -1
@@ -157,15 +144,11 @@ class ColorizePanel(QDockWidget):
             self.window_.show_error("No colorization model installed: import ColTran's checkpoints with "
                                     "`sgraffito import coltran` or train the demo PixelCNN (see the README).")
             return None
+        engine, model = choice.split("\t")
         gallery = install_gallery(self.window_)
-        index = gallery.model_box.findData(choice)
-        if index < 0:
-            gallery.add_backend_choice(self.model_box.currentText(), *choice.split("\t"))
-        else:
-            gallery.model_box.setCurrentIndex(index)
-        gallery.samples.setValue(self.samples.value())
         gallery.show()
-        return gallery.generate(self.params())
+        return gallery.workspace.generate(mode="colorize", engine=engine, model=model, k=self.samples.value(),
+                                          params=self.params())
 
     # ---- hints ---------------------------------------------------------------------------------------------
     def ask_colour(self, initial: QColor) -> QColor:

@@ -45,7 +45,7 @@ class Document(QObject):
         self.original_labels = np.zeros((0, 0), np.uint16)
         self.labels = np.zeros((0, 0), np.uint16)
         self.project = None  # the engine.project.Project this document was loaded from or last saved as
-        # Kept in the project file; the gallery owns their meaning. candidates: engine.project.StoredCandidate;
+        # Kept in the project file; app.workspace owns their meaning. candidates: engine.project.StoredCandidate;
         # history: applied candidates, oldest first (dicts with model, seed, ...); hints: colorize mode hints.
         self.candidates: list = []
         self.history: list[dict] = []
@@ -226,8 +226,14 @@ class Document(QObject):
     def edit(self, text: str, layer: str = "labels") -> LayerEdit:
         return LayerEdit(self, layer, text)
 
+    def put_patch(self, layer: str, x: int, y: int, patch: np.ndarray) -> None:
+        """Replace a rectangle without recording undo (undo commands call this to put their pixels back)."""
+        h, w = patch.shape[:2]
+        self.layer(layer)[y:y + h, x:x + w] = patch
+        self._written(layer, QRect(x, y, w, h))
+
     def write_patch(self, layer: str, x: int, y: int, patch: np.ndarray, text: str) -> None:
-        """One undoable replacement of a rectangle, e.g. applying a generated candidate to `image`."""
+        """One undoable replacement of a rectangle (pasting pixels into `image`, a scripted edit)."""
         edit = self.edit(text, layer)
         edit.write(x, y, patch)
         edit.commit()
@@ -338,23 +344,14 @@ class PatchCommand(QUndoCommand):
         self.before, self.after = before, after
         self.applied = True  # the edit already wrote `after`; the push's redo() must not write again
 
-    @property
-    def rect(self) -> QRect:
-        return QRect(self.x, self.y, self.before.shape[1], self.before.shape[0])
-
-    def _put(self, patch: np.ndarray) -> None:
-        h, w = patch.shape[:2]
-        self.document.layer(self.layer)[self.y:self.y + h, self.x:self.x + w] = patch
-        self.document._written(self.layer, self.rect)
-
     def redo(self) -> None:
         if self.applied:
             self.applied = False
             return
-        self._put(self.after)
+        self.document.put_patch(self.layer, self.x, self.y, self.after)
 
     def undo(self) -> None:
-        self._put(self.before)
+        self.document.put_patch(self.layer, self.x, self.y, self.before)
 
     def nbytes(self) -> int:
         return self.before.nbytes + self.after.nbytes

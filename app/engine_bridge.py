@@ -4,6 +4,12 @@ The runtime calls its listeners on its worker thread. `EngineBridge` re-emits ea
 a QObject that lives on the UI thread; Qt queues cross-thread emissions, so slots run in the event loop like
 any other event (napari's thread_worker / krita-ai-diffusion's 20 ms pump, without a pump). The runtime throttles
 progress to ~20 events per second, so a backend that reports every token cannot flood the queue.
+
+One bridge, one runtime per window: the gallery's generation jobs and the live preview's renderings go to the
+same runtime, whose one worker owns the device and runs live previews first (engine.jobs, "Job kinds and
+priorities"). `bridge_for(window)` finds that bridge. The bridge's counts and bulk cancels (`pending`, `busy`,
+`active_job`, `cancel_queued`, `cancel_all`) concern generation jobs unless given `kind` (None: every kind):
+Cancel Generation and the progress widget leave the live preview alone, which manages its own jobs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import threading
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from engine.jobs import JobEvent, JobState, Request, Runtime
+from engine.jobs import JobEvent, JobKind, JobState, Request, Runtime
+
+GENERATE = JobKind.GENERATE
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,7 @@ class EngineBridge(QObject):
     progress = Signal(object)  # JobEvent of kind "progress"
     finished = Signal(object)  # JobEvent of a job that reached done, failed or cancelled
     failed = Signal(str)  # the user-facing message of a failed job
-    models_listed = Signal(list)  # engine.checkpoints.ModelInfo list, from `list_models_async`
+    models_listed = Signal(list)  # engine.model_store.ModelInfo list, from `list_models_async`
     _event = Signal(object)
 
     def __init__(self, runtime: Runtime | None = None, parent: QObject | None = None, *, device: str | None = None):
@@ -56,41 +64,47 @@ class EngineBridge(QObject):
         except RuntimeError:  # the bridge was deleted (window closed) while the worker still reports
             self._remove_listener()
 
-    def submit(self, request: Request, *, supersede: bool = True) -> int:
-        return self.runtime.submit(request, supersede=supersede).id
+    def submit(self, request: Request, *, kind: JobKind | str = GENERATE, supersede: bool = True) -> int:
+        """Queue `request` as a job of `kind`; returns the job id. Superseding replaces the same slot's older
+        jobs of the same kind only (a new stroke's preview never cancels a generation, nor the reverse)."""
+        return self.runtime.submit(request, kind=kind, supersede=supersede).id
 
     def cancel(self, job_id: int) -> bool:
-        return self.runtime.cancel(job_id)
+        return self._runtime is not None and self._runtime.cancel(job_id)
 
-    def cancel_active(self) -> bool:
-        return self._runtime is not None and self._runtime.cancel_active()
+    def cancel_active(self, kind: JobKind | str | None = GENERATE) -> bool:
+        active = self.active_job(kind)
+        return active is not None and self._runtime.cancel(active.id)
 
-    def cancel_queued(self, slot: str | None = None) -> int:
-        return 0 if self._runtime is None else self._runtime.cancel_queued(slot)
+    def cancel_queued(self, slot: str | None = None, kind: JobKind | str | None = GENERATE) -> int:
+        return 0 if self._runtime is None else self._runtime.cancel_queued(slot, kind)
 
-    def cancel_all(self, slot: str | None = None) -> int:
-        return 0 if self._runtime is None else self._runtime.cancel_all(slot)
+    def cancel_all(self, slot: str | None = None, kind: JobKind | str | None = GENERATE) -> int:
+        return 0 if self._runtime is None else self._runtime.cancel_all(slot, kind)
 
-    def pending(self, slot: str | None = None) -> tuple[int, int]:
-        """(running, queued) job counts, optionally of one document."""
+    def pending(self, slot: str | None = None, kind: JobKind | str | None = GENERATE) -> tuple[int, int]:
+        """(running, queued) job counts of `kind`, optionally of one document."""
         if self._runtime is None:
             return 0, 0
-        jobs = [j for j in self._runtime.jobs() if slot is None or j.request.slot == slot]
+        jobs = [j for j in self._runtime.jobs(kind) if slot is None or j.request.slot == slot]
         return (sum(j.state is JobState.RUNNING for j in jobs), sum(j.state is JobState.QUEUED for j in jobs))
 
-    def active_job(self):
-        """The running engine.jobs.Job, or None."""
-        return None if self._runtime is None else self._runtime.active
+    def active_job(self, kind: JobKind | str | None = GENERATE):
+        """The running engine.jobs.Job (if it is of `kind`), or None."""
+        active = None if self._runtime is None else self._runtime.active
+        if active is None or (kind is not None and active.kind is not JobKind(kind)):
+            return None
+        return active
 
-    def busy(self, slot: str | None = None) -> bool:
-        return any(self.pending(slot))
+    def busy(self, slot: str | None = None, kind: JobKind | str | None = GENERATE) -> bool:
+        return any(self.pending(slot, kind))
 
     def list_models_async(self) -> None:
-        """Scan the model folders off the UI thread (engine.checkpoints imports torch: seconds)."""
+        """Scan the model folders off the UI thread (engine.model_store imports torch: seconds)."""
 
         def scan():
             try:
-                from engine.checkpoints import list_models
+                from engine.model_store import list_models
 
                 models = list_models()
             except Exception as error:  # an unreadable models folder must not kill the scan thread silently
@@ -116,3 +130,18 @@ class EngineBridge(QObject):
                 if event.traceback:  # a bug in a backend: the dialog shows the message, the log the details
                     log.error("job %d failed:\n%s", event.job_id, event.traceback)
                 self.failed.emit(event.error)
+
+
+def bridge_for(window) -> EngineBridge:
+    """The window's one bridge (and so its one runtime): the one already installed (by the gallery or an earlier
+    call), else a new one parented to the window and shut down when the application quits."""
+    bridge = getattr(window, "engine_bridge", None) or getattr(getattr(window, "gallery", None), "bridge", None)
+    if bridge is None:
+        from PySide6.QtWidgets import QApplication
+
+        bridge = EngineBridge(parent=window)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(bridge.shutdown)
+    window.engine_bridge = bridge
+    return bridge

@@ -1,66 +1,84 @@
 """Live preview: while it is on, the canvas shows an ASAPNet rendering of the label map, redone after every stroke.
 
 Painting is never blocked: a change (the end of a stroke, an undo, a new document) restarts a short debounce timer;
-when it fires, a copy of the labels goes to one background thread that renders them; the result comes back through
-a queued signal and replaces the canvas's photo layer (the document's image is not touched: the preview is a view,
-not an edit). Changes that arrive while a rendering runs are coalesced into one more rendering after it, and a
-result that a newer document or switching the preview off made stale is dropped.
+when it fires, a snapshot of the labels goes to the engine runtime as a `JobKind.LIVE_PREVIEW` job (the app's one
+runtime, through app.engine_bridge: the worker that owns the device runs live previews before queued generation
+jobs, and the model comes from its model cache). The result comes back as a queued signal and replaces the
+canvas's photo layer (the document's image is not touched: the preview is a view, not an edit).
+
+Superseding and cancelling are the runtime's: each new job replaces this document's older live-preview job
+(queued: dropped; running: asked to stop, its result dropped) without touching the document's generation jobs.
+A result that a newer document or switching the preview off made stale is dropped here.
+
+What is rendered: a document made from a label map alone is rendered whole (mode "translate"); a photo is shown
+with the edited region re-rendered and blended in (mode "edit"), or as it is when no label was changed. Documents
+larger than `max_side` are rendered at that size and scaled up (params["max_side"]); larger than `quick_side`,
+a quick pass at that size comes first, then the full rendering unless a newer stroke already replaced it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
-import cv2
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QImage
 
 from app.canvas import wrap_rgb
+from app.engine_bridge import EngineBridge, bridge_for
 from engine.errors import SgraffitoError
+from engine.jobs import JobEvent, JobKind, JobState, Request, thaw
 
 DEBOUNCE_MS = 40
 MAX_SIDE = 1024  # larger documents are rendered at this size and scaled up: a preview, not the final image
 QUICK_SIDE = 256  # larger ones get a quick pass at this size first (the model's native size: LR stream + MLPs)
+BACKEND = "asapnet"
 
 
-def default_renderer():
-    from engine.models.asapnet import ASAPNetRenderer
+@dataclasses.dataclass
+class _Pending:
+    """A live-preview job in flight."""
 
-    return ASAPNetRenderer.load()
+    generation: int
+    changed_at: float
+    full: bool  # the final rendering (else the quick pass)
+    base: np.ndarray  # what the candidate is composed onto
 
 
 class LivePreview(QObject):
     rendered = Signal(float, bool)  # seconds from the change (end of stroke) to the new image; full resolution?
     failed = Signal(str)  # a message for the status bar, e.g. the model reads another label set
-    _finished = Signal(int, object, float, bool, bool)  # worker -> UI: generation, image or error message,
-    # change time, full resolution, worker done
 
-    def __init__(self, document, canvas, load_renderer: Callable[[], object] = default_renderer,
-                 debounce_ms: int = DEBOUNCE_MS, max_side: int = MAX_SIDE, quick_side: int = QUICK_SIDE,
-                 parent: QObject | None = None):
+    def __init__(self, document, canvas, bridge: EngineBridge | None = None, *, backend: str = BACKEND,
+                 model: str = "", debounce_ms: int = DEBOUNCE_MS, max_side: int = MAX_SIDE,
+                 quick_side: int = QUICK_SIDE, parent: QObject | None = None):
         super().__init__(parent or canvas)
         self.document = document
         self.canvas = canvas
+        self.backend = backend
+        self.model = model
         self.max_side = max_side
         self.quick_side = quick_side
-        self._load_renderer = load_renderer
-        self._renderer = None  # created on the worker thread: loading a model takes a while
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-preview")
+        self._owns_bridge = bridge is None  # standalone (tests, benchmarks): a runtime of its own
+        self.bridge = bridge if bridge is not None else EngineBridge(parent=self)
         self._timer = QTimer(self, singleShot=True, interval=debounce_ms)
         self._timer.timeout.connect(self._start)
         self._generation = 0  # bumped by anything that makes a running rendering's result unwanted
-        self._busy = False
-        self._pending = False
+        self._jobs: dict[int, _Pending] = {}  # job id -> what it was for
+        self._latest: int | None = None  # the newest job submitted
         self._changed_at = 0.0
         self.enabled = False
         self._reveal = False  # switch a labels-only view to show the first rendering after enabling
         self.image: np.ndarray | None = None  # the preview on the canvas (kept alive: the QImage wraps it)
-        self._finished.connect(self._on_finished)
+        self.bridge.finished.connect(self._on_finished)
         document.undo_stack.indexChanged.connect(self._on_change)
         document.reset.connect(self._on_reset)
+
+    @property
+    def _busy(self) -> bool:
+        """A rendering is queued or running."""
+        return bool(self._jobs)
 
     def set_enabled(self, enabled: bool) -> None:
         if enabled == self.enabled:
@@ -72,15 +90,19 @@ class LivePreview(QObject):
             self._on_change()
         else:
             self._timer.stop()
+            self._cancel_jobs()
             self._restore()
 
     def shutdown(self) -> None:
         self.set_enabled(False)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._cancel_jobs()
+        if self._owns_bridge:
+            self.bridge.shutdown()
 
     # ---- UI thread ---------------------------------------------------------------------------------------------
     def _on_reset(self) -> None:
         self._generation += 1
+        self._cancel_jobs()  # the old document's renderings can no longer be shown
         self._on_change()
 
     def _on_change(self, *_) -> None:
@@ -88,32 +110,84 @@ class LivePreview(QObject):
             self._changed_at = time.perf_counter()
             self._timer.start()
 
-    def _start(self) -> None:
-        if self._busy:
-            self._pending = True
-            return
-        self._busy = True
-        labels = self.document.labels.copy()
-        self._executor.submit(self._work, self._generation, labels, self.document.label_set.name, self._changed_at)
+    def _cancel_jobs(self) -> None:
+        for job_id in list(self._jobs):
+            self.bridge.cancel(job_id)
 
-    def _on_finished(self, generation: int, result, changed_at: float, full: bool, done: bool) -> None:
-        if done:
-            self._busy = False
-        if isinstance(result, str):
-            self.failed.emit(result)
-        elif (result is not None and self.enabled and generation == self._generation
-              and result.shape[:2] == self.document.labels.shape):
-            self.image = result
-            self.canvas.photo_item.set_image(wrap_rgb(result), result)
-            if self._reveal and self.document.view_mode == "labels":
-                # a document made from a label map shows only labels: once there is a rendering, show it under
-                # them (not before, which would show an empty canvas); later the user's view choice stands
-                self.document.set_view_mode("both")
-            self._reveal = False
-            self.rendered.emit(time.perf_counter() - changed_at, full)
-        if done and self._pending:
-            self._pending = False
-            self._start()
+    def _slot(self) -> str:
+        return self.document.doc_id or f"live-preview-{id(self)}"
+
+    def _request(self) -> tuple[Request, np.ndarray] | None:
+        """The request for the document as it is now and the image its candidate is composed onto; None when
+        there is nothing to render (a photo whose labels were not changed: it shows as it is)."""
+        document = self.document
+        labels = document.labels.copy()
+        labels.flags.writeable = False
+        photo = document.image
+        if document.mode == "translate" or photo is None:
+            blank = np.zeros((*labels.shape, 3), np.uint8)
+            blank.flags.writeable = False
+            fields = dict(mode="translate", photo=blank, labels_before=labels, labels_after=labels)
+            base = blank
+        else:
+            if not (document.labels != document.original_labels).any():
+                return None
+            base = np.array(photo, copy=True)
+            base.flags.writeable = False
+            fields = dict(mode="edit", photo=base, labels_before=document.original_labels, labels_after=labels)
+        request = Request(backend=self.backend, model=self.model, label_set=document.label_set.name,
+                          params={"max_side": self.max_side}, slot=self._slot(), **fields)
+        return request, base
+
+    def _start(self) -> None:
+        if not (self.enabled and self.document.is_open):
+            return
+        built = self._request()
+        if built is None:
+            self._cancel_jobs()
+            self._restore()
+            return
+        request, base = built
+        full = max(request.size) <= self.quick_side
+        if not full:  # a quick pass at the model's native size first: the view follows the stroke at once
+            request = dataclasses.replace(request, params={**thaw(request.params), "max_side": self.quick_side})
+        self._submit(request, _Pending(self._generation, self._changed_at, full, base))
+
+    def _submit(self, request: Request, pending: _Pending) -> None:
+        try:
+            job_id = self.bridge.submit(request, kind=JobKind.LIVE_PREVIEW)
+        except SgraffitoError as error:
+            self.failed.emit(str(error))
+            return
+        self._jobs[job_id] = pending
+        self._latest = job_id
+
+    def _on_finished(self, event: JobEvent) -> None:
+        pending = self._jobs.pop(event.job_id, None)
+        if pending is None:
+            return  # not ours (a generation job of the same runtime)
+        if event.state is JobState.FAILED:
+            self.failed.emit(event.error or "live preview failed")
+            return
+        current = self.enabled and pending.generation == self._generation
+        if event.state is not JobState.DONE or not event.candidates or not current:
+            return
+        result = event.candidates[0].compose(pending.base)
+        if result.shape[:2] != self.document.labels.shape:
+            return
+        self.image = result
+        self.canvas.photo_item.set_image(wrap_rgb(result), result)
+        if self._reveal and self.document.view_mode == "labels":
+            # a document made from a label map shows only labels: once there is a rendering, show it under them
+            # (not before, which would show an empty canvas); later the user's view choice stands
+            self.document.set_view_mode("both")
+        self._reveal = False
+        self.rendered.emit(time.perf_counter() - pending.changed_at, pending.full)
+        if not pending.full and self._latest == event.job_id:
+            # the full resolution after the quick pass, unless a newer stroke already replaced it
+            request = dataclasses.replace(event.request, params={**thaw(event.request.params),
+                                                                 "max_side": self.max_side})
+            self._submit(request, dataclasses.replace(pending, full=True))
 
     def _restore(self) -> None:
         image = self.document.image
@@ -123,49 +197,18 @@ class LivePreview(QObject):
             self.canvas.photo_item.set_image(wrap_rgb(image), image)
         self.image = None
 
-    # ---- worker thread -----------------------------------------------------------------------------------------
-    def _work(self, generation: int, labels: np.ndarray, label_set: str, changed_at: float) -> None:
-        try:
-            if self._renderer is None:
-                self._renderer = self._load_renderer()
-            renderer = self._renderer
-            if renderer.label_set and renderer.label_set != label_set:
-                raise SgraffitoError(f"live preview: the ASAPNet model reads {renderer.label_set} label maps, "
-                                     f"this document uses {label_set}")
-            side = max(labels.shape)
-            if side > self.quick_side:
-                # a quick pass at the model's native size first: the view follows the stroke at once, the full
-                # resolution comes after it unless a newer stroke is already waiting
-                self._finished.emit(generation, self._render(renderer, labels, self.quick_side), changed_at, False,
-                                    False)
-                if self._pending:
-                    self._finished.emit(generation, None, changed_at, False, True)
-                    return
-            self._finished.emit(generation, self._render(renderer, labels, self.max_side), changed_at, True, True)
-        except SgraffitoError as error:
-            self._finished.emit(generation, str(error), changed_at, True, True)
-        except Exception as error:  # noqa: BLE001 - a failed preview must not take the editor down
-            self._finished.emit(generation, f"live preview failed: {type(error).__name__}: {error}", changed_at,
-                                True, True)
 
-    @staticmethod
-    def _render(renderer, labels: np.ndarray, max_side: int) -> np.ndarray:
-        h, w = labels.shape
-        scale = min(1.0, max_side / max(h, w))
-        if scale == 1.0:
-            return renderer.render(labels)
-        image = renderer.render(labels, (max(16, round(w * scale)), max(16, round(h * scale))))
-        return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def install_live_preview(window, load_renderer: Callable[[], object] = default_renderer) -> LivePreview:
-    """Add View > Live preview to the main window. It switches on by itself for a document made from a label map
+def install_live_preview(window, bridge: EngineBridge | None = None) -> LivePreview:
+    """Add View > Live preview to the main window, rendering on the window's runtime (`bridge`, else the one
+    `bridge_for(window)` finds: the gallery's). It switches on by itself for a document made from a label map
     (the rendering is then the main view) and off for photos; the user can toggle it either way."""
     from PySide6.QtGui import QAction
 
-    from engine.checkpoints import list_models
+    from engine.model_store import list_models
 
-    preview = LivePreview(window.document, window.canvas, load_renderer, parent=window)
+    if not isinstance(bridge, EngineBridge):
+        bridge = bridge_for(window)
+    preview = LivePreview(window.document, window.canvas, bridge, parent=window)
     action = QAction("&Live Preview", window, checkable=True)
     action.setShortcut("Ctrl+L")
     action.setStatusTip("Render the label map with ASAPNet after every stroke")

@@ -3,8 +3,8 @@
 Other parts of the app extend it rather than subclass it: `window.menus["file"|"edit"|"view"|"tools"]`,
 `window.actions[name]` and `window.toolbars["tools"|"options"]` hold what `_build_*` made, `addDockWidget` and
 `statusBar()` are free for more docks and progress widgets, and everything that holds data lives in
-`window.document` (with `window.undo_stack` = its QUndoStack): applying a candidate is
-`document.write_patch("image", x, y, rgb, "Apply candidate")` plus an entry in `document.history`.
+`window.document` (with `window.undo_stack` = its QUndoStack) and its generation state in `window.workspace`
+(app.workspace, Qt-free): applying a candidate is `window.workspace.apply(candidate_id)`, one undo step.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QPointF, QRectF, Qt, Sign
 from PySide6.QtGui import QColor, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QApplication, QGraphicsPathItem, QGraphicsRectItem, QToolTip
 
-from app import smart
+from engine import smart
 from app.document import Document, LayerEdit, describe
 
 MIN_RADIUS, MAX_RADIUS = 1, 1000

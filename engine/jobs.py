@@ -1,14 +1,15 @@
-"""The engine runtime: immutable requests, one worker thread that owns the device, progress, cancel, backends.
+"""The engine runtime: immutable requests, one worker thread that owns the device, job kinds and priorities,
+progress, cancel, backends, the model cache.
 
 How a model plugs in (ASSET, ColTran, ASAPNet, PixelCNN)
 --------------------------------------------------------
-A backend is any object with a `name` and a `run(request, ctx) -> list[Candidate]` method. Register a factory
-(a zero-argument callable, usually the class itself) at import time of a module under `engine/models/`;
-`discover_backends()` imports those modules, and the backend name is the `"kind"` of the model folders it
-serves (config.json), so the GUI can map a model to its backend::
+A backend is any object with a `name` and a `run(request, ctx) -> list[Candidate]` method. It lives in
+`engine/pipelines/` (on `engine.pipelines.base.Pipeline`, which loads, places and seeds) and is named by its
+engine's entry in `engine/registry.py`; the backend name is the `"kind"` of the model folders it serves
+(config.json), so the GUI can map a model to its backend::
 
     from engine import composite
-    from engine.jobs import Candidate, JobContext, Request, register_backend
+    from engine.jobs import Candidate, JobContext, Request
 
     GEOMETRY = composite.ModelGeometry(size=(256, 256), grid=16, fit="stretch")
 
@@ -16,7 +17,8 @@ serves (config.json), so the GUI can map a model to its backend::
         name = "asset"
 
         def run(self, request: Request, ctx: JobContext) -> list[Candidate]:
-            model = self._load(request.model, ctx.device)        # cache it: the instance lives as long as the runtime
+            model = ctx.models.get(("asset", request.model, ctx.device),   # the runtime's one LRU model cache
+                                   lambda: load_asset(request.model, ctx.device))
             mask = request.edit_mask()                           # (H, W) bool: user mask, else the label diff
             region = request.region or composite.working_region(mask, GEOMETRY)
             image, fit = composite.to_model(request.photo, region, GEOMETRY)
@@ -32,7 +34,7 @@ serves (config.json), so the GUI can map a model to its backend::
                 out.append(Candidate(image=patch, region=fit.region, seed=seed, info={"nll": nll}))
             return out
 
-    register_backend("asset", AssetBackend)
+    # engine/registry.py: ModelSpec(kind="asset", ..., backend="engine.pipelines.asset:AssetBackend")
 
 Colorization backends use `composite.transfer_chroma(original_region, model_output)` instead of `paste_back`.
 
@@ -41,6 +43,12 @@ Contract
   block for minutes. It must not mutate the request (its arrays are read-only anyway).
 * `ctx.check_cancelled()` raises `engine.errors.Cancelled`; call it at least once per sampled row or token.
   Let it propagate (do not catch it).
+* Load models through `ctx.models` (an engine.model_cache.ModelCache with a byte budget and LRU eviction,
+  shared by every backend of the runtime); key them by everything that makes them differ (model, device).
+* Never call `torch.set_num_threads`: the thread count is process-wide and set once before the worker's first
+  job (engine.device.configure_threads, from $SGRAFFITO_THREADS or the core count). A backend whose sampling
+  is a chain of tiny ops declares `threads = 1` (a class attribute); the runtime, the only code that runs
+  torch on the device, applies it around that backend's jobs and restores the process setting after.
 * `ctx.progress(fraction in [0, 1], stage text, preview=None)`; a preview is a small (h, w, 3) uint8 RGB image.
 * Candidate i should be reproducible from `(request, seed=ctx.seeds[i], k=1)`; report that seed in
   `Candidate.seed`. `ctx.seeds == [request.seed + i for i in range(request.k)]`.
@@ -51,20 +59,36 @@ Contract
   Any other exception also fails the job, with the exception type in the message and the traceback kept.
 
 Runtime
-* `Runtime(device=None)`: `submit(request)` -> Job; `cancel(job_id)`, `cancel_active()`, `cancel_queued()`,
-  `cancel_all()`; `add_listener(fn)` gets a `JobEvent` snapshot for every state change and (throttled)
-  progress step, called from the worker thread (or the caller's thread for queued/cancelled jobs). Qt code
-  must re-emit them as queued signals (app/engine_bridge.py does).
-* A request carries a `slot` (the document's key). A new submit for a slot supersedes that slot's older jobs:
-  queued ones are cancelled, a running one is asked to stop, and whatever it still returns is dropped.
+* `Runtime(device=None, models=None)`: `submit(request, kind=JobKind.GENERATE)` -> Job; `cancel(job_id)`,
+  `cancel_active()`, `cancel_queued(slot=None, kind=None)`, `cancel_all(slot=None, kind=None)`;
+  `add_listener(fn)` gets a `JobEvent` snapshot for every state change and (throttled) progress step, called
+  from the worker thread (or the caller's thread for queued/cancelled jobs). Qt code must re-emit them as
+  queued signals (app/engine_bridge.py does). `runtime.models` is its ModelCache (budget:
+  $SGRAFFITO_MODEL_CACHE_MB).
+* The editor and each CLI command use one runtime (app.engine_bridge.bridge_for, engine/commands/_runner.py):
+  its one worker thread runs every job (generation, live preview, the command's job), is the only code that
+  touches the device, one job at a time, and sets torch's thread count once, before its first job.
+
+Job kinds and priorities
+* Every job has a `JobKind`; the worker always starts the queued job of the highest priority, first in first
+  out within a priority:
+    1. `JobKind.LIVE_PREVIEW`: a label map rendered after a stroke (ASAPNet, milliseconds). Small, and the user
+       is waiting on every stroke, so it goes before anything queued.
+    2. `JobKind.GENERATE`: candidates for the gallery or the command line (ASSET, ColTran, PixelCNN, ASAPNet
+       edits); seconds to minutes, and the user expects to wait.
+  Priorities order the queue only: a running job is never interrupted by a more urgent one (a live preview
+  submitted during a long generation starts when that job reaches its end or is cancelled).
+* A request carries a `slot` (the document's key). A new submit supersedes the older jobs of the same slot AND
+  the same kind: queued ones are cancelled, a running one is asked to stop, and whatever it still returns is
+  dropped. So a new stroke's live preview replaces the previous preview without touching the document's
+  generation jobs, and a new Generate replaces the previous generation without touching the preview.
+* Cancelling one job (by id) never touches another; the bulk cancels take an optional slot and kind.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib
 import itertools
-import pkgutil
 import threading
 import time
 import traceback
@@ -76,6 +100,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from engine.errors import Cancelled, InputError, SgraffitoError
+from engine.model_cache import ModelCache
 
 Region = tuple[int, int, int, int]  # (x0, y0, x1, y1) in photo pixels, x1/y1 exclusive
 
@@ -135,6 +160,7 @@ class Request:
     backend: str
     photo: np.ndarray
     model: str = ""  # model folder name or path; "" = the backend's default model
+    mode: str = ""  # the document mode asking: edit, colorize, translate or segment; "" = the engine's main mode
     labels_before: np.ndarray | None = None
     labels_after: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -166,6 +192,10 @@ class Request:
         if int(self.k) < 1:
             raise InputError(f"request: k (number of samples) must be at least 1, got {self.k}")
         set_(self, "k", int(self.k))
+        from engine.registry import MODES
+
+        if self.mode and self.mode not in MODES:
+            raise InputError(f"request: unknown mode {self.mode!r}; one of {', '.join(MODES)}")
         set_(self, "seed", int(self.seed))
         set_(self, "params", _frozen_params(self.params))
         if self.region is not None:
@@ -191,7 +221,7 @@ class Request:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able metadata (no pixels)."""
-        return {"backend": self.backend, "model": self.model, "k": self.k, "seed": self.seed,
+        return {"backend": self.backend, "model": self.model, "mode": self.mode, "k": self.k, "seed": self.seed,
                 "params": thaw(self.params), "region": list(self.region) if self.region else None,
                 "label_set": self.label_set, "size": list(self.size)}
 
@@ -245,12 +275,28 @@ class JobState(str, enum.Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
+class JobKind(str, enum.Enum):
+    """What a job is for; decides its priority (see the module docstring). Listed most urgent first."""
+
+    LIVE_PREVIEW = "live_preview"
+    GENERATE = "generate"
+
+    @property
+    def priority(self) -> int:
+        """0 is the most urgent."""
+        return PRIORITY.index(self)
+
+
+PRIORITY: tuple[JobKind, ...] = (JobKind.LIVE_PREVIEW, JobKind.GENERATE)  # the worker's order, most urgent first
+
+
 class Job:
     """A submitted request and its progress; fields are written by the runtime only (under its lock)."""
 
-    def __init__(self, job_id: int, request: Request):
+    def __init__(self, job_id: int, request: Request, kind: JobKind = JobKind.GENERATE):
         self.id = job_id
         self.request = request
+        self.kind = JobKind(kind)
         self.state = JobState.QUEUED
         self.fraction = 0.0
         self.stage = "queued"
@@ -277,7 +323,8 @@ class Job:
         return self._done.wait(timeout)
 
     def __repr__(self):
-        return f"<Job {self.id} {self.request.backend} {self.state.value} {self.fraction:.0%} {self.stage!r}>"
+        return (f"<Job {self.id} {self.kind.value} {self.request.backend} {self.state.value} {self.fraction:.0%} "
+                f"{self.stage!r}>")
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,10 +344,11 @@ class JobEvent:
     seconds: float
     request: Request
     traceback: str | None = None  # a failed job's traceback when the failure was a bug, not a user error
+    job_kind: JobKind = JobKind.GENERATE  # the job's JobKind (`kind` above is the event's)
 
 
 class JobContext:
-    """What a backend sees of its job: the device, the seeds, progress reporting and cancellation."""
+    """What a backend sees of its job: the device, the seeds, the model cache, progress and cancellation."""
 
     PROGRESS_INTERVAL = 0.05  # s; a backend may report every token, listeners get at most ~20 updates/s
 
@@ -308,7 +356,9 @@ class JobContext:
         self._runtime = runtime
         self._job = job
         self.request = job.request
+        self.kind = job.kind
         self.device = device
+        self.models: ModelCache = runtime.models  # load models through it: one byte budget for all backends
         self.seed = job.request.seed
         self.seeds = [job.request.seed + i for i in range(job.request.k)]
         self._last_emit = 0.0
@@ -347,42 +397,23 @@ class Backend(Protocol):
     def run(self, request: Request, ctx: JobContext) -> list[Candidate]: ...
 
 
-_BACKENDS: dict[str, Callable[[], Backend]] = {}
-_DISCOVERY_ERRORS: dict[str, str] = {}
-
-
-def register_backend(name: str, factory: Callable[[], Backend]) -> None:
-    """Make `name` available to requests; `factory()` is called once, lazily, on the worker thread."""
-    _BACKENDS[name] = factory
-
-
-def discover_backends() -> dict[str, str]:
-    """Import every module under engine/models/ so they can register; returns {module: error} for failures."""
-    models = importlib.import_module("engine.models")
-    for info in pkgutil.iter_modules(models.__path__):
-        module = f"engine.models.{info.name}"
-        if info.name.startswith("_") or module in _DISCOVERY_ERRORS:
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception as error:  # a broken model module must not take the others down
-            _DISCOVERY_ERRORS[module] = f"{type(error).__name__}: {error}"
-    return dict(_DISCOVERY_ERRORS)
-
-
 def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
+    """The engines a request can name (engine.registry)."""
+    from engine import registry
+
+    return registry.backend_kinds()
 
 
 class Runtime:
     """A job queue served by one worker thread; see the module docstring."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, models: ModelCache | None = None):
         self._device_choice = device
         self.device: str | None = None  # resolved on the worker thread before the first job
+        self.models = models if models is not None else ModelCache()  # before the worker: a bad budget raises here
         self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
-        self._queue: deque[Job] = deque()
+        self._queues: dict[JobKind, deque[Job]] = {kind: deque() for kind in PRIORITY}
         self._jobs: dict[int, Job] = {}
         self._active: Job | None = None
         self._ids = itertools.count(1)
@@ -400,19 +431,20 @@ class Runtime:
             self._listeners.append(listener)
         return lambda: self._remove_listener(listener)
 
-    def submit(self, request: Request, *, supersede: bool = True) -> Job:
-        """Queue `request`. With `supersede` (the default) older jobs of the same slot are cancelled and their
-        results dropped; "more like this" passes supersede=False to add samples next to the current ones."""
+    def submit(self, request: Request, *, kind: JobKind | str = JobKind.GENERATE, supersede: bool = True) -> Job:
+        """Queue `request` as a job of `kind` (its priority). With `supersede` (the default) older jobs of the
+        same slot and kind are cancelled and their results dropped; "more like this" passes supersede=False to
+        add samples next to the current ones."""
         if self._closed:
             raise RuntimeError("the runtime was shut down")
-        job = Job(next(self._ids), request)
+        job = Job(next(self._ids), request, JobKind(kind))
         stale = []
         with self._lock:
             if supersede and request.slot is not None:
                 stale = [j for j in self._jobs.values()
-                         if j.request.slot == request.slot and not j.state.finished]
+                         if j.request.slot == request.slot and j.kind is job.kind and not j.state.finished]
             self._jobs[job.id] = job
-            self._queue.append(job)
+            self._queues[job.kind].append(job)
         for old in stale:
             self._cancel(old, superseded=True)
         self._emit(job, "state")
@@ -425,10 +457,15 @@ class Runtime:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def jobs(self) -> list[Job]:
-        """Queued and running jobs, oldest first."""
+    def jobs(self, kind: JobKind | str | None = None) -> list[Job]:
+        """Queued and running jobs (of one kind if given), oldest first."""
         with self._lock:
-            return list(self._jobs.values())
+            return [j for j in self._jobs.values() if kind is None or j.kind is JobKind(kind)]
+
+    def queued(self) -> list[Job]:
+        """Queued jobs in the order the worker will start them (priority, then submission)."""
+        with self._lock:
+            return [job for kind in PRIORITY for job in self._queues[kind]]
 
     @property
     def active(self) -> Job | None:
@@ -443,15 +480,19 @@ class Runtime:
         job = self._active
         return job is not None and self._cancel(job)
 
-    def cancel_queued(self, slot: str | None = None) -> int:
+    def cancel_queued(self, slot: str | None = None, kind: JobKind | str | None = None) -> int:
+        """Cancel the queued jobs (of one slot and/or kind if given); returns how many."""
+        kinds = PRIORITY if kind is None else (JobKind(kind),)
         with self._lock:
-            queued = [j for j in self._queue if slot is None or j.request.slot == slot]
+            queued = [j for k in kinds for j in self._queues[k] if slot is None or j.request.slot == slot]
         return sum(self._cancel(job) for job in queued)
 
-    def cancel_all(self, slot: str | None = None) -> int:
-        count = self.cancel_queued(slot)
+    def cancel_all(self, slot: str | None = None, kind: JobKind | str | None = None) -> int:
+        """Cancel the queued jobs and the running one (of one slot and/or kind if given); returns how many."""
+        count = self.cancel_queued(slot, kind)
         active = self._active
-        if active is not None and (slot is None or active.request.slot == slot):
+        if (active is not None and (slot is None or active.request.slot == slot)
+                and (kind is None or active.kind is JobKind(kind))):
             count += self._cancel(active)
         return count
 
@@ -478,7 +519,7 @@ class Runtime:
             job.superseded = job.superseded or superseded
             job._cancel.set()
             if job.state is JobState.QUEUED:
-                self._queue.remove(job)
+                self._queues[job.kind].remove(job)
                 self._finish(job, JobState.CANCELLED, "superseded" if job.superseded else "cancelled")
                 finished = True
             else:
@@ -505,7 +546,8 @@ class Runtime:
             event = JobEvent(kind=kind, job_id=job.id, slot=job.request.slot, state=job.state,
                              fraction=job.fraction, stage=job.stage, preview=job.preview,
                              candidates=job.candidates, error=job.error, superseded=job.superseded,
-                             seconds=job.seconds, request=job.request, traceback=job.traceback)
+                             seconds=job.seconds, request=job.request, traceback=job.traceback,
+                             job_kind=job.kind)
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -515,22 +557,26 @@ class Runtime:
 
     def _backend(self, name: str) -> Backend:
         if name not in self._backends:
-            errors = {} if name in _BACKENDS else discover_backends()
-            if name not in _BACKENDS:
-                known = ", ".join(backend_names()) or "none"
-                broken = "".join(f"; {module} failed to load: {error}" for module, error in errors.items())
-                raise InputError(f"no engine backend named {name!r} (available: {known}){broken}")
-            self._backends[name] = _BACKENDS[name]()
+            from engine import registry
+
+            self._backends[name] = registry.create_backend(name)
         return self._backends[name]
+
+    def _next(self) -> Job | None:
+        """The most urgent queued job, first in first out within its kind (call with the lock held)."""
+        for kind in PRIORITY:
+            if self._queues[kind]:
+                return self._queues[kind].popleft()
+        return None
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._closed:
+                while not any(self._queues.values()) and not self._closed:
                     self._wakeup.wait()
-                if not self._queue:
+                job = self._next()
+                if job is None:
                     return
-                job = self._queue.popleft()
                 job.state = JobState.RUNNING
                 job.stage = "starting"
                 job.started_at = time.time()
@@ -550,14 +596,18 @@ class Runtime:
     def _run(self, job: Job):
         request = job.request
         try:
-            if self.device is None:
-                from engine.device import resolve_device
+            if self.device is None:  # the worker's first job: settle the device and the thread count, once
+                from engine.device import configure_threads, resolve_device
 
                 self.device = resolve_device(self._device_choice)
+                configure_threads()
             ctx = JobContext(self, job, self.device)
             backend = self._backend(request.backend)
             ctx.check_cancelled()
-            candidates = backend.run(request, ctx)
+            from engine.device import job_threads
+
+            with job_threads(getattr(backend, "threads", None)):
+                candidates = backend.run(request, ctx)
             candidates = tuple(candidates or ())
             for candidate in candidates:
                 if not isinstance(candidate, Candidate):

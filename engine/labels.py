@@ -1,4 +1,4 @@
-"""Label sets: id, name and a canonical colour per label, loaded from assets/labels/*.json."""
+"""Label sets: id, name and a canonical colour per label, loaded from assets/labels/*.json (engine.paths.assets_dir)."""
 
 from __future__ import annotations
 
@@ -85,9 +85,13 @@ def available_sets() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def load_label_set(name: str = DEFAULT_SET) -> LabelSet:
-    path = assets_dir() / "labels" / f"{name}.json"
+    folder = assets_dir() / "labels"
+    path = folder / f"{name}.json"
     if not path.is_file():
-        raise InputError(f"unknown label set {name!r}; available: {', '.join(available_sets())}")
+        if not (available := available_sets()):
+            raise InputError(f"unknown label set {name!r}: no label sets in {folder} (an incomplete install? "
+                             "$SGRAFFITO_ASSETS can point at an assets folder)")
+        raise InputError(f"unknown label set {name!r}; available: {', '.join(available)}")
     raw = json.loads(path.read_text(encoding="utf-8"))
     labels = tuple(Label(int(entry["id"]), entry["name"], tuple(entry["color"])) for entry in raw["labels"])
     subsets = {key: tuple(int(i) for i in ids) for key, ids in raw.get("subsets", {}).items()}

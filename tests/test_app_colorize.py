@@ -12,9 +12,9 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtTest import QTest
 
-from app.colorize import colorize_request
 from app.document import Document
-from engine.checkpoints import save_model_dir
+from app.workspace import colorize_request
+from engine.model_store import save_model_dir
 from engine.imageio import load_photo
 from engine.jobs import thaw
 from engine.labels import DEFAULT_SET, load_label_set

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError, InputError
-from engine.models.asapnet import (
-    ASAPNetConfig,
-    ASAPNetsGenerator,
-    LabelEncoding,
-    config_from_state_dict,
-    cosine_codes,
-    tent_downsample,
-)
+from engine.models.asapnet import (ASAPNetConfig, ASAPNetsGenerator, LabelEncoding, config_from_state_dict,
+                                   cosine_codes, tent_downsample)
 
 TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
 

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from app.cli import main
-from engine.checkpoints import find_model, load_model_dir
-from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenerator
+from engine.model_store import find_model, load_model_dir
+from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator
+from engine.pipelines.asapnet import ASAPNetRenderer
 
 TINY = dict(lr_width=16, lr_max_width=64, lr_depth=2, hr_width=16, hr_depth=5)
 
@@ -122,7 +123,7 @@ def test_large_maps_run_the_lr_stream_near_native_scale_and_the_mlps_at_full_res
 
 
 def _tiny_landscape_model(name="tiny"):
-    from engine.checkpoints import new_model_dir, save_model_dir
+    from engine.model_store import new_model_dir, save_model_dir
     from engine.models.asapnet import dataset_preset, model_config
 
     torch.manual_seed(0)
@@ -149,7 +150,8 @@ def test_backend_translates_label_maps_and_blends_edits_into_photos(photo_kind):
     photo = (np.zeros((96, 160, 3), np.uint8) if photo_kind == "none"
              else rng.integers(0, 256, (96, 160, 3), dtype=np.uint8))
     runtime = Runtime(device="cpu")
-    job = runtime.submit(Request(backend="asapnet", model="tiny", photo=photo, labels_before=before,
+    mode = "translate" if photo_kind == "none" else "edit"  # the request says it; no guessing from the pixels
+    job = runtime.submit(Request(backend="asapnet", model="tiny", mode=mode, photo=photo, labels_before=before,
                                  labels_after=after, k=3))
     finished = job.wait(60)
     runtime.shutdown()

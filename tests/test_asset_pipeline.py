@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.checkpoints import load_model_dir, save_model_dir
+from engine.model_store import load_model_dir, save_model_dir
 from engine.data.landscapes import generate_scene
 from engine.models.asset import ASSET, ASSETConfig
 from engine.models.vqgan import VQGAN, VQGANConfig
@@ -65,7 +65,7 @@ class Ctx:
 
 
 def test_backend_edits_only_the_region_and_is_reproducible_per_seed(bundle_dir):
-    from engine.asset_pipeline import AssetBackend
+    from engine.pipelines.asset import AssetBackend
     from engine.jobs import Request
 
     scene, after = water_edit()
@@ -88,7 +88,7 @@ def test_backend_edits_only_the_region_and_is_reproducible_per_seed(bundle_dir):
 
 
 def test_sga_pass_at_512_with_progress(sga_dir):
-    from engine.asset_pipeline import edit, load_bundle
+    from engine.pipelines.asset import edit, load_bundle
 
     scene, after = water_edit()
     ctx = Ctx([0])
@@ -153,7 +153,7 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
 
 
 def test_decode_window_is_the_edit_bounding_box_plus_margin():
-    from engine.asset_pipeline import decode_window
+    from engine.pipelines.asset import decode_window
 
     cells = np.zeros((32, 32), bool)
     cells[20:26, 3:5] = True
@@ -163,7 +163,7 @@ def test_decode_window_is_the_edit_bounding_box_plus_margin():
 
 
 def test_decode_margin_full_and_bad_values(bundle_dir):
-    from engine.asset_pipeline import AssetBackend
+    from engine.pipelines.asset import AssetBackend
     from engine.errors import InputError
     from engine.jobs import Request
 

@@ -10,10 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.checkpoints import (
-    list_models, find_model, load_model_dir, load_state_dict_strict, read_checkpoint, save_model_dir,
-    split_by_prefix, state_dict_report,
-)
+from engine.importers.state_dicts import load_state_dict_strict, read_checkpoint, split_by_prefix, state_dict_report
+from engine.model_store import find_model, list_models, load_model_dir, save_model_dir
 from engine.errors import CheckpointError, InputError
 
 

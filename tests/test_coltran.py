@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from app.cli import main
-from engine.colorize_coltran import area_resize, colorize, hint_constraints, load_model, to_gray
+from engine.pipelines.coltran import area_resize, colorize, hint_constraints, load_model, to_gray
 from engine.hints import Hint
 from engine.errors import CheckpointError
-from engine.models.coltran import (STAGE_SCOPES, ColorUpsampler, ColTran, ColTranConfig, ColTranCore, CoreConfig,
-                                   SpatialUpsampler, UpsamplerConfig, convert_official_stage, official_table,
-                                   rgb_to_symbols)
-from engine.tfbundle import read_bundle
+from engine.importers.coltran_tf import STAGE_SCOPES, convert_official_stage, official_table
+from engine.models.coltran import (ColorUpsampler, ColTran, ColTranConfig, ColTranCore, CoreConfig, SpatialUpsampler,
+                                   UpsamplerConfig, rgb_to_symbols)
+from engine.importers.tfbundle import read_bundle
 from tests.tf_bundle_writer import write_bundle
 
 TINY = CoreConfig(hidden_size=16, ff_size=24, num_heads=2, num_encoder_layers=1, num_outer_layers=2,
@@ -246,7 +246,7 @@ def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
     allowed = hint_constraints(hints, (48, 80), "stretch", coarse=16)
     cells = np.argwhere(~allowed.all(-1))
     assert len(cells) >= 1
-    from engine.colorize_coltran import uniforms
+    from engine.pipelines.coltran import uniforms
 
     coarse = torch.from_numpy(area_resize(area_resize(gradient_photo(), 64, 64), 16, 16)).long()[None]
     symbols = model.colorizer.sample(coarse, uniforms=uniforms([3], (16, 16)),

@@ -8,7 +8,8 @@ from PIL import Image
 from app import files
 from app.document import Document
 from app.engine_bridge import EngineBridge
-from app.gallery import GalleryDock, build_request
+from app.gallery import GalleryDock
+from app.workspace import build_request
 from engine.errors import InputError
 from engine.imageio import load_photo
 from engine.jobs import Runtime
@@ -82,8 +83,7 @@ def test_k_candidates_appear_in_the_gallery_grouped_by_request(qtbot, gallery):
 
 def held_request(gallery, group_id, k=2):
     request = build_request(gallery.document, "fake", "", k=k, seed=1, params={"hold_at_row": 0})
-    group = gallery._new_group(group_id, request, {"backend": "fake", "model": "", "params": {}})
-    gallery._submit(group, request, supersede=False)
+    gallery.workspace.submit(request, group_id=group_id, supersede=False)
 
 
 def test_progress_shows_stage_and_queue_while_jobs_run_and_hides_after(qtbot, gallery):
@@ -112,8 +112,7 @@ def test_an_engine_error_reaches_the_ui_as_a_message(qtbot, gallery):
     messages = []
     gallery.error.connect(messages.append)
     request = build_request(gallery.document, "fake", "lake", k=1, seed=0, params={"fail": "input"})
-    group = gallery._new_group("bad", request, {"backend": "fake", "model": "lake", "params": {}})
-    gallery._submit(group, request, supersede=True)
+    gallery.workspace.submit(request, group_id="bad", supersede=True)
     qtbot.waitUntil(lambda: bool(messages), timeout=TIMEOUT)
     assert messages == ["fake model 'lake': the label map has no editable class"]
 
@@ -151,11 +150,11 @@ def test_apply_undo_redo_of_a_candidate(qtbot, gallery):
     assert gallery.apply(stored.id)
     np.testing.assert_array_equal(document.image[y0:y1, x0:x1], stored.image)
     assert document.history[-1]["seed"] == stored.meta["seed"]
-    assert stored.id in gallery.applied and "applied" in gallery._item(stored.id).text(0)
+    assert stored.id in gallery.workspace.applied and "applied" in gallery._item(stored.id).text(0)
     assert document.undo_stack.count() == 1, "one undo step"
     document.undo_stack.undo()
     np.testing.assert_array_equal(document.image, original)
-    assert document.history == [] and stored.id not in gallery.applied
+    assert document.history == [] and stored.id not in gallery.workspace.applied
     document.undo_stack.redo()
     np.testing.assert_array_equal(document.image[y0:y1, x0:x1], stored.image)
     assert len(document.history) == 1
@@ -266,7 +265,7 @@ def test_candidates_survive_a_project_round_trip_bit_exact(qtbot, gallery, tmp_p
     view = GalleryDock(reopened, gallery.bridge)
     qtbot.addWidget(view)
     assert view.candidate_ids() == [c.id for c in document.candidates]
-    assert document.candidates[0].id in view.applied
+    assert document.candidates[0].id in view.workspace.applied
 
 
 def test_build_request_snapshots_the_document(document):

@@ -1,5 +1,6 @@
 """The engine runtime with the deterministic fake backend: states, cancel, errors, superseding, seeds."""
 
+import os
 import threading
 
 import numpy as np
@@ -162,18 +163,24 @@ def test_a_backend_bug_fails_the_job_with_its_type_and_keeps_the_traceback(runti
     assert "fake_backend.py" in job.traceback
 
 
-def test_an_unknown_backend_names_the_available_ones_and_the_broken_modules(runtime, monkeypatch):
-    import engine.jobs
+def test_an_unknown_backend_names_the_available_ones_and_the_broken_modules(runtime):
+    from engine import registry
 
-    # importing every real model module costs seconds of torch import; what matters here is the message
-    monkeypatch.setattr(engine.jobs, "discover_backends",
-                        lambda: {"engine.models.broken": "ImportError: No module named 'missing_dep'"})
-    job = runtime.submit(edit_request(backend="nonexistent"))
-    assert job.wait(TIMEOUT)
-    assert job.state is JobState.FAILED
-    assert "no engine backend named 'nonexistent'" in job.error and "fake" in job.error
-    assert "engine.models.broken failed to load: ImportError: No module named 'missing_dep'" in job.error
-    assert "fake" in backend_names()
+    # an engine whose code fails to import (a missing dependency) must name itself and the error
+    registry.add_spec(registry.ModelSpec(kind="broken", title="broken", models="engine.models.broken",
+                                         backend="engine.models.broken_missing_dep:Backend"))
+    try:
+        job = runtime.submit(edit_request(backend="nonexistent"))
+        assert job.wait(TIMEOUT)
+        assert job.state is JobState.FAILED
+        assert "no engine backend named 'nonexistent'" in job.error and "fake" in job.error
+        broken = runtime.submit(edit_request(backend="broken"))
+        assert broken.wait(TIMEOUT) and broken.state is JobState.FAILED
+        assert "the broken engine failed to load (engine.models.broken_missing_dep:Backend)" in broken.error
+        assert "No module named 'engine.models.broken_missing_dep'" in broken.error
+        assert "fake" in backend_names()
+    finally:
+        registry.remove_spec("broken")
 
 
 def test_a_newer_request_for_the_same_slot_drops_the_older_results(runtime):
@@ -242,3 +249,51 @@ def test_device_choice_refuses_what_this_machine_lacks(monkeypatch):
             resolve_device("cuda")
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_the_thread_count_is_set_once_and_an_engines_preference_applies_around_its_jobs_only():
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = textwrap.dedent("""
+        import numpy as np, torch
+        from engine import registry
+        from engine.device import configure_threads, configured_threads
+        from engine.jobs import Candidate, Request, Runtime
+
+        seen = []
+
+        class OneThread:
+            threads = 1
+
+            def run(self, request, ctx):
+                seen.append(torch.get_num_threads())
+                return [Candidate(image=request.photo[:1, :1], region=(0, 0, 1, 1), seed=0)]
+
+        registry.add_spec(registry.ModelSpec(kind="one", title="one", models="x", backend=OneThread))
+        runtime = Runtime(device="cpu")
+        job = runtime.submit(Request(backend="one", photo=np.zeros((2, 2, 3), np.uint8)))
+        assert job.wait(60) and job.state.value == "done", job.error
+        assert configured_threads() == 3 and torch.get_num_threads() == 3, torch.get_num_threads()
+        assert seen == [1]
+        assert configure_threads(5) == 3 and torch.get_num_threads() == 3, "set once: later calls change nothing"
+        runtime.shutdown()
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                            env={**env, "SGRAFFITO_THREADS": "3", "PYTHONPATH": str(root)})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_no_engine_or_app_code_outside_the_runtime_changes_the_thread_count():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*root.glob("engine/commands/*.py"), root / "engine/jobs.py", *root.glob("app/*.py"),
+             *root.glob("engine/pipelines/*.py")]
+    offenders = [str(f.relative_to(root)) for f in files if f.exists() and "set_num_threads(" in f.read_text()]
+    assert offenders == []

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from app.cli import main
-from engine.checkpoints import save_model_dir
-from engine.colorize_pixelcnn import colorize, load_model, rgb_to_lab
+from engine.model_store import save_model_dir
+from engine.pipelines.pixelcnn import colorize, load_model, rgb_to_lab
 from engine.hints import Hint
 from engine.jobs import JobState, Request, Runtime
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig

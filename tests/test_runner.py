@@ -172,3 +172,53 @@ def test_the_bench_machine_description_names_cpu_cores_and_ram():
 
     info = bench.machine()
     assert info["cores"] >= 1 and info["cpu"] and "torch" in info and "device" in info
+
+
+# ---- one spelling per idea: --model is a model, --engine the backend ----------------------------------------
+
+
+def test_colorize_takes_engine_and_model(photo_file, tmp_path, capsys):
+    path, _ = photo_file
+    out = tmp_path / "out"
+    assert run_command(["colorize", str(path), "--engine", "fake", "--model", "lake-v1", "--samples", "1",
+                        "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "candidates.json").read_text())
+    assert meta["backend"] == "fake" and meta["request"]["model"] == "lake-v1"
+    assert meta["request"]["mode"] == "colorize"
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_colorize_old_spellings_still_work_with_a_deprecation_message(photo_file, tmp_path, capsys):
+    path, _ = photo_file
+    out = tmp_path / "out"
+    assert run_command(["colorize", str(path), "--model", "fake", "--weights", "lake-v1", "--samples", "1",
+                        "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "candidates.json").read_text())
+    assert meta["backend"] == "fake" and meta["request"]["model"] == "lake-v1"
+    err = capsys.readouterr().err
+    assert "--model fake (the engine) is deprecated" in err and "use --engine fake" in err
+    assert "--weights lake-v1 is deprecated" in err and "use --model lake-v1" in err
+    assert run_command(["colorize", str(path), "--model", "x", "--weights", "y", "--out", str(out)]) == 2
+    assert "both name the model" in capsys.readouterr().err
+
+
+def test_the_engine_defaults_to_the_models_kind():
+    from engine.commands._runner import choose_engine
+
+    def args(**fields):
+        return argparse.Namespace(**{"engine": None, "model": "", **fields})
+
+    assert choose_engine(args(), "pixelcnn") == "pixelcnn"
+    assert choose_engine(args(model="demo-coltran"), "pixelcnn") == "coltran"
+    assert choose_engine(args(model=str(ROOT / "assets/models/demo-coltran")), "pixelcnn") == "coltran"
+    assert choose_engine(args(model="demo-coltran", engine="pixelcnn"), "asset") == "pixelcnn"
+    assert choose_engine(args(model="no-such-model"), "asset") == "asset", "the backend reports a missing model"
+
+
+@pytest.mark.parametrize("command", ["edit", "colorize", "translate"])
+def test_help_shows_one_spelling(command, capsys):
+    with pytest.raises(SystemExit):
+        run_command([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model NAME|DIR" in text and "--engine KIND" in text
+    assert "--weights NAME|DIR deprecated: use --model" in text or "--weights" not in text

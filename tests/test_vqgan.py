@@ -3,12 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from app.cli import main as cli
-from engine.checkpoints import list_models, read_checkpoint
+from engine.importers.state_dicts import read_checkpoint
+from engine.model_store import list_models
 from engine.errors import CheckpointError, InputError
-from engine.models.vqgan import (
-    VQGAN, RegionNorm, VQGANConfig, VectorQuantizer2, config_from_state_dict, load_vqgan, split_asset_tokenizers,
-    vqgan_from_state_dict,
-)
+from engine.importers.lightning import split_asset_tokenizers, vqgan_from_state_dict
+from engine.models.vqgan import VQGAN, RegionNorm, VQGANConfig, VectorQuantizer2, config_from_state_dict
+from engine.pipelines.asset import load_vqgan
 
 TINY = dict(ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, z_channels=64, embed_dim=64, n_embed=128)
 
@@ -250,7 +250,7 @@ def test_import_asset_bundle(tmp_path):
 def test_training_tasks_export_into_one_shared_demo_folder(tmp_path):
     import json
 
-    from engine.checkpoints import save_model_dir
+    from engine.model_store import save_model_dir
     from engine.train import TrainConfig, train
 
     demo = tmp_path / "demo"

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from engine.tfbundle import TABLE_MAGIC, masked_crc32c
+from engine.importers.tfbundle import TABLE_MAGIC, masked_crc32c
 
 DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.int64): 9, np.dtype(np.int32): 3}
 

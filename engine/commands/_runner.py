@@ -1,19 +1,30 @@
-"""The shared runner for engine subcommands (edit, colorize, ...): one request through the runtime, to files.
+"""The shared runner for engine subcommands (edit, colorize, translate): one request through the runtime.
 
     def register(subparsers):
         parser = subparsers.add_parser("edit", help=...)
         parser.add_argument("photo")
+        add_engine_arguments(parser, "edit", "asset", "an ASSET model ...")   # --model NAME|DIR --engine KIND
         add_runner_arguments(parser)            # --samples K --seed S --device D --out DIR
         parser.set_defaults(run=run)
 
     def run(args):
         photo = load_photo(args.photo)
-        return run_request("asset", {"photo": photo.rgb, "labels_before": ..., "labels_after": ...}, args)
+        fields = {"photo": photo.rgb, "model": args.model, "labels_before": ..., "labels_after": ...}
+        return run_request(choose_engine(args, "asset"), fields, args)
 
 `run_request` writes DIR/candidate_XX.png (the whole photo at its native size with the candidate pasted in)
 and DIR/candidates.json (request, device, per-candidate seed/region/time/info, timings), shows a tqdm bar
 on stderr, turns Ctrl+C into a clean cancel (exit 130, nothing half-written) and a failed job into an
 error message (exit 2; a backend bug also prints its traceback and exits 1).
+
+`run_job(request, device)` is the part before the files: the runtime (engine.jobs.Runtime, the same one the
+GUI uses: one worker that owns the device, one model cache, the thread count set once), the bar and Ctrl+C. A
+command that writes something else (translate writes one image file) calls it and writes its own output.
+
+One spelling in every engine command: `--model NAME|DIR` is always a model (a name from `sgraffito models` or a
+model folder) and `--engine KIND` the backend that runs it (default: the model's kind, else the command's
+default engine). `add_engine_arguments` and `choose_engine` implement it; `deprecated` warns about the old
+spellings a command still accepts for one release.
 """
 
 from __future__ import annotations
@@ -31,15 +42,68 @@ from typing import Any, Mapping
 from engine.errors import Cancelled, InputError, SgraffitoError
 
 
+class BackendBug(Exception):
+    """A job failed with an unexpected exception; its traceback was printed and the command exits 1."""
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default=None, metavar="D",
+                        help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+
+
 def add_runner_arguments(parser: argparse.ArgumentParser, *, default_samples: int = 4) -> None:
     group = parser.add_argument_group("sampling and output")
     group.add_argument("--samples", "-k", type=int, default=default_samples, metavar="K",
                        help=f"number of candidates (default {default_samples})")
     group.add_argument("--seed", type=int, default=0, metavar="S", help="candidate i uses seed S + i (default 0)")
-    group.add_argument("--device", default=None, metavar="D",
-                       help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    add_device_argument(group)
     group.add_argument("--out", required=True, metavar="DIR",
                        help="folder for candidate_XX.png and candidates.json (created if missing)")
+
+
+def add_engine_arguments(parser, mode: str, default_engine: str, model_help: str) -> None:
+    """`--model NAME|DIR` and `--engine KIND`, KIND one of the engines serving `mode` (engine/registry.py)."""
+    from engine import registry
+
+    kinds = [s.kind for s in registry.specs(mode) if s.backend]
+    parser.add_argument("--model", default="", metavar="NAME|DIR", help=model_help)
+    parser.add_argument("--engine", default=None, metavar="KIND",
+                        help=f"the engine that runs the model: {', '.join(kinds)} (default: the model's kind, "
+                             f"else {default_engine})")
+
+
+def deprecated(old: str, new: str) -> None:
+    """Tell the user on stderr that a spelling goes away in the next release (the command still runs)."""
+    print(f"sgraffito: warning: {old} is deprecated and will be removed in the next release; use {new}",
+          file=sys.stderr)
+
+
+def model_kind(model: str) -> str | None:
+    """The kind (config.json) of a model name or folder; None when it cannot be found (the backend then says
+    why, with the list of models)."""
+    from engine import model_store
+
+    if not model:
+        return None
+    try:
+        if Path(model).is_dir():
+            return model_store.read_model_config(Path(model)).get("kind")
+        return model_store.find_model(model).kind
+    except (SgraffitoError, OSError, ValueError):
+        return None
+
+
+def choose_engine(args: argparse.Namespace, default_engine: str) -> str:
+    """The backend for a command: --engine, else the kind of --model, else `default_engine`."""
+    return getattr(args, "engine", None) or model_kind(getattr(args, "model", "")) or default_engine
+
+
+def check_backend(backend_name: str) -> None:
+    from engine.jobs import backend_names
+
+    if backend_name not in backend_names():
+        raise InputError(f"no engine backend named {backend_name!r} "
+                         f"(available: {', '.join(backend_names()) or 'none'})")
 
 
 def _build_request(backend_name: str, request, args):
@@ -64,27 +128,19 @@ def _prepare_out(path: str) -> Path:
     return out
 
 
-def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args: argparse.Namespace) -> int:
-    """Run one request (a Request, or a mapping of Request fields without backend/k/seed) and write its
-    candidates to args.out. Returns the exit status; user errors raise SgraffitoError (the CLI exits 2)."""
-    from PIL import Image
+def run_job(request, device: str, *, nothing_written: str = "nothing written"):
+    """Run `request` (an engine.jobs.Request) on a runtime with a progress bar on stderr; returns the finished
+    engine.jobs.Job, DONE. Ctrl+C cancels it (raises Cancelled: exit 130); a user error raises SgraffitoError
+    (exit 2); a backend bug prints its traceback and raises BackendBug (the command returns 1)."""
     from tqdm import tqdm
 
-    from engine import __version__
-    from engine.device import describe_device, resolve_device
-    from engine.jobs import JobState, Runtime, backend_names, discover_backends, thaw
+    from engine.device import configure_threads
+    from engine.jobs import JobState, Runtime
 
-    errors = {} if backend_name in backend_names() else discover_backends()
-    if backend_name not in backend_names():
-        broken = "".join(f"; {module} failed to load: {error}" for module, error in errors.items())
-        raise InputError(f"no engine backend named {backend_name!r} "
-                         f"(available: {', '.join(backend_names()) or 'none'}){broken}")
-    request = _build_request(backend_name, request, args)
-    device = resolve_device(args.device)
-    out = _prepare_out(args.out)
-
+    check_backend(request.backend)
+    configure_threads()  # once for the process, before the worker's first job (which would do it too)
     runtime = Runtime(device=device)
-    bar = tqdm(total=100, file=sys.stderr, unit="%", desc=backend_name, dynamic_ncols=True,
+    bar = tqdm(total=100, file=sys.stderr, unit="%", desc=request.backend, dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def show(event) -> None:
@@ -93,7 +149,6 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
         bar.refresh()
 
     runtime.add_listener(show)
-    started = time.perf_counter()
     job = runtime.submit(request)
     try:
         while not job.wait(0.1):  # a timed wait, so Ctrl+C reaches this thread at once
@@ -102,19 +157,40 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
         bar.set_postfix_str("cancelling")
         runtime.cancel_all()
         job.wait(30)
-        raise Cancelled(f"interrupted: no candidates written to {out}") from None
+        raise Cancelled(f"interrupted: {nothing_written}") from None
     finally:
         runtime.shutdown(wait=False)
         bar.close()
 
     if job.state is JobState.CANCELLED:
-        raise Cancelled(f"{backend_name}: {job.stage}")
+        raise Cancelled(f"{request.backend}: {job.stage}")
     if job.state is JobState.FAILED:
         if job.traceback:
             print(job.traceback, file=sys.stderr)
             print(f"sgraffito: error: {job.error}", file=sys.stderr)
-            return 1
+            raise BackendBug(job.error)
         raise SgraffitoError(job.error)
+    return job
+
+
+def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args: argparse.Namespace) -> int:
+    """Run one request (a Request, or a mapping of Request fields without backend/k/seed) and write its
+    candidates to args.out. Returns the exit status; user errors raise SgraffitoError (the CLI exits 2)."""
+    from PIL import Image
+
+    from engine import __version__
+    from engine.device import describe_device, resolve_device
+    from engine.jobs import thaw
+
+    check_backend(backend_name)
+    request = _build_request(backend_name, request, args)
+    device = resolve_device(args.device)
+    out = _prepare_out(args.out)
+    started = time.perf_counter()
+    try:
+        job = run_job(request, device, nothing_written=f"no candidates written to {out}")
+    except BackendBug:
+        return 1
 
     records = []
     for index, candidate in enumerate(job.candidates):

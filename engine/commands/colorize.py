@@ -1,37 +1,60 @@
-"""`sgraffito colorize PHOTO [--model pixelcnn|coltran] [--samples K] [--hints hints.json] --out DIR`."""
+"""`sgraffito colorize PHOTO [--engine pixelcnn|coltran] [--model NAME|DIR] [--samples K] [--hints H.json] --out DIR`.
+
+Until the next release the old spellings still work, with a warning: `--model pixelcnn|coltran` (the engine)
+and `--weights NAME|DIR` (the model)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from engine.commands._runner import add_runner_arguments, run_request
+from engine.commands._runner import (add_engine_arguments, add_runner_arguments, choose_engine, deprecated,
+                                     run_request)
 from engine.errors import InputError
+
+DEFAULT_ENGINE = "pixelcnn"
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "colorize",
         help="sample colourings of a gray (or colour) photo",
-        description="Sample K colourings of a photo with a colorization backend (the photo's own colours, if "
+        description="Sample K colourings of a photo with a colorization engine (the photo's own colours, if "
         "any, are ignored). Colour hints, a JSON list of {x, y, radius, rgb} in photo pixels with rgb as "
         "[r, g, b] or \"#rrggbb\", fix the colour under each disk.",
     )
     parser.add_argument("photo", help="the photo to colour")
-    parser.add_argument("--model", default="pixelcnn", metavar="BACKEND",
-                        help="colorization backend, e.g. pixelcnn (default) or coltran")
-    parser.add_argument("--weights", default="", metavar="NAME|DIR",
-                        help="model folder name or path (default: the backend's demo model)")
+    add_engine_arguments(parser, "colorize", DEFAULT_ENGINE,
+                         "a colorization model name from `sgraffito models` or a model folder (default: the "
+                         "engine's demo model)")
+    parser.add_argument("--weights", default=None, metavar="NAME|DIR", help="deprecated: use --model")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature; 0 gives the most likely colours (default: the backend's)")
+                        help="sampling temperature; 0 gives the most likely colours (default: the engine's)")
     parser.add_argument("--hints", metavar="HINTS.json", help="colour hints")
     add_runner_arguments(parser)
     parser.set_defaults(run=run)
 
 
+def _old_spellings(args) -> None:
+    """`--model pixelcnn|coltran` meant the engine and `--weights` the model; map them, with a warning."""
+    from engine import registry
+
+    engines = {s.kind for s in registry.specs("colorize") if s.backend}
+    if args.model in engines and not args.engine and not Path(args.model).is_dir():
+        deprecated(f"--model {args.model} (the engine)", f"--engine {args.model}")
+        args.engine, args.model = args.model, ""
+    if args.weights is not None:
+        deprecated(f"--weights {args.weights}", f"--model {args.weights}")
+        if args.model:
+            raise InputError(f"--weights {args.weights} and --model {args.model} both name the model; keep --model")
+        args.model = args.weights
+
+
 def run(args) -> int:
     from engine.imageio import load_photo
 
+    _old_spellings(args)
+    engine = choose_engine(args, DEFAULT_ENGINE)
     photo = load_photo(args.photo)
     params = {}
     if args.temperature is not None:
@@ -41,4 +64,5 @@ def run(args) -> int:
             params["hints"] = json.loads(Path(args.hints).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
             raise InputError(f"{args.hints}: cannot read hints: {error}") from None
-    return run_request(args.model, {"photo": photo.rgb, "model": args.weights, "params": params}, args)
+    fields = {"photo": photo.rgb, "model": args.model, "mode": "colorize", "params": params}
+    return run_request(engine, fields, args)

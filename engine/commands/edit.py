@@ -1,8 +1,11 @@
-"""`sgraffito edit PHOTO --labels L.png --new-labels L2.png [--samples K] [--model NAME] --out DIR`."""
+"""`sgraffito edit PHOTO --labels L.png --new-labels L2.png [--samples K] [--model NAME|DIR] [--engine KIND]
+--out DIR`."""
 
 from __future__ import annotations
 
-from engine.commands._runner import add_runner_arguments, run_request
+from engine.commands._runner import add_engine_arguments, add_runner_arguments, choose_engine, run_request
+
+DEFAULT_ENGINE = "asset"
 
 
 def register(subparsers) -> None:
@@ -10,14 +13,14 @@ def register(subparsers) -> None:
         "edit",
         help="resample the part of a photo whose labels you changed (ASSET)",
         description="Sample K versions of a photo in which the pixels whose label differs between --labels and "
-        "--new-labels are regenerated (ASSET), everything else kept. Label maps: id PNGs, indexed PNGs or "
-        "colour-coded PNGs of the label set, at the photo's size.",
+        "--new-labels are regenerated (ASSET; ASAPNet with --engine asapnet), everything else kept. Label maps: "
+        "id PNGs, indexed PNGs or colour-coded PNGs of the label set, at the photo's size.",
     )
     parser.add_argument("photo", help="the photo to edit")
     parser.add_argument("--labels", required=True, metavar="L.png", help="the photo's label map")
     parser.add_argument("--new-labels", required=True, metavar="L2.png", help="the edited label map")
-    parser.add_argument("--model", default="", metavar="NAME|DIR",
-                        help="an ASSET model name from `sgraffito models` or a model folder (default: the demo)")
+    add_engine_arguments(parser, "edit", DEFAULT_ENGINE,
+                         "a model name from `sgraffito models` or a model folder (default: the engine's demo)")
     parser.add_argument("--label-set", default="coco-stuff-182", metavar="SET",
                         help="label set of both maps (default coco-stuff-182)")
     parser.add_argument("--top-k", type=int, default=100, metavar="N", help="sample among the N likeliest tokens")
@@ -52,5 +55,5 @@ def run(args) -> int:
               "token_mask": "reference" if args.reference_token_mask else "cover",
               "decode_margin": args.decode_margin}
     request = {"photo": photo.rgb, "labels_before": before, "labels_after": after, "model": args.model,
-               "label_set": label_set.name, "params": params}
-    return run_request("asset", request, args)
+               "mode": "edit", "label_set": label_set.name, "params": params}
+    return run_request(choose_engine(args, DEFAULT_ENGINE), request, args)

@@ -1,13 +1,14 @@
 """`sgraffito import KIND FILE ...`: convert an official checkpoint into a model folder in the user's data folder.
 
-Each kind's converter lives with its model (engine/models/<model>.py) and registers itself with
-engine.checkpoints.register_importer; this command only dispatches."""
+Each kind's converter lives in engine/importers/ and is named by its engine's entry in engine/registry.py; this
+command only dispatches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine import checkpoints
+from engine import registry
+from engine.model_store import read_model_config
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
                                                "model folder in the user's data folder. Checkpoints are read "
                                                "without running any code they contain.")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
-    for kind, importer in checkpoints.importers().items():
+    for kind, importer in registry.importers().items():
         sub = kinds.add_parser(kind, help=importer.help, description=importer.help)
         sub.add_argument("file", type=Path, metavar="FILE", help="the official checkpoint")
         sub.add_argument("--name", help="model name (default: derived from FILE)")
@@ -27,6 +28,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     directory = args.importer.run(args)
-    config = checkpoints.read_model_config(directory)
+    config = read_model_config(directory)
     print(f"imported {directory.name} ({config['kind']}: {config['title']}) into {directory}")
     return 0

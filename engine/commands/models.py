@@ -1,6 +1,7 @@
 """`sgraffito models [--kind KIND]`: the model list (imported models first, then the shipped demo models)."""
 
-from engine.checkpoints import KINDS, list_models
+from engine.model_store import list_models
+from engine.registry import KINDS
 
 
 def register(subparsers) -> None:

@@ -1,13 +1,17 @@
-"""`sgraffito translate LABELS.png --out OUT.png`: render a label map into an image with an ASAPNet model."""
+"""`sgraffito translate LABELS.png --out OUT.png`: render a label map into an image with an ASAPNet model.
+
+It runs through the engine runtime like edit and colorize (engine/commands/_runner.py: one weight load through
+the model cache, a progress bar, Ctrl+C cancels) and writes the one rendering to OUT."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from PIL import Image
-
+from engine.commands._runner import BackendBug, add_device_argument, add_engine_arguments, choose_engine, run_job
 from engine.errors import InputError
+
+DEFAULT_ENGINE = "asapnet"
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,33 +33,61 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.png")
     parser.add_argument("--label-set", metavar="SET", help="label set of LABELS.png (default: the model's)")
     parser.add_argument("--size", type=str, metavar="WxH", help="output size (default: the label map's size)")
-    parser.add_argument("--model", default="", metavar="NAME",
-                        help="an asapnet model name from the model list or a model folder (default: the demo model)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_engine_arguments(parser, "translate", DEFAULT_ENGINE,
+                         "an asapnet model name from the model list or a model folder (default: the demo model)")
+    add_device_argument(parser)
     parser.set_defaults(run=run)
 
 
+def _model_config(engine: str, model: str) -> dict:
+    """The config.json of the model the request will use (its label set decides how LABELS.png is read)."""
+    from engine import model_store, registry
+
+    if model and Path(model).is_dir():
+        return model_store.read_model_config(Path(model))
+    return model_store.read_model_config(model_store.find_model(model or registry.spec(engine).default_model,
+                                                                engine).path)
+
+
 def run(args) -> int:
+    import cv2
+    import numpy as np
+    from PIL import Image
+
     from engine.device import resolve_device
     from engine.imageio import load_label_map
+    from engine.jobs import Request
     from engine.labels import load_label_set
-    from engine.models.asapnet import ASAPNetRenderer
 
     size = _size(args.size) if args.size else None
-    if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"):
+    if args.out.suffix.lower() not in SUFFIXES:
         raise InputError(f"{args.out}: use a .png, .jpg, .webp or .tif output file")
-    renderer = ASAPNetRenderer.load(args.model, resolve_device(args.device))
-    label_set = load_label_set(args.label_set or renderer.label_set)
-    if renderer.label_set and label_set.name != renderer.label_set:
-        raise InputError(f"model {args.model or 'demo'!r} reads {renderer.label_set} label maps, "
-                         f"not {label_set.name}")
+    engine = choose_engine(args, DEFAULT_ENGINE)
+    device = resolve_device(args.device)
+    model_label_set = _model_config(engine, args.model).get("label_set")
+    label_set = load_label_set(args.label_set or model_label_set)
+    if model_label_set and label_set.name != model_label_set:
+        raise InputError(f"model {args.model or 'demo'!r} reads {model_label_set} label maps, not {label_set.name}")
     labels = load_label_map(args.labels, label_set)
-    started = time.perf_counter()
-    image = renderer.render(labels, size, source=str(args.labels))
-    seconds = time.perf_counter() - started
+    label_set.check_ids(labels, str(args.labels))
+    if size is not None and size != (labels.shape[1], labels.shape[0]):
+        labels = cv2.resize(labels.astype(np.uint16), size, interpolation=cv2.INTER_NEAREST)
+    labels = np.ascontiguousarray(labels)
+    labels.flags.writeable = False  # shared by labels_before and labels_after, not copied
+    blank = np.zeros((*labels.shape, 3), np.uint8)  # translate mode: no photo, the rendering is the image
+    blank.flags.writeable = False
+    request = Request(backend=engine, photo=blank, model=args.model, mode="translate", labels_before=labels,
+                      labels_after=labels, label_set=label_set.name,
+                      params={"max_side": max(labels.shape)})  # the whole map at its full size, not a preview
+    try:
+        job = run_job(request, device, nothing_written=f"{args.out} not written")
+    except BackendBug:
+        return 1
+    (candidate,) = job.candidates
+    image = candidate.compose(blank)
     try:
         Image.fromarray(image).save(args.out)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise InputError(f"{args.out}: cannot write ({error})") from None
-    print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {seconds * 1000:.0f} ms)")
+    print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {candidate.seconds * 1000:.0f} ms)")
     return 0

@@ -1,3 +1,3 @@
-"""Generative models, one module per model (taming/nanoGPT style: plain nn.Modules whose attribute names are the
-official checkpoint keys). A module that can convert official checkpoints registers an importer with
-engine.checkpoints.register_importer, which `sgraffito import KIND FILE` lists."""
+"""Generative models, one module per model (taming/nanoGPT style): plain nn.Modules whose attribute names are the
+official checkpoint keys. Nothing here loads files, registers itself or imports a pipeline, importer or trainer;
+engine/registry.py says which pipeline, importer and training tasks go with each model."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from engine.jobs import register_backend
 from engine.models.asset import ASSET, Guidance, decode_step, init_cache, to_raster, to_strip
 
 
@@ -159,12 +158,3 @@ def sample_tokens_reference(
         logits, _ = model.forward_strip(enc_in, cond, to_raster(strip, cfg.block_h, cfg.block_w), guidance)
         strip[:, s] = draw(logits[:, s], top_k, temperature, generator)
     return to_raster(strip, cfg.block_h, cfg.block_w)
-
-
-def _backend():
-    from engine.asset_pipeline import AssetBackend  # the pipeline pulls in the VQGANs and compositing
-
-    return AssetBackend()
-
-
-register_backend("asset", _backend)

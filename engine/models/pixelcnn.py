@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.jobs import register_backend
 
 
 @dataclass
@@ -203,16 +202,9 @@ class PixelCNNColorizer(nn.Module):
         on_row: Callable[[int, int], None] | None = None,
     ):
         """Fast path with the same contract as `sample_reference`; on_row(done_rows, rows) runs after each row
-        (progress and cancellation)."""
-        # Each step is a handful of tiny matmuls: intra-op threads only add synchronisation, and on a busy CPU
-        # (other processes, or the GUI) their spin-waits made sampling 50x slower in our measurements.
-        threads = torch.get_num_threads()
-        if u.device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            return self._sample_cached(cond, glob, u, temperature, fixed, fixed_mask, on_row)
-        finally:
-            torch.set_num_threads(threads)
+        (progress and cancellation). Each step is a handful of tiny matmuls: run it on one intra-op thread
+        (engine.pipelines.pixelcnn declares so; the runtime sets it)."""
+        return self._sample_cached(cond, glob, u, temperature, fixed, fixed_mask, on_row)
 
     def _sample_cached(self, cond, glob, u, temperature, fixed, fixed_mask, on_row):
         B, (hh, ww) = u.shape[0], cond.shape[-2:]
@@ -271,12 +263,3 @@ class PixelCNNColorizer(nn.Module):
             if on_row is not None:
                 on_row(i + 1, hh)
         return index
-
-
-def _backend():
-    from engine.colorize_pixelcnn import PixelCNNBackend  # the pipeline imports this module: import it lazily
-
-    return PixelCNNBackend()
-
-
-register_backend("pixelcnn", _backend)

@@ -10,18 +10,26 @@ or from Python: `train(TrainConfig.from_yaml(path, task="name"), resume=False) -
 
 The config is a YAML mapping of `TrainConfig` fields (engine/train/task.py): steps, batch_size (per process and
 micro-batch), grad_accum, lr, weight_decay, betas, warmup_steps, schedule (cosine|constant), grad_clip,
-ema_decay (0 = off), precision (auto|bf16|fp32; bf16 is torch.autocast on CPU or CUDA), eval_every, save_every,
-log_every, max_minutes, out_dir (default runs/<task>), seed, num_workers, device, and `options`: a free mapping
-for your task (model size, crop size, ...).
+ema_decay (0 = off), precision (auto|bf16|fp16|fp32; torch.autocast, fp16 with a GradScaler; auto is bf16 on CUDA),
+tf32 (on Ampere and newer, default true), compile (torch.compile, default false), eval_every, save_every,
+log_every, max_minutes, out_dir (default runs/<task>), seed, num_workers, device (auto|cpu|cuda|cuda:N|mps), and
+`options`: a free mapping for your task (model size, crop size, ...). `--set a.b.c=VALUE` (YAML value) overrides
+one nested key, e.g. `--set options.generator.hidden=64`.
 
 What a run writes in out_dir: config.yaml; train.csv (step, minutes, lr, loss, grad_norm, your logs) and
 eval.csv (step, your metrics), TensorBoard events when tensorboard is installed; checkpoint/ with model.safetensors,
-ema.safetensors and state.pt (optimizer, scheduler, step, every rank's RNG state; read back with
-torch.load(weights_only=True)); summary.json; and whatever your `export` writes. A new run refuses an out_dir that
-holds a checkpoint unless `resume` is given; a resumed run continues from the saved step.
+ema.safetensors and state.pt (optimizer, scheduler, GradScaler, step, every rank's RNG state and data stream
+position, the task's `state_dict()`; read back with torch.load(weights_only=True)); summary.json; and whatever your
+`export` writes. A new run refuses an out_dir that holds a checkpoint unless `resume` is given; a resumed run
+continues from the saved step and ends bit-identical to a run that was never interrupted (same settings, same
+number of processes and workers). Map-style data is shuffled per pass and read on from the position reached;
+an IterableDataset must derive from engine.data.datasets.SeededStream, which each worker seeds from (seed, rank,
+worker, step), and the loop restarts it at every checkpoint. A NaN or infinite loss or gradient norm stops the run
+on that step (TrainingDiverged, naming the step and the loss) without applying it.
 
-Under torchrun (WORLD_SIZE > 1) the loop initialises the process group itself (nccl on CUDA, gloo on CPU), wraps the
-model in DistributedDataParallel, shards map-style datasets with a DistributedSampler, and only rank 0 logs,
+Under torchrun (WORLD_SIZE > 1) the loop initialises the process group itself (nccl on CUDA, gloo on CPU; device
+auto/cuda gives local rank i GPU i, cuda:N pins a one-process-per-node run to GPU N, and a missing GPU is an error,
+not a fallback), wraps the model in DistributedDataParallel, gives each rank a disjoint share of the data, and only rank 0 logs,
 evaluates, checkpoints and exports. Initial weights are identical on every rank (same seed before build_model).
 Across several nodes, out_dir must be on a shared filesystem for --resume. The time budget (max_minutes) is
 decided by rank 0 and broadcast, so every rank stops at the same step; a run that
@@ -29,10 +37,10 @@ ends by budget still saves, evaluates and exports.
 
 Add a trainer
 -------------
-Register a TrainTask in `engine/train/tasks_<model>.py` (preferred) or in your `engine/models/<model>.py`.
-Discovery (`discover_tasks`) imports every `engine.train.tasks_*` module, and every `engine.models` module whose
-source text contains "register_task"; nothing else. The loop sets task.config, task.device, task.rank,
-task.world_size and, before each optimizer step, task.step.
+Write a TrainTask in `engine/train/tasks_<model>.py` and name it in its engine's entry of engine/registry.py
+(`tasks={"tiny-colour": "engine.train.tasks_tiny:TinyColour"}`); `get_task` imports that module when the task is
+run. Tests and plugins may register a task at run time with `register_task` instead. The loop sets task.config,
+task.device, task.rank, task.world_size and, before each optimizer step, task.step.
 
     import torch
     from torch import nn
@@ -58,8 +66,8 @@ task.world_size and, before each optimizer step, task.step.
         def evaluate(self, model):           # held-out scenes: engine.data.landscapes.EVAL_SEEDS
             return {"eval_mse": ...}
 
-        def export(self, model, out_dir):    # the folder the app loads (engine.checkpoints.save_model_dir)
-            from engine.checkpoints import save_model_dir
+        def export(self, model, out_dir):    # the folder the app loads (engine.model_store.save_model_dir)
+            from engine.model_store import save_model_dir
             return save_model_dir(out_dir / "model", {"model": model.state_dict()}, {"kind": ..., "title": ...})
 
 Optional overrides: `collate(items)` (default torch default_collate), `configure_optimizers(model) ->
@@ -70,7 +78,7 @@ use `engine.train.unwrap(model)` to reach your module's other methods for things
 """
 
 from engine.train.loop import TrainResult, train
-from engine.train.task import TrainConfig, TrainTask, available_tasks, discover_tasks, get_task, register_task
+from engine.train.task import TrainConfig, TrainTask, available_tasks, get_task, register_task
 
 
 def unwrap(model):
@@ -79,6 +87,6 @@ def unwrap(model):
 
 
 __all__ = [
-    "TrainConfig", "TrainResult", "TrainTask", "available_tasks", "discover_tasks", "get_task", "register_task",
+    "TrainConfig", "TrainResult", "TrainTask", "available_tasks", "get_task", "register_task",
     "train", "unwrap",
 ]  # fmt: skip

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable
 
 import torch
@@ -31,7 +29,9 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (to 10% of lr) or "constant", after the linear warmup
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.999  # 0 disables the EMA copy
-    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # "bf16", "fp16" (autocast; fp16 with a GradScaler), "fp32", or "auto" (bf16 on CUDA)
+    tf32: bool = True  # TF32 matmuls and convolutions on Ampere and newer GPUs
+    compile: bool = False  # torch.compile the model (the DDP wrapper under torchrun)
     eval_every: int = 500  # 0: only at the end
     save_every: int = 500  # 0: only at the end
     log_every: int = 10
@@ -39,19 +39,19 @@ class TrainConfig:
     out_dir: str = ""  # default: runs/<task>
     seed: int = 0
     num_workers: int = 0
-    device: str = "auto"  # "auto", "cpu", "cuda", ... (under torchrun: cuda:LOCAL_RANK when CUDA is present)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" (under torchrun "auto"/"cuda" is cuda:LOCAL_RANK)
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise InputError(f"{source}: unknown training settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls(**values)
+            raise InputError(f"{source}: unknown training settings {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        config = cls(**{name: _typed(fields[name], value, source) for name, value in values.items()})
         config.betas = tuple(float(b) for b in config.betas)
-        if config.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"{source}: precision must be auto, bf16 or fp32, not {config.precision!r}")
+        if config.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise InputError(f"{source}: precision must be auto, bf16, fp16 or fp32, not {config.precision!r}")
         if config.schedule not in ("cosine", "constant"):
             raise InputError(f"{source}: schedule must be cosine or constant, not {config.schedule!r}")
         if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
@@ -70,13 +70,70 @@ class TrainConfig:
             raise InputError(f"{path}: not valid YAML ({error})") from None
         if not isinstance(values, dict):
             raise InputError(f"{path}: a training config must be a YAML mapping of settings")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        merge(values, {k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values, str(path))
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
         return values
+
+
+def _typed(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """`value` checked against the type of field `f`'s default (numbers written as strings, such as YAML's `1e-3`,
+    are converted); an InputError names the setting otherwise."""
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    kind = type(default)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, PurePath):
+        return str(value)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        dict: lambda v: isinstance(v, dict),
+        tuple: lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) for x in v),
+    }[kind](value)
+    if not ok:
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                    dict: "a mapping", tuple: "a list of numbers"}[kind]  # fmt: skip
+        raise InputError(f"{source}: {f.name} must be {expected}, not {value!r}")
+    return float(value) if kind is float else value
+
+
+def merge(values: dict, overrides: dict) -> dict:
+    """Merge `overrides` into `values` in place, mapping by mapping (a nested key changes only itself)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            merge(values[key], value)
+        else:
+            values[key] = value
+    return values
+
+
+def set_path(values: dict, dotted: str, value: Any, source: str = "--set") -> dict:
+    """values["a"]["b"]["c"] = value for dotted "a.b.c", creating the mappings on the way; InputError when a
+    part is empty or a value that is not a mapping is in the way."""
+    parts = dotted.split(".")
+    if not all(part.strip() for part in parts):
+        raise InputError(f"{source}: {dotted!r} is not a setting name (NAME or NAME.NAME...)")
+    node = values
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part.strip(), {})
+        if not isinstance(child, dict):
+            raise InputError(f"{source}: {'.'.join(parts[: depth + 1])} is already set to {child!r}, not a mapping")
+        node = child
+    last = parts[-1].strip()
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        merge(node[last], value)
+    else:
+        node[last] = value
+    return values
 
 
 class TrainTask:
@@ -101,8 +158,17 @@ class TrainTask:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """State the task keeps between steps (besides the model and optimizer), saved in the checkpoint so a
+        resumed run continues exactly; tensors, numbers, strings, lists and dicts only. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned, on resume."""
+
     def train_dataset(self) -> torch.utils.data.Dataset:
-        """A map-style Dataset (sharded with a DistributedSampler) or an IterableDataset that shards itself."""
+        """A map-style Dataset (shuffled and sharded across ranks by the loop) or an endless
+        engine.data.datasets.SeededStream (an IterableDataset the loop seeds per rank, worker and step)."""
         raise NotImplementedError
 
     def collate(self, items: list) -> Any:
@@ -129,7 +195,7 @@ class TrainTask:
         return {}
 
     def export(self, model: torch.nn.Module, out_dir: Path) -> Path | None:
-        """Write the trained model folder (engine.checkpoints.save_model_dir) under `out_dir`; rank 0 only."""
+        """Write the trained model folder (engine.model_store.save_model_dir) under `out_dir`; rank 0 only."""
         return None
 
 
@@ -147,42 +213,25 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-_TASKS: dict[str, Callable[[TrainConfig], TrainTask]] = {}
-
-
 def register_task(name: str):
-    """Decorator: `@register_task("asset-transformer")` on a TrainTask subclass or a factory(config) -> TrainTask."""
+    """Decorator for tasks defined outside the registry (tests, plugins): `@register_task("tiny-test")` on a
+    TrainTask subclass or a factory(config) -> TrainTask. The shipped tasks are listed in engine/registry.py."""
+    from engine import registry
 
     def decorate(factory):
-        _TASKS[name] = factory
+        registry.add_task(name, factory)
         return factory
 
     return decorate
 
 
-def discover_tasks() -> None:
-    """Import every `engine.train.tasks_*` module and every `engine.models` module whose source mentions
-    `register_task`, so their decorators run. Modules are found by file name only; nothing else is imported."""
-    import engine.models
-    import engine.train
-
-    for info in pkgutil.iter_modules(engine.train.__path__):
-        if info.name.startswith("tasks_"):
-            importlib.import_module(f"engine.train.{info.name}")
-    for info in pkgutil.iter_modules(engine.models.__path__):
-        source = Path(engine.models.__path__[0]) / f"{info.name}.py"
-        if source.is_file() and "register_task" in source.read_text(encoding="utf-8", errors="replace"):
-            importlib.import_module(f"engine.models.{info.name}")
-
-
 def available_tasks() -> list[str]:
-    discover_tasks()
-    return sorted(_TASKS)
+    from engine import registry
+
+    return registry.task_names()
 
 
 def get_task(name: str) -> Callable[[TrainConfig], TrainTask]:
-    if name not in _TASKS:
-        discover_tasks()
-    if name not in _TASKS:
-        raise InputError(f"unknown training task {name!r}; available: {', '.join(sorted(_TASKS)) or 'none'}")
-    return _TASKS[name]
+    from engine import registry
+
+    return registry.task_factory(name)

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.asset_pipeline import GUIDE_SIZE, _codes, _pixel_mask, token_mask
-from engine.checkpoints import read_model_config, save_model_dir
+from engine.pipelines.asset import GUIDE_SIZE, _codes
+from engine.model_store import read_model_config, save_model_dir
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.device import describe_device
 from engine.models.asset import ASSET, ASSETConfig
 from engine.paths import assets_dir
-from engine.train.task import TrainConfig, TrainTask, register_task
+from engine.train.task import TrainConfig, TrainTask
 
 DEMO_DIR = "demo-asset-landscape"
 CARD_BEGIN, CARD_END = "<!-- transformers: begin -->", "<!-- transformers: end -->"
@@ -68,10 +68,10 @@ def training_mask(labels: np.ndarray, rng: np.random.Generator, iterations: int,
 
 
 class _Tokenizers:
-    """The demo VQGANs, used like the editor uses them (engine.asset_pipeline._codes)."""
+    """The demo VQGANs, used like the editor uses them (engine.pipelines.asset._codes)."""
 
     def __init__(self, directory: Path):
-        from engine.models.vqgan import load_vqgan
+        from engine.pipelines.asset import load_vqgan
 
         self.image_vqgan = load_vqgan(directory, "image_vqgan")
         self.seg_vqgan = load_vqgan(directory, "seg_vqgan")
@@ -213,7 +213,6 @@ class _AssetTask(TrainTask):
         return self.directory
 
 
-@register_task("asset_guiding")
 class GuidingTask(_AssetTask):
     stem = "guiding"
 
@@ -236,14 +235,13 @@ class GuidingTask(_AssetTask):
         return self.metrics
 
 
-@register_task("asset_sga")
 class SGATask(_AssetTask):
     stem = "sga"
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        from engine.asset_pipeline import _transformer
-        from engine.checkpoints import load_model_dir
+        from engine.pipelines.asset import _transformer
+        from engine.model_store import load_model_dir
 
         config_, weights = load_model_dir(self.directory, ["guiding"])
         self.guiding = _transformer(config_, weights, "guiding", self.directory)
@@ -321,7 +319,7 @@ def water_under_mountains(scene):
 def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512) -> dict:
     """Label agreement in the edited region and the reflection score of water-under-mountains edits on
     held-out scenes, for the demo model and for the naive per-class colour fill."""
-    from engine.asset_pipeline import edit, load_bundle
+    from engine.pipelines.asset import edit, load_bundle
     from engine.metrics import label_agreement, reflection_score
 
     bundle = load_bundle(str(directory))

@@ -7,7 +7,7 @@ training them separately with one learning rate. Losses as the official code: th
 cross-entropy over 256 levels per channel at 64x64; the spatial upsampler's at 256x256 on one random channel per
 image, as the official training slices one channel to save memory, and on a random 64x64 crop of the
 256x256 grid (positional tables sliced to the crop), which a CPU can afford. Inputs are prepared exactly as at sampling
-time (engine.colorize_coltran: luma, TF AREA resizing with half-to-even rounding, pixel replication 64 -> 256).
+time (engine.pipelines.coltran: luma, TF AREA resizing with half-to-even rounding, pixel replication 64 -> 256).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoints import save_model_dir
-from engine.colorize_coltran import COARSE, FINE, area_resize, colorize, to_gray
+from engine.model_store import save_model_dir
+from engine.pipelines.coltran import COARSE, FINE, area_resize, colorize, to_gray
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.models.coltran import (ColTran, ColTranConfig, CoreConfig, UpsamplerConfig, rgb_to_symbols,
                                    symbols_to_rgb)
 from engine.paths import assets_dir
-from engine.train.task import TrainTask, register_task
+from engine.train.task import TrainTask
 from engine.train.tasks_pixelcnn import psnr_ab  # the same chroma PSNR as the PixelCNN card
 
 MODEL_NAME = "demo-coltran"
@@ -112,7 +112,6 @@ def evaluate_colorizer(model: ColTran, images: list[np.ndarray], samples: int = 
     return out
 
 
-@register_task("coltran")
 class ColTranTask(TrainTask):
     """options: hidden, ff, heads, encoder_layers, outer_layers, inner_layers, up_hidden, up_ff, up_layers,
     spatial_crop, length (dataset size), eval_images."""
@@ -172,7 +171,7 @@ def write_model_card(model_dir: Path, run_dir: Path, scenes: int = 16, size: int
     import csv
     import json
 
-    from engine.colorize_coltran import load_model
+    from engine.pipelines.coltran import load_model
     from engine.device import describe_device
     from engine.train.tasks_pixelcnn import evaluate_backend
 

@@ -27,9 +27,10 @@ REPEATS = {256: 5, 512: 3, 1024: 2, 2048: 1}
 
 
 def _renderer():
-    from engine.checkpoints import CheckpointError
+    from engine.errors import CheckpointError
     from engine.errors import InputError
-    from engine.models.asapnet import ASAPNetConfig, ASAPNetRenderer, ASAPNetsGenerator, dataset_preset, model_config
+    from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, dataset_preset, model_config
+    from engine.pipelines.asapnet import ASAPNetRenderer
 
     try:
         return ASAPNetRenderer.load(), "demo weights"
@@ -116,7 +117,11 @@ def _preview_child() -> None:
     canvas = Canvas(document)
     canvas.resize(800, 800)
     canvas.show()
-    preview = LivePreview(document, canvas, lambda: renderer)
+    from tests.fake_backend import register_renderer
+
+    # the runtime's live-preview path: the real ASAPNet backend on the demo weights, else the random-weight renderer
+    backend = "asapnet" if source == "demo weights" else register_renderer("bench-asapnet", lambda: renderer)
+    preview = LivePreview(document, canvas, backend=backend)
     quick, full = [], []
     preview.rendered.connect(lambda seconds, is_full: (full if is_full else quick).append(seconds))
 

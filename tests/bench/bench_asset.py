@@ -169,7 +169,7 @@ def _edit_rows() -> list[dict]:
 
     from PIL import Image
 
-    from engine.checkpoints import find_model
+    from engine.model_store import find_model
     from engine.data.landscapes import EVAL_SEEDS, generate_scene, ids
 
     try:

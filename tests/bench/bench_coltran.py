@@ -45,8 +45,8 @@ def sampler_rows(name: str, config: CoreConfig, batch: int) -> list[dict]:
 
 
 def end_to_end_rows() -> list[dict]:
-    from engine.checkpoints import list_models
-    from engine.colorize_coltran import load_model
+    from engine.model_store import list_models
+    from engine.pipelines.coltran import load_model
     from engine.paths import assets_dir
     from engine.imageio import load_photo
 
@@ -55,7 +55,7 @@ def end_to_end_rows() -> list[dict]:
                  "note": "no demo-coltran model folder"}]
     import cv2
 
-    import engine.colorize_coltran as pipeline
+    import engine.pipelines.coltran as pipeline
 
     photo = load_photo(assets_dir() / "samples" / "camera.jpg").rgb
     photo = cv2.resize(photo, (1024, 768), interpolation=cv2.INTER_CUBIC)

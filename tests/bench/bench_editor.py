@@ -76,7 +76,7 @@ def child(photo: str) -> dict:
         tool.release(QPointF(x0, y0), event)
         results[f"commit_s {zoom_name}"] = time.perf_counter() - start
         results[f"dab_s {zoom_name}"] = times
-    from app import smart
+    from engine import smart
 
     start = time.perf_counter()
     smart.Superpixels(doc.image)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from engine.colorize_pixelcnn import colorize, load_model, uniforms
+from engine.pipelines.pixelcnn import colorize, load_model, uniforms
 from engine.data.landscapes import generate_scene
 from engine.errors import InputError
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from engine.models.vqgan import VQGAN, VQGANConfig, load_vqgan
+from engine.models.vqgan import VQGAN, VQGANConfig
+from engine.pipelines.asset import load_vqgan
 from engine.paths import assets_dir
 
 DEMO = assets_dir() / "models" / "demo-asset-landscape"

@@ -22,6 +22,7 @@ import torch
 from engine.errors import InputError
 from engine.hints import Hint, parse_hints
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
+from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-pixelcnn-colorizer"
 
@@ -119,15 +120,13 @@ def sample_chroma(
 
 def load_model(name: str = "", device: str = "cpu") -> PixelCNNColorizer:
     """A model folder by name (searched in engine.paths.models_dirs()) or path; "" is the demo model."""
-    from engine.checkpoints import find_model, load_model_dir, load_state_dict_strict
+    return load_folder_model(model_folder(name, "pixelcnn", DEFAULT_MODEL), device)
 
-    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "pixelcnn").path
-    config, states = load_model_dir(path, ["model"])
-    if config["kind"] != "pixelcnn":
-        raise InputError(f"{path}: a {config['kind']!r} model, not a PixelCNN colorizer")
-    model = PixelCNNColorizer(PixelCNNConfig.from_dict(config))
-    load_state_dict_strict(model, states["model"], str(path / "model.safetensors"))
-    return model.eval().to(device)
+
+def load_folder_model(path: Path, device: str = "cpu") -> PixelCNNColorizer:
+    config, states = load_folder(path, "pixelcnn", ["model"])
+    model = strict(PixelCNNColorizer(PixelCNNConfig.from_dict(config)), states["model"], str(path / "model.safetensors"))
+    return model.to(device)
 
 
 def colorize(
@@ -157,23 +156,21 @@ def apply_chroma(photo: np.ndarray, lum: np.ndarray, chroma: np.ndarray, cfg: Pi
     return transfer_chroma(photo, lab_to_rgb(np.concatenate([lum_work[:, :, None], chroma], axis=2)))
 
 
-class PixelCNNBackend:
+class PixelCNNBackend(Pipeline):
     """The "pixelcnn" engine backend. params: temperature (default 1; 0 = most likely colours), hints."""
 
     name = "pixelcnn"
+    default_model = DEFAULT_MODEL
+    loading_stage = "loading the PixelCNN colorizer"
+    threads = 1  # each sampling step is a handful of tiny matmuls: more threads only add spin-waits
 
-    def __init__(self):
-        self._models: dict[tuple[str, str], PixelCNNColorizer] = {}
+    def load(self, path: Path, device: str) -> PixelCNNColorizer:
+        return load_folder_model(path, device)
 
-    def run(self, request, ctx):
+    def sample(self, model: PixelCNNColorizer, request, ctx):
         from engine.composite import full_region
         from engine.jobs import Candidate, thaw
 
-        key = (request.model, ctx.device)
-        if key not in self._models:
-            ctx.progress(0.0, "loading the PixelCNN colorizer")
-            self._models[key] = load_model(request.model, ctx.device)
-        model = self._models[key]
         params = thaw(request.params)
         temperature = float(params.get("temperature", 1.0))
         hints = parse_hints(params.get("hints", []), "request hints")

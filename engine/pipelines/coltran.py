@@ -31,8 +31,10 @@ import torch
 from engine.hints import Hint, parse_hints
 from engine.errors import InputError
 from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb
+from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-coltran"
+STAGES = ("colorizer", "color_upsampler", "spatial_upsampler")
 COARSE, FINE = 64, 256  # the official models; `colorize` follows the resolutions a model was built for
 
 
@@ -132,14 +134,9 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
                                    hint_tolerance, coarse_size)
     if constraints is not None:
         constraints = torch.from_numpy(constraints).to(device).expand(batch, -1, -1, -1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # each pixel is a chain of tiny ops: threads only add synchronisation
-    try:
-        symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
-                                   mode=mode, temperature=temperature, constraints=constraints,
-                                   row_context_quirk=row_context_quirk, on_row=on_row)
-    finally:
-        torch.set_num_threads(threads)
+    symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
+                               mode=mode, temperature=temperature, constraints=constraints,
+                               row_context_quirk=row_context_quirk, on_row=on_row)
     rgb64 = model.color_upsampler(symbols_to_rgb(symbols), coarse).argmax(-1)  # (B, 64, 64, 3) 0..255
     blurry = rgb64.repeat_interleave(fine_size // coarse_size, dim=1).repeat_interleave(fine_size // coarse_size, dim=2)
     rgb256 = model.spatial_upsampler(blurry, fine).argmax(-1).to(torch.uint8).cpu().numpy()
@@ -149,38 +146,35 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
 
 def load_model(name: str = "", device: str = "cpu") -> ColTran:
     """A model folder by name (searched in engine.paths.models_dirs()) or path; "" is the demo model."""
-    from engine.checkpoints import find_model, load_model_dir, load_state_dict_strict
+    return load_folder_model(model_folder(name, "coltran", DEFAULT_MODEL), device)
 
-    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "coltran").path
-    config, states = load_model_dir(path, ["colorizer", "color_upsampler", "spatial_upsampler"])
-    if config["kind"] != "coltran":
-        raise InputError(f"{path}: a {config['kind']!r} model, not ColTran")
+
+def load_folder_model(path: Path, device: str = "cpu") -> ColTran:
+    config, states = load_folder(path, "coltran", list(STAGES))
     model = ColTran(ColTranConfig.from_dict(config["architecture"]))
-    for stage in ("colorizer", "color_upsampler", "spatial_upsampler"):
-        load_state_dict_strict(getattr(model, stage), states[stage], str(path / f"{stage}.safetensors"))
+    for stage in STAGES:
+        strict(getattr(model, stage), states[stage], str(path / f"{stage}.safetensors"))
     return model.eval().to(device)
 
 
-class ColTranBackend:
+class ColTranBackend(Pipeline):
     """The "coltran" engine backend. params: temperature (default 1; 0 = most likely colours), hints,
     hint_tolerance (coarse levels per channel, default 0), framing ("stretch" or "crop")."""
 
     name = "coltran"
+    default_model = DEFAULT_MODEL
+    loading_stage = "loading ColTran"
+    threads = 1  # each pixel is a chain of tiny ops: threads only add synchronisation
 
-    def __init__(self):
-        self._models: dict[tuple[str, str], ColTran] = {}
+    def load(self, path: Path, device: str) -> ColTran:
+        return load_folder_model(path, device)
 
-    def run(self, request, ctx):
+    def sample(self, model: ColTran, request, ctx):
         import time
 
         from engine.composite import full_region
         from engine.jobs import Candidate, thaw
 
-        key = (request.model, ctx.device)
-        if key not in self._models:
-            ctx.progress(0.0, "loading ColTran")
-            self._models[key] = load_model(request.model, ctx.device)
-        model = self._models[key]
         params = thaw(request.params)
         temperature = float(params.get("temperature", 1.0))
         framing = params.get("framing", "stretch")

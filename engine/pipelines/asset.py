@@ -15,7 +15,6 @@ Candidate i uses its own random generator seeded with ctx.seeds[i], so it does n
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,11 @@ import torch
 
 from engine import composite
 from engine.errors import CheckpointError, InputError
+from engine.model_store import load_model_dir
 from engine.models.asset import ASSET, ASSETConfig
 from engine.models.asset_sampling import sample_tokens
+from engine.models.vqgan import VQGAN, VQGANConfig
+from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-asset-landscape"
 GUIDE_SIZE = 256
@@ -51,20 +53,24 @@ class AssetBundle:
 
 
 def _transformer(config: dict, weights: dict, stem: str, path: Path) -> ASSET:
-    from engine.checkpoints import load_state_dict_strict
+    return strict(ASSET(ASSETConfig.from_dict(config[stem])), weights[stem], str(path / f"{stem}.safetensors"))
 
-    model = ASSET(ASSETConfig.from_dict(config[stem]))
-    load_state_dict_strict(model, weights[stem], str(path / f"{stem}.safetensors"))
-    return model.eval()
+
+def load_vqgan(directory: str | Path, stem: str = "vqgan") -> VQGAN:
+    """The VQGAN stored as `<stem>.safetensors` in a model folder, its config under config.json's `stem` key."""
+    config, weights = load_model_dir(directory, [stem])
+    if stem not in config:
+        raise CheckpointError(f"{directory}/config.json has no {stem!r} section")
+    return strict(VQGAN(VQGANConfig.from_dict(config[stem])), weights[stem], f"{directory}/{stem}.safetensors")
 
 
 def load_bundle(name: str = "", device: str = "cpu") -> AssetBundle:
     """An ASSET model folder (name in the model list, or a path): image + seg VQGANs, guiding and SGA."""
-    from engine.checkpoints import find_model, load_model_dir
-    from engine.models.vqgan import load_vqgan
+    return bundle_from_folder(model_folder(name, "asset", DEFAULT_MODEL), device)
 
-    path = Path(name) if name and Path(name).is_dir() else find_model(name or DEFAULT_MODEL, "asset").path
-    config, weights = load_model_dir(path, [s for s in ("guiding", "sga") if (path / f"{s}.safetensors").is_file()])
+
+def bundle_from_folder(path: Path, device: str = "cpu") -> AssetBundle:
+    config, weights = load_folder(path, "asset", [s for s in ("guiding", "sga") if (path / f"{s}.safetensors").is_file()])
     if "guiding" not in weights:
         raise CheckpointError(f"{path}: no guiding.safetensors; the ASSET model is incomplete")
     guiding = _transformer(config, weights, "guiding", path)
@@ -205,29 +211,22 @@ def _decode_margin(value) -> int | None:
     return margin
 
 
-class AssetBackend:
+class AssetBackend(Pipeline):
     """The "asset" backend of engine.jobs: label edits on photos."""
 
     name = "asset"
+    default_model = DEFAULT_MODEL
 
-    def __init__(self):
-        self._bundles: dict[tuple[str, str], AssetBundle] = {}
-        self._lock = threading.Lock()
+    def load(self, path: Path, device: str) -> AssetBundle:
+        return bundle_from_folder(path, device)
 
-    def bundle(self, model: str, device: str) -> AssetBundle:
-        key = (model, str(device))
-        with self._lock:
-            if key not in self._bundles:
-                self._bundles[key] = load_bundle(model, device)
-            return self._bundles[key]
-
-    def run(self, request, ctx):
-        from engine.jobs import Candidate
-
+    def check(self, request) -> None:
         if request.labels_after is None or request.photo.ndim != 3:
             raise InputError("ASSET edits a colour photo through its label map: give the labels before and after")
-        ctx.progress(0.0, "loading model")
-        bundle = self.bundle(request.model, ctx.device)
+
+    def sample(self, bundle: AssetBundle, request, ctx):
+        from engine.jobs import Candidate
+
         params = request.params
         patches, fit, seconds = edit(
             bundle, request.photo, np.asarray(request.labels_after), request.edit_mask(), list(ctx.seeds), ctx,

@@ -1,0 +1,153 @@
+"""ASAPNet rendering: a label map -> an RGB image (translate mode), or a re-rendered edit blended into the photo.
+
+`ASAPNetRenderer` holds one loaded model folder and renders label maps of any size: the LR stream runs at a
+power-of-two reduction chosen per call (see `lr_factor`), the per-pixel MLPs at full resolution. `ASAPNetBackend`
+serves the runtime's "asapnet" requests, the live preview among them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engine import composite
+from engine.errors import InputError
+from engine.jobs import Candidate
+from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, LabelEncoding
+from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
+
+DEFAULT_MODEL = "demo-asapnet-landscape"
+
+
+class ASAPNetRenderer:
+    """A loaded model folder that turns label maps into RGB images. Thread-safe for one caller at a time."""
+
+    def __init__(self, config: dict, state_dict: dict[str, torch.Tensor], device: str = "cpu", source: str = ""):
+        self.config = config
+        self.generator_config = ASAPNetConfig.from_dict(config["generator"])
+        self.encoding = LabelEncoding.from_dict(config["encoding"])
+        self.label_set = config.get("label_set")
+        self.device = device
+        self.model = strict(ASAPNetsGenerator(self.generator_config), state_dict, source or "netG").to(device)
+
+    @classmethod
+    def load(cls, model: str = "", device: str = "cpu") -> "ASAPNetRenderer":
+        """`model`: a model folder path or the name of an asapnet model in the model list ("" = the demo)."""
+        return cls.from_folder(model_folder(model, "asapnet", DEFAULT_MODEL), device)
+
+    @classmethod
+    def from_folder(cls, path: Path, device: str = "cpu") -> "ASAPNetRenderer":
+        config, weights = load_folder(path, "asapnet", ["netG"])
+        return cls(config, weights["netG"], device, source=str(path / "netG.safetensors"))
+
+    @property
+    def multiple(self) -> int:
+        """S: rendered sizes are padded to multiples of S (times the LR factor)."""
+        return self.generator_config.downsampling
+
+    def lr_factor(self, h: int, w: int) -> int:
+        """The power of two by which the LR stream's input is shrunk for an (h, w) map: the largest that keeps it at
+        least the model's native size, so the LR stream sees objects at about the scale it was trained on, while
+        the per-pixel MLPs still run at full resolution (the paper's S = S1 x S2 idea, with S1 chosen per call)."""
+        native = max(self.config.get("native_size") or [16 * self.multiple])
+        return 2 ** max(0, int(math.floor(math.log2(max(h, w) / native))))
+
+    @torch.inference_mode()
+    def render(self, labels: np.ndarray, size: tuple[int, int] | None = None, source: str = "label map",
+               check_cancelled=None, lr_factor: int | None = None) -> np.ndarray:
+        """(H, W) label ids -> (H, W, 3) uint8 RGB, or resized to `size` = (width, height) if given.
+        `lr_factor`: see lr_factor(); 1 runs the LR stream at full resolution as upstream does.
+        `check_cancelled` is called between the two streams."""
+        return self.render_timed(labels, size, source, check_cancelled, lr_factor)[0]
+
+    @torch.inference_mode()
+    def render_timed(self, labels, size=None, source="label map", check_cancelled=None, lr_factor=None):
+        """render() plus the seconds spent in the LR stream and in the HR stream."""
+        return self._render(np.asarray(labels), size, source, check_cancelled, lr_factor)
+
+    def _render(self, labels, size, source, check_cancelled, lr_factor):
+        if size is not None and (size[0], size[1]) != (labels.shape[1], labels.shape[0]):
+            labels = cv2.resize(labels.astype(np.uint16), tuple(size), interpolation=cv2.INTER_NEAREST)
+        h, w = labels.shape
+        f = lr_factor or self.lr_factor(h, w)
+        m = self.multiple * f
+        padded = np.pad(labels, ((0, -h % m), (0, -w % m)), mode="edge")  # crop the result back to h x w
+        started = time.perf_counter()
+        x_lr = self.encoding.encode(padded[f // 2::f, f // 2::f] if f > 1 else padded, source).to(self.device)
+        params = self.model.lowres(x_lr)
+        lr_done = time.perf_counter()
+        if check_cancelled is not None:
+            check_cancelled()
+        if f > 1:
+            params = params.repeat_interleave(f, 2).repeat_interleave(f, 3)
+        x = x_lr if f == 1 else self.encoding.encode(padded, source).to(self.device)
+        image = self.model.highres_stream(x, params)[0, :, :h, :w]
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).contiguous().cpu().numpy()
+        return rgb, lr_done - started, time.perf_counter() - lr_done
+
+
+class ASAPNetBackend(Pipeline):
+    """The request's mode: "translate" renders the whole label map (labels_after) as the image; "edit" renders the
+    working region around the edit mask and Laplacian-blends it into the photo there. A request without a mode
+    is a translation (the engine's main mode). The model is deterministic, so a request gets one candidate
+    whatever its k."""
+
+    name = "asapnet"
+    default_model = DEFAULT_MODEL
+    loading_stage = "loading ASAPNet"
+    # a few small convolutions and thousands of tiny matmuls: on a busy 2-core CPU, 2 threads measured 5-50x
+    # slower than 1 (synchronisation)
+    threads = 1
+    MAX_SIDE = 2048  # larger regions are rendered at this size and scaled up (params["max_side"] overrides it)
+
+    def load(self, path: Path, device: str) -> ASAPNetRenderer:
+        return ASAPNetRenderer.from_folder(path, device)
+
+    def check(self, request) -> None:
+        if request.labels_after is None:
+            raise InputError("ASAPNet renders a label map, and this request has none")
+        if self.mode(request) not in ("translate", "edit"):
+            raise InputError(f"ASAPNet: unknown mode {self.mode(request)!r} (translate or edit)")
+
+    @staticmethod
+    def mode(request) -> str:
+        return request.mode or request.params.get("mode") or "translate"
+
+    def sample(self, renderer: ASAPNetRenderer, request, ctx) -> list[Candidate]:
+        mode = self.mode(request)
+        started = time.perf_counter()
+        if renderer.label_set and request.label_set != renderer.label_set:
+            raise InputError(f"model {request.model or DEFAULT_MODEL!r} reads {renderer.label_set} label maps, "
+                             f"the document uses {request.label_set}")
+        h, w = request.labels_after.shape
+        region, mask = (0, 0, w, h), None
+        if mode == "edit":
+            mask = request.edit_mask()
+            if not mask.any():
+                raise InputError("nothing to render: no label was changed")
+            native = tuple(renderer.config.get("native_size") or (256, 256))
+            region = composite.working_region(mask, composite.ModelGeometry(native, renderer.multiple))
+        x0, y0, x1, y1 = region
+        max_side = int(request.params.get("max_side", self.MAX_SIDE))
+        if max_side < 16:
+            raise InputError(f"ASAPNet: max_side must be at least 16 pixels, not {max_side}")
+        scale = min(1.0, max_side / max(x1 - x0, y1 - y0))
+        size = (max(16, round((x1 - x0) * scale)), max(16, round((y1 - y0) * scale)))
+        ctx.check_cancelled()
+        ctx.progress(0.2, "rendering")
+        image = renderer.render(request.labels_after[y0:y1, x0:x1], size, check_cancelled=ctx.check_cancelled)
+        if scale < 1.0:
+            image = cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+        if mode == "edit":
+            photo = request.photo if request.photo.ndim == 3 else np.repeat(request.photo[:, :, None], 3, 2)
+            image = composite.laplacian_blend(image, np.ascontiguousarray(photo[y0:y1, x0:x1]), mask[y0:y1, x0:x1],
+                                              color_match=True)
+        ctx.progress(1.0, "done")
+        return [Candidate(image=image, region=region, seed=ctx.seeds[0], info={"deterministic": True, "mode": mode},
+                          seconds=time.perf_counter() - started)]
+
