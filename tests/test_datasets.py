@@ -133,3 +133,32 @@ def test_photo_folder_for_colorization(tmp_path):
     (tmp_path / "sub/colour.jpg").unlink()
     with pytest.raises(InputError, match="no colour photos"):
         PhotoFolder(tmp_path)
+
+
+def test_folder_items_get_a_fresh_crop_per_draw_from_torch_generator(tmp_path):
+    Image.fromarray(generate_scene(2, 128).image).save(tmp_path / "colour.png")
+    photos = PhotoFolder(tmp_path, transform=PairTransform(crop=32, flip=False))
+    torch.manual_seed(0)
+    draws = [photos[0]["image"] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # not the same crop in every epoch
+    torch.manual_seed(0)
+    assert all(torch.equal(a, photos[0]["image"]) for a in draws)  # but reproducible (a resume restores the state)
+
+
+def test_seeded_stream_draws_disjoint_scenes_per_rank_and_new_ones_per_start():
+    from engine.data.datasets import SeededStream
+
+    class Seeds(SeededStream):
+        def __iter__(self):
+            rng = self.rng()
+            while True:
+                yield self.train_seed(rng)
+
+    def draw(**place):
+        return [s for _, s in zip(range(200), Seeds().place(**place))]
+
+    rank0, rank1 = draw(seed=3, rank=0, world=2), draw(seed=3, rank=1, world=2)
+    assert all(s % 2 == 0 for s in rank0) and all(s % 2 == 1 for s in rank1)
+    assert draw(seed=3, rank=0, world=2) == rank0  # reproducible...
+    assert set(draw(seed=3, rank=0, world=2, start=500)).isdisjoint(rank0)  # ...and a later start draws anew
+    assert set(draw(seed=4, rank=0, world=2)).isdisjoint(rank0)

@@ -20,23 +20,27 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting (YAML value); options.NAME=VALUE sets a task option")
+                        help="override a setting (YAML value); nested keys: options.NAME.NAME=VALUE")
     parser.add_argument("--list", action="store_true", help="list the registered tasks")
     parser.set_defaults(run=run)
 
 
-def _overrides(pairs: list[str]) -> tuple[dict, dict]:
-    settings, options = {}, {}
+def _overrides(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as one nested mapping: "options.generator.hidden=64" -> {"options": {"generator":
+    {"hidden": 64}}}; the value is YAML. Nested keys change only themselves when merged into the config file."""
+    from engine.train.task import set_path
+
+    settings: dict = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set {pair!r}: expected KEY=VALUE")
-        value = yaml.safe_load(text)
-        if key.startswith("options."):
-            options[key.removeprefix("options.")] = value
-        else:
-            settings[key] = value
-    return settings, options
+        if not sep or not key.strip():
+            raise InputError(f"--set {pair!r}: expected KEY=VALUE (KEY may be nested: options.NAME.NAME=VALUE)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise InputError(f"--set {pair!r}: the value is not valid YAML ({error})") from None
+        set_path(settings, key.strip(), value, f"--set {pair!r}")
+    return settings
 
 
 def run(args) -> int:
@@ -47,14 +51,13 @@ def run(args) -> int:
         print("\n".join(names) if names else "no training tasks are registered")
         return 0 if args.list else 2
     get_task(args.task)  # an unknown name fails before any file is written
-    settings, options = _overrides(args.set)
+    settings = _overrides(args.set)
     flags = {"task": args.task, "max_minutes": args.max_minutes, "out_dir": args.out, "steps": args.steps}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.config:
         config = TrainConfig.from_yaml(args.config, **settings)
     else:
         config = TrainConfig.from_dict(settings, "command line")
-    config.options.update(options)
     result = train(config, resume=args.resume)
     print(f"{config.task}: {result.step} steps in {result.minutes:.1f} min"
           + (" (time budget reached)" if result.stopped_by_budget else "") + f"; run folder {result.out_dir}")

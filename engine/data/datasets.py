@@ -22,6 +22,36 @@ from engine.labels import LabelSet, load_label_set
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 
 
+class SeededStream(torch.utils.data.IterableDataset):
+    """Base of the endless (iterable) training streams: each worker draws from one generator seeded from
+    (config seed, rank, worker, start step), so DDP ranks never draw the same batches and a resumed run goes on
+    with new draws instead of replaying the ones it has seen.
+
+    The training loop calls `place(seed, rank, world, start)` before it iterates the stream; it restarts the
+    stream (with `start` the current step) at every checkpoint it writes, and a resumed run restarts it at the
+    checkpoint's step, so an interrupted and resumed run sees exactly the data an uninterrupted one does.
+    Subclasses draw all their randomness from `self.rng()` (once per `__iter__`) and pick scenes with
+    `self.train_seed(rng)`, which never gives two ranks the same scene.
+    """
+
+    seed, rank, world, start = 0, 0, 1, 0
+
+    def place(self, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> SeededStream:
+        self.seed, self.rank, self.world, self.start = int(seed), int(rank), max(1, int(world)), int(start)
+        return self
+
+    def rng(self) -> np.random.Generator:
+        """The generator of this worker's share of the stream."""
+        info = torch.utils.data.get_worker_info()
+        return np.random.default_rng([self.seed % 2**64, self.rank, info.id if info else 0, self.start])
+
+    def train_seed(self, rng: np.random.Generator, seeds: Sequence[int] = TRAIN_SEEDS) -> int:
+        """A random member of `seeds` from this rank's share (every world-th one, offset by rank): ranks draw
+        disjoint scenes."""
+        share = len(seeds) // self.world
+        return int(seeds[int(rng.integers(share)) * self.world + self.rank])
+
+
 def to_item(image: np.ndarray, labels: np.ndarray | None = None, dtype: str = "float") -> dict:
     """(H,W,3) uint8 and (H,W) ids -> the item dict described in the module docstring."""
     chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -106,7 +136,7 @@ class LabelRemap:
 
 class LandscapeDataset(torch.utils.data.Dataset):
     """Procedural scenes; item i is the scene of seeds[i] (TRAIN_SEEDS by default), so every epoch, worker and
-    rank sees the same scene for the same index and a DistributedSampler shards them like any other data."""
+    rank sees the same scene for the same index and the training loop's sampler shards them like any other data."""
 
     label_set = LABEL_SET
 
@@ -203,6 +233,13 @@ def find_pairs(root: str | Path, split: str | None = None) -> tuple[list[tuple[P
     return [(images[k], labels[k]) for k in sorted(images)], layout, label_set
 
 
+def _augment_rng(seed: int, index: int) -> np.random.Generator:
+    """A fresh crop and flip for every draw of an item, from torch's generator: the training process's (which a
+    resumed run restores from its checkpoint) or a loader worker's (seeded by the loader). `torch.initial_seed()`
+    would give an item the same crop in every epoch."""
+    return np.random.default_rng([seed % 2**64, index, int(torch.randint(2**62, ()))])
+
+
 class LabelledFolder(torch.utils.data.Dataset):
     """Photos with label maps from a dataset folder (see `find_pairs`), optionally remapped to `target_set`."""
 
@@ -226,8 +263,7 @@ class LabelledFolder(torch.utils.data.Dataset):
         labels = load_label_map(label_path, self.source_set, size=photo.size)
         if self.remap is not None:
             labels = self.remap(labels)
-        rng = np.random.default_rng([self.seed, index, torch.initial_seed() % 2**32])
-        image, labels = self.transform(rng, photo.rgb, labels.astype(np.uint16))
+        image, labels = self.transform(_augment_rng(self.seed, index), photo.rgb, labels.astype(np.uint16))
         return to_item(image, labels, self.dtype)
 
 
@@ -263,6 +299,5 @@ class PhotoFolder(torch.utils.data.Dataset):
         photo = load_photo(self.paths[index])
         if photo.is_grayscale:
             raise InputError(f"{self.paths[index]}: a grayscale photo cannot teach colorization; remove it")
-        rng = np.random.default_rng([self.seed, index, torch.initial_seed() % 2**32])
-        image, _ = self.transform(rng, photo.rgb)
+        image, _ = self.transform(_augment_rng(self.seed, index), photo.rgb)
         return to_item(image, None, self.dtype)

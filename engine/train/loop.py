@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -20,9 +22,10 @@ import yaml
 from safetensors.torch import load_model, save_model
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm import tqdm
 
+from engine.data.datasets import SeededStream
 from engine.errors import CheckpointError, InputError
 from engine.train.task import TrainConfig, TrainTask, get_task
 
@@ -40,6 +43,46 @@ class TrainResult:
     stopped_by_budget: bool = False
 
 
+class TrainingDiverged(InputError):
+    """The loss or the gradient norm became NaN or infinite; the run stops on that step without applying it."""
+
+    def __init__(self, message: str, step: int, loss: float, grad_norm: float | None):
+        super().__init__(message)
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
+def choose_device(
+    choice: str, world: int = 1, local_rank: int = 0, local_world: int = 1
+) -> tuple[torch.device, str | None]:
+    """(device, process-group backend) for `config.device` in a process of `world` (backend None when alone).
+
+    Under torchrun "auto" and "cuda" give local rank i GPU i (nccl), or the CPU (gloo) when "auto" finds no CUDA;
+    "cuda:N" is GPU N (for one process per node: several processes cannot share a GPU under nccl); "cpu" is gloo.
+    A device this machine does not have is an InputError, never a silent fallback."""
+    from engine.device import resolve_device
+
+    choice = (choice or "auto").strip().lower()
+    if world <= 1:
+        return torch.device(resolve_device(choice)), None
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu":
+        return torch.device("cpu"), "gloo"
+    if choice == "mps":
+        raise InputError("device 'mps' cannot run several training processes (DDP needs CPU or CUDA); use device cpu")
+    resolved = resolve_device(choice)  # InputError without CUDA, or for a GPU index this machine does not have
+    if resolved == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise InputError(f"local rank {local_rank} has no GPU of its own: {count} CUDA device(s) for "
+                             f"{local_world} processes on this node; start at most {count} (--nproc_per_node)")
+        return torch.device("cuda", local_rank), "nccl"
+    if local_world > 1:
+        raise InputError(f"device {choice!r} would put all {local_world} processes of this node on one GPU, which "
+                         "nccl refuses; use device cuda (GPU i for local rank i) or CUDA_VISIBLE_DEVICES")
+    return torch.device(resolved), "nccl"
+
+
 class _Dist:
     """Process group state: set up from torchrun's environment, or a single process."""
 
@@ -47,21 +90,14 @@ class _Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.owns_group = False
-        use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
-        if self.world > 1:
-            if use_cuda:
-                torch.cuda.set_device(self.local_rank)
-                self.device = torch.device("cuda", self.local_rank)
-            else:
-                self.device = torch.device("cpu")
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-                self.owns_group = True
-        else:
-            from engine.device import resolve_device
-
-            self.device = torch.device(resolve_device(config.device))
+        self.device, self.backend = choose_device(config.device, self.world, self.local_rank, local_world)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(self.backend)
+            self.owns_group = True
 
     @property
     def main(self) -> bool:
@@ -102,38 +138,107 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
+    seed = torch.initial_seed() % 2**32  # the loader seeds each worker's torch from its generator (see _Stream)
     np.random.seed(seed)
     random.seed(seed)
 
 
-def _batches(task: TrainTask, cfg: TrainConfig, d: _Dist, start_step: int):
-    """Endless micro-batches. Map-style datasets are shuffled (and sharded by DistributedSampler); the order
-    is reseeded from the step on resume, so a resumed run does not replay the batches it has seen."""
-    dataset = task.train_dataset()
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_step * 31 + d.rank)
-    sampler = None
-    if not isinstance(dataset, IterableDataset):
-        if d.world > 1:
-            sampler = DistributedSampler(dataset, d.world, d.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+def _mix(*values: int) -> int:
+    """A 63-bit seed from a tuple of non-negative integers (numpy's SeedSequence hashing)."""
+    entropy = [int(v) % 2**64 for v in values]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+class _ShardSampler(Sampler):
+    """Endless indices of a map-style dataset for one rank, from its `skip`-th on. Pass (epoch) p is a permutation
+    seeded from (seed, p), the same on every rank, of which rank r takes every world-th index from r: ranks never
+    share an item within a pass, and the order is a function of the position alone, so a resumed run continues
+    the pass it was in."""
+
+    def __init__(self, size: int, seed: int, rank: int, world: int, skip: int = 0):
+        self.size, self.seed, self.rank, self.world, self.skip = size, seed, rank, world, skip
+
+    def __iter__(self):
+        per_rank = self.size // self.world
+        first, offset = divmod(self.skip, per_rank)
+        for p in itertools.count(first):
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, p)))
+            yield from order[: per_rank * self.world][self.rank :: self.world][offset:].tolist()
+            offset = 0
+
+
+class _Stream:
+    """This rank's endless micro-batches. The loop restarts the stream at every checkpoint it writes, and a resumed
+    run at the checkpoint's step, so a resumed run draws exactly what an uninterrupted one would have, and never
+    replays what it has seen. Iterable datasets must be SeededStreams: each worker draws from (config seed, rank,
+    worker, start step). Map-style datasets are shuffled and sharded by _ShardSampler, continuing from the number
+    of items this rank has drawn; their loader workers are seeded from (config seed, rank, start step)."""
+
+    def __init__(self, task: TrainTask, cfg: TrainConfig, d: _Dist):
+        self.cfg, self.d, self.task = cfg, d, task
+        self.dataset, self.iterable = None, False
+        self.start, self.start_items, self.iterator = 0, 0, None
+
+    def _open(self) -> None:
+        """task.train_dataset(), on the first restart (a finished run never builds it); whatever random numbers it
+        draws are not taken from the training's generators, so it cannot shift a resumed run's draws."""
+        cfg, d = self.cfg, self.d
+        with _rng_fork():
+            self.dataset = self.task.train_dataset()
+        self.iterable = isinstance(self.dataset, IterableDataset)
+        if self.iterable and not isinstance(self.dataset, SeededStream):
+            raise InputError(f"{cfg.task}: its training data ({type(self.dataset).__name__}) is an IterableDataset "
+                             "but not an engine.data.datasets.SeededStream, so ranks and resumed runs could draw "
+                             "the same batches; derive it from SeededStream and draw from self.rng()")
+        if not self.iterable and len(self.dataset) // d.world < cfg.batch_size:
+            raise InputError(f"training data for {cfg.task!r} has fewer items ({len(self.dataset)}) than one batch "
+                             f"({cfg.batch_size}) per process ({d.world})")
+
+    def items(self, step: int) -> int:
+        """Items this rank has drawn before optimizer step `step` (counted from the current segment's start)."""
+        return self.start_items + (step - self.start) * self.cfg.grad_accum * self.cfg.batch_size
+
+    def restart(self, start: int, items: int | None = None) -> None:
+        """Begin the stream's segment that starts at optimizer step `start` (map-style: at item `items` of this
+        rank's shards, by default what `start` steps draw)."""
+        cfg, d = self.cfg, self.d
+        self.iterator = None  # shuts the previous segment's workers down
+        if self.dataset is None:
+            self._open()
+        items = self.items(start) if items is None else items
+        self.start, self.start_items, sampler = start, items, None
+        if self.iterable:
+            self.dataset.place(cfg.seed, d.rank, d.world, start)
         else:
-            sampler = RandomSampler(dataset, generator=generator)
-    loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=task.collate, drop_last=True, pin_memory=d.device.type == "cuda",
-        worker_init_fn=_seed_worker, generator=generator, persistent_workers=cfg.num_workers > 0,
-    )  # fmt: skip
-    epoch = start_step
-    while True:
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        count = 0
-        for batch in loader:
-            count += 1
-            yield batch
-        if count == 0:
-            raise InputError(f"training data for {cfg.task!r} has fewer items than one batch ({cfg.batch_size})")
-        epoch += 1
+            sampler = _ShardSampler(len(self.dataset), cfg.seed, d.rank, d.world, items)
+        loader = DataLoader(
+            self.dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+            collate_fn=self.task.collate, drop_last=True, pin_memory=d.device.type == "cuda",
+            worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(_mix(cfg.seed, d.rank, start)),
+        )  # fmt: skip
+        self.iterator = iter(loader)
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            raise InputError(f"the training stream of {self.cfg.task!r} ended (from step {self.start}): a SeededStream "
+                             f"must be endless and yield at least one batch ({self.cfg.batch_size})") from None
+
+    def state(self, start: int) -> dict:
+        """The stream position a checkpoint at step `start` records: a resumed run restarts the stream there."""
+        return {"start": start, "items": self.items(start), "rank": self.d.rank, "world_size": self.d.world,
+                "num_workers": self.cfg.num_workers, "seed": self.cfg.seed}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _rng_fork():
+    """Whatever runs inside (evaluation) leaves the training's random state as it found it."""
+    state = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(state)
 
 
 class _Log:
@@ -197,13 +302,36 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: TrainConfig, minutes: float) -> None:
-    """Write <out>/checkpoint as a whole (into a temporary folder, then swapped in), rank 0 only."""
+@dataclass
+class _Run:
+    """What a checkpoint holds besides the model: the loop's moving parts."""
+
+    raw: torch.nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    task: TrainTask
+    stream: _Stream
+
+
+def _save(out: Path, d: _Dist, step: int, run: _Run, cfg: TrainConfig, restart: bool = True) -> None:
+    """Write <out>/checkpoint as a whole (into a temporary folder, then swapped in), rank 0 only; and (`restart`)
+    restart the data stream at `step`, as a run resumed from this checkpoint will."""
+    raw, ema, optimizer, scheduler = run.raw, run.ema, run.optimizer, run.scheduler
+    minutes = run.task.training_minutes()
     rng = [None] * d.world
     if d.world > 1:
         dist.all_gather_object(rng, _rng_state())
     else:
         rng[0] = _rng_state()
+    if restart:
+        run.stream.restart(step)
+    streams = [None] * d.world
+    if d.world > 1:
+        dist.all_gather_object(streams, run.stream.state(step))
+    else:
+        streams[0] = run.stream.state(step)
     if d.main:
         tmp, final, old = out / f"{CHECKPOINT}.tmp", out / CHECKPOINT, out / f"{CHECKPOINT}.old"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,6 +346,9 @@ def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: T
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
             "rng": rng,
+            "stream": streams,  # where each rank's data stream starts again: this step (see _Stream)
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "task": run.task.state_dict(),
             "world_size": d.world,
             "config": json.dumps(cfg.to_dict()),
         }
@@ -230,7 +361,9 @@ def _save(out: Path, d: _Dist, step: int, raw, ema, optimizer, scheduler, cfg: T
     d.barrier()
 
 
-def _load(out: Path, d: _Dist, raw, ema, optimizer, scheduler) -> tuple[int, float]:
+def _load(out: Path, d: _Dist, run: _Run) -> tuple[int, float, int | None]:
+    """(step, minutes so far, items this rank's stream had drawn or None) from <out>/checkpoint."""
+    raw, ema, optimizer, scheduler = run.raw, run.ema, run.optimizer, run.scheduler
     folder = out / CHECKPOINT
     try:
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
@@ -241,18 +374,48 @@ def _load(out: Path, d: _Dist, raw, ema, optimizer, scheduler) -> tuple[int, flo
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        run.task.load_state_dict(state.get("task") or {})
     except (OSError, RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{folder}: cannot resume from this checkpoint ({error})") from None
-    rng = state["rng"]
+    rng, streams, items = state["rng"], state.get("stream") or [], None
     if len(rng) == d.world:
         _set_rng_state(rng[d.rank])
-    return int(state["step"]), float(state.get("minutes", 0.0))
+    elif d.main:
+        print(f"note: the checkpoint was written by {len(rng)} process(es), this run has {d.world}: the data and "
+              "random draws continue, but not as the original run would have")
+    if len(streams) == d.world and streams[d.rank]:
+        items = int(streams[d.rank]["items"])
+    return int(state["step"]), float(state.get("minutes", 0.0)), items
 
 
-def _precision(cfg: TrainConfig, device: torch.device) -> bool:
+def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
     if cfg.precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg.precision == "bf16"
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+
+
+def _tf32(cfg: TrainConfig, device: torch.device) -> bool:
+    """Allow TF32 matmuls and convolutions on Ampere (compute capability 8) and newer; True when enabled."""
+    if not cfg.tf32 or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """The global gradient norm (before clipping to `clip`, when clip > 0)."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 def train(config: TrainConfig, *, resume: bool = False, task: TrainTask | None = None) -> TrainResult:
@@ -284,10 +447,14 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
         ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         ema.module.requires_grad_(False)
     optimizer, scheduler = task.configure_optimizers(raw)
+    amp_dtype = _precision(cfg, d.device)
+    scaler = torch.amp.GradScaler(d.device.type) if amp_dtype == torch.float16 else None
+    tf32 = _tf32(cfg, d.device)
+    run = _Run(raw, ema, optimizer, scheduler, scaler, task, _Stream(task, cfg, d))
 
-    step = 0
+    step, items = 0, None
     if resume and (out / CHECKPOINT / "state.pt").is_file():
-        step, task.minutes_before = _load(out, d, raw, ema, optimizer, scheduler)
+        step, task.minutes_before, items = _load(out, d, run)
         if d.main:
             print(f"resuming {cfg.task} from step {step} ({out / CHECKPOINT})")
     else:
@@ -296,6 +463,7 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
         torch.manual_seed(cfg.seed * 7919 + d.rank)  # ranks draw different noise from here on
         np.random.seed((cfg.seed * 7919 + d.rank) % 2**32)
         random.seed(cfg.seed * 7919 + d.rank)
+    last_saved = step
 
     model = raw
     if d.world > 1:
@@ -303,8 +471,12 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
             raw, device_ids=[d.device.index] if d.device.type == "cuda" else None,
             find_unused_parameters=getattr(task, "find_unused_parameters", False),
         )  # fmt: skip
-    use_bf16 = _precision(cfg, d.device)
-    autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    if cfg.compile:
+        model = torch.compile(model)
+
+    def autocast():
+        return torch.autocast(d.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+
     log = _Log(out, d.main)
 
     def evaluate() -> dict[str, float]:
@@ -312,7 +484,7 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
         if d.main:
             target = ema.module if ema is not None else raw
             target.eval()
-            with torch.no_grad(), autocast():
+            with _rng_fork(), torch.no_grad(), autocast():
                 metrics = {k: float(v) for k, v in task.evaluate(target).items()}
             target.train()
             if metrics:
@@ -324,58 +496,80 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
     metrics: dict[str, float] = {}
     stopped = False
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
-    batches = _batches(task, cfg, d, step) if step < cfg.steps else iter(())
+    if step < cfg.steps:
+        run.stream.restart(step, items)
     bar = tqdm(total=cfg.steps, initial=step, disable=not d.main, desc=cfg.task, dynamic_ncols=True)
     raw.train()
-    while step < cfg.steps:
-        if d.agree(budget is not None and time.monotonic() - started > budget):
-            stopped = True
-            break
-        task.step = step
-        logs: dict[str, float] = {}
-        total = torch.zeros((), device=d.device)
-        for micro in range(cfg.grad_accum):
-            batch = _to(next(batches), d.device)
-            sync = micro == cfg.grad_accum - 1 or d.world == 1
-            with contextlib.nullcontext() if sync else model.no_sync():
-                with autocast():
-                    loss, micro_logs = task.loss(model, batch)
-                (loss / cfg.grad_accum).backward()
-            total += loss.detach().float() / cfg.grad_accum
-            for k, v in micro_logs.items():
-                logs[k] = logs.get(k, 0.0) + float(v) / cfg.grad_accum
-        if cfg.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(raw)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            loss_value = d.mean(total)
-            if not np.isfinite(loss_value):
-                raise InputError(f"{cfg.task}: training diverged, the loss is {loss_value} at step {step}; "
-                                 "try a lower lr, a warmup, or precision fp32")
-            bar.set_postfix(loss=f"{loss_value:.4g}")
-            log.write("train", {"step": step, "minutes": (time.monotonic() - started) / 60, "lr": lr,
-                                "loss": loss_value, **logs})  # fmt: skip
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            _save(out, d, step, raw, ema, optimizer, scheduler, cfg, task.training_minutes())
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            metrics = evaluate() or metrics
-    bar.close()
+    try:
+        while step < cfg.steps:
+            if d.agree(budget is not None and time.monotonic() - started > budget):
+                stopped = True
+                break
+            task.step = step
+            logs: dict[str, float] = {}
+            total = torch.zeros((), device=d.device)
+            for micro in range(cfg.grad_accum):
+                batch = _to(next(run.stream), d.device)
+                sync = micro == cfg.grad_accum - 1 or d.world == 1
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    with autocast():
+                        loss, micro_logs = task.loss(model, batch)
+                    scaled = loss / cfg.grad_accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                total += loss.detach().float() / cfg.grad_accum
+                for k, v in micro_logs.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / cfg.grad_accum
+            loss_value = d.mean(total)  # every rank sees the same value, so every rank stops on the same step
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = float(_grad_norm(list(raw.parameters()), cfg.grad_clip))  # the same on every rank: gradients are synced
+            overflow = scaler is not None and not math.isfinite(grad_norm)  # fp16: GradScaler skips this step
+            if not math.isfinite(loss_value) or not (math.isfinite(grad_norm) or overflow):
+                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                raise TrainingDiverged(
+                    f"{cfg.task}: training diverged at step {step + 1}: the {what} is not finite (loss {loss_value}, "
+                    f"gradient norm {grad_norm}); the step was not applied and the run stopped. The last checkpoint "
+                    f"is step {last_saved} in {out / CHECKPOINT}. Try a lower lr, a warmup, grad_clip, or "
+                    "precision fp32.", step + 1, loss_value, grad_norm)  # fmt: skip
+            logs["grad_norm"] = grad_norm
+            lr = optimizer.param_groups[0]["lr"]
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+                logs["loss_scale"] = float(scaler.get_scale())
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update_parameters(raw)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(loss=f"{loss_value:.4g}")
+                log.write("train", {"step": step, "minutes": (time.monotonic() - started) / 60, "lr": lr,
+                                    "loss": loss_value, **logs})  # fmt: skip
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                _save(out, d, step, run, cfg)
+                last_saved = step
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                metrics = evaluate() or metrics
+    except BaseException:
+        log.close()
+        raise
+    finally:
+        bar.close()
+        run.stream.iterator = None  # the loader's workers end here
 
-    _save(out, d, step, raw, ema, optimizer, scheduler, cfg, task.training_minutes())
+    _save(out, d, step, run, cfg, restart=False)
     metrics = evaluate() or metrics
     minutes = (time.monotonic() - started) / 60
     if d.main:
         exported = task.export(ema.module if ema is not None else raw, out)
         summary = {"task": cfg.task, "step": step, "minutes": minutes, "stopped_by_budget": stopped,
-                   "world_size": d.world, "device": str(d.device), "bf16": use_bf16, "metrics": metrics,
+                   "world_size": d.world, "device": str(d.device), "precision": str(amp_dtype or torch.float32),
+                   "bf16": amp_dtype == torch.bfloat16, "tf32": tf32, "compiled": cfg.compile, "metrics": metrics,
                    "exported": str(exported) if exported else None}  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.close()

@@ -22,12 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
-from torch.utils.data import IterableDataset, get_worker_info
 
-from engine.checkpoints import save_model_dir
+from engine.model_store import save_model_dir
+from engine.data.datasets import SeededStream
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, dataset_preset, model_config
-from engine.train.task import TrainConfig, TrainTask, lr_lambda, register_task
+from engine.train.task import TrainConfig, TrainTask, lr_lambda
 
 MODEL_NAME = "demo-asapnet-landscape"
 
@@ -125,17 +125,18 @@ def init_hypernetwork(g: ASAPNetsGenerator, modulation: float = 0.2) -> None:
             head.weight[b0:w0] *= modulation * 0.1 / math.sqrt(fan_in) / head.weight[b0:w0].std()
 
 
-class LandscapeScenes(IterableDataset):
-    """Endless (channel index map, image in [-1, 1]) pairs from random training seeds, randomly mirrored."""
+class LandscapeScenes(SeededStream):
+    """Endless (channel index map, image in [-1, 1]) pairs from random training seeds, randomly mirrored; seeded
+    from (config seed, rank, worker, start step) by the loop (engine.data.datasets.SeededStream)."""
 
     def __init__(self, size: int, seed: int, encoding):
-        self.size, self.seed, self.encoding = size, seed, encoding
+        self.size, self.encoding = size, encoding
+        self.place(seed)
 
     def __iter__(self):
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        rng = self.rng()
         while True:
-            scene = generate_scene(int(rng.integers(TRAIN_SEEDS.start, TRAIN_SEEDS.stop)), self.size)
+            scene = generate_scene(self.train_seed(rng, TRAIN_SEEDS), self.size)
             index, image = self.encoding.index_map(scene.labels), scene.image
             if rng.random() < 0.5:
                 index, image = index[:, ::-1], image[:, ::-1]
@@ -206,4 +207,3 @@ def evaluate_generator(netG: ASAPNetsGenerator, encoding, size: int, scenes: int
     return {"psnr": float(psnr), "ssim": float(ssim), "label_agreement": float(agreement)}
 
 
-register_task("asapnet-landscape")(ASAPNetLandscapeTask)

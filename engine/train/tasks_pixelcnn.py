@@ -18,14 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoints import save_model_dir
-from engine.colorize_pixelcnn import (DEFAULT_MODEL, apply_chroma, colorize, lab_to_rgb, luminance, paint_hints,
+from engine.model_store import save_model_dir
+from engine.pipelines.pixelcnn import (DEFAULT_MODEL, apply_chroma, colorize, lab_to_rgb, luminance, paint_hints,
                                      rgb_to_lab, working_shape)
-from engine.data.datasets import IMAGE_SUFFIXES
+from engine.data.datasets import IMAGE_SUFFIXES, SeededStream
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
 from engine.paths import assets_dir
-from engine.train.task import TrainConfig, TrainTask, register_task
+from engine.train.task import TrainConfig, TrainTask
 
 
 def training_example(rgb: np.ndarray, rng: np.random.Generator, cfg: PixelCNNConfig, hint_prob: float) -> dict:
@@ -43,9 +43,10 @@ def training_example(rgb: np.ndarray, rng: np.random.Generator, cfg: PixelCNNCon
             "ab": torch.from_numpy(np.ascontiguousarray(ab_low))}
 
 
-class ColourCrops(torch.utils.data.IterableDataset):
+class ColourCrops(SeededStream):
     """An endless stream of crops: `crops_per_scene` from each random training landscape (rendering a scene
-    costs more than a training step's share of it) and, with probability `photo_fraction`, one of a photo."""
+    costs more than a training step's share of it) and, with probability `photo_fraction`, one of a photo.
+    Seeded from (config seed, rank, worker, start step) by the loop (engine.data.datasets.SeededStream)."""
 
     def __init__(self, cfg: PixelCNNConfig, crop: int, hint_prob: float, photos: list[np.ndarray],
                  photo_fraction: float, crops_per_scene: int = 4):  # fmt: skip
@@ -53,8 +54,7 @@ class ColourCrops(torch.utils.data.IterableDataset):
         self.photos, self.photo_fraction = photos, photo_fraction if photos else 0.0
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([torch.initial_seed() % 2**32, info.id if info else 0])
+        rng = self.rng()
         ds = self.cfg.downsample
         while True:
             if rng.random() < self.photo_fraction:
@@ -63,7 +63,7 @@ class ColourCrops(torch.utils.data.IterableDataset):
                 scale = rng.uniform(96, 160) / min(image.shape[:2])
                 image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             else:
-                image = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.cfg.work_size).image
+                image = generate_scene(self.train_seed(rng, TRAIN_SEEDS), self.cfg.work_size).image
             for _ in range(self.crops_per_scene):
                 y, x = (int(rng.integers(0, (n - self.crop) // ds + 1)) * ds for n in image.shape[:2])
                 rgb = image[y : y + self.crop, x : x + self.crop]
@@ -171,7 +171,6 @@ def evaluate_backend(backend: str, model: str, scenes: int, size: int = 128, sam
     return {name: float(np.mean(values)) for name, values in rows.items()}
 
 
-@register_task("pixelcnn-colorizer")
 class PixelCNNColorizerTask(TrainTask):
     """options: model (PixelCNNConfig fields), crop (64), hint_prob (0.5), aux_weight (1.0, the feed-forward
     head's loss weight), photos (folder, default

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoints import read_model_config, save_model_dir
+from engine.model_store import read_model_config, save_model_dir
+from engine.data.datasets import SeededStream
 from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene
 from engine.device import describe_device
 from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.paths import assets_dir
-from engine.train.task import TrainConfig, TrainTask, register_task
+from engine.train.task import TrainConfig, TrainTask
 
 DEMO_DIR = "demo-asset-landscape"
 CARD_BEGIN, CARD_END = "<!-- tokenizers: begin -->", "<!-- tokenizers: end -->"
@@ -49,22 +50,22 @@ def class_mask(labels: np.ndarray, rng: np.random.Generator, max_ratio: float = 
     return mask.astype(np.float32)
 
 
-class LandscapeCrops(torch.utils.data.IterableDataset):
+class LandscapeCrops(SeededStream):
     """Endless random crops (with flips) of training scenes. Scenes cost more to render than a crop costs to
     train on, so a pool of `pool` scenes is kept and one of them is replaced every `crops_per_scene` crops; each
-    crop comes from a random pool scene, so a batch mixes scenes."""
+    crop comes from a random pool scene, so a batch mixes scenes. Seeded from (config seed, rank, worker, start
+    step) by the loop (engine.data.datasets.SeededStream)."""
 
     def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float, pool: int = 16):
         self.scene_size, self.crop, self.crops_per_scene, self.mask_prob = scene_size, crop, crops_per_scene, mask_prob
         self.pool = pool
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([torch.initial_seed() % 2**32, info.id if info else 0])
+        rng = self.rng()
         c, pool, count = self.crop, [], 0
         while True:
             if len(pool) < self.pool or count % self.crops_per_scene == 0:
-                scene = generate_scene(int(rng.integers(len(TRAIN_SEEDS))), self.scene_size)
+                scene = generate_scene(self.train_seed(rng, TRAIN_SEEDS), self.scene_size)
                 if len(pool) < self.pool:
                     pool.append(scene)
                 else:
@@ -280,7 +281,7 @@ class _VQGANTaskBase(TrainTask):
             return model
         from safetensors.torch import load_file
 
-        from engine.checkpoints import load_state_dict_strict
+        from engine.importers.state_dicts import load_state_dict_strict
 
         path = str(self.options["decoder_from"])
         load_state_dict_strict(model, load_file(path), path)
@@ -337,7 +338,6 @@ class _VQGANTaskBase(TrainTask):
         return directory
 
 
-@register_task("vqgan")
 class ImageVQGANTask(_VQGANTaskBase):
     stem = "image_vqgan"
 
@@ -397,7 +397,6 @@ class ImageVQGANTask(_VQGANTaskBase):
         return self.metrics
 
 
-@register_task("seg_vqgan")
 class SegVQGANTask(_VQGANTaskBase):
     stem = "seg_vqgan"
 
