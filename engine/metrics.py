@@ -1,4 +1,5 @@
-"""Image metrics every engine reports: PSNR, SSIM, colourfulness, label agreement and reflection consistency.
+"""Image metrics every engine reports: PSNR, SSIM, colourfulness, LPIPS, the grid-artefact score, label agreement
+and reflection consistency.
 
 Images are (H, W, 3) uint8 RGB arrays; label maps (H, W) COCO-Stuff 182 ids (engine.data.landscapes.LABEL_SET).
 
@@ -20,6 +21,21 @@ reflection_score
     image), skipping pairs whose mirror is water or off the image. The score is the Pearson correlation of the
     two luminances after a blur that is wider horizontally (ripples shift the reflection sideways), averaged
     over regions weighted by their pair counts. A flat or shuffled water surface scores about 0.
+
+lpips
+    LPIPS v0.1 (engine/models/lpips.py) with the AlexNet (default) or VGG16 trunk; 0 for identical images. Its
+    weights come from engine/importers/lpips.py (`sgraffito data lpips` caches the trunks once). With a mask, the
+    spatial LPIPS map is averaged over the masked pixels.
+
+grid_artefact_score
+    A VQ model decodes each 16x16 token on its own, and a poor decoder leaves its seams: luminance steps every
+    16 px. For each axis, the mean absolute difference between neighbouring columns (rows) is profiled along that
+    axis over the region (the mask's bounding box, masked pixels only); the power spectrum of that profile is
+    compared at the token period's harmonics (frequencies k/16, k = 1..8) with the mean of the bins around each
+    harmonic. `grid_spectrum_ratio` is that ratio (about 1 for a natural photo, tens for a blocky one);
+    `grid_artefact_score(edited, original, mask)` divides the edit's ratio by the original photo's over the same
+    region, so a scene that is itself periodic (a fence, tiles) is not blamed on the model: about 1 means no added
+    grid.
 """
 
 from __future__ import annotations
@@ -110,6 +126,103 @@ def reflection_score(image: np.ndarray, labels: np.ndarray) -> float:
         total += corr * keep.sum()
         weight += int(keep.sum())
     return total / weight if weight else float("nan")
+
+
+# -- LPIPS and the grid-artefact score ------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _lpips_model(net: str, device: str):
+    from engine.importers.lpips import load_lpips
+
+    return load_lpips(net, device)
+
+
+def lpips(a: np.ndarray, b: np.ndarray, net: str = "alex", mask: np.ndarray | None = None,
+          device: str = "cpu") -> float:
+    """LPIPS distance between two (H, W, 3) uint8 RGB images (see the module docstring); NaN for an empty mask."""
+    import torch
+
+    _check_pair(a, b)
+    if mask is not None and mask.shape != a.shape[:2]:
+        raise InputError(f"mask {mask.shape} and images {a.shape[:2]} differ in size")
+    model = _lpips_model(net, device)
+    to = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1)))[None].float().to(device) / 127.5 - 1  # noqa: E731
+    with torch.no_grad():
+        if mask is None:
+            return float(model(to(a), to(b))[0])
+        keep = torch.from_numpy(mask.astype(bool)).to(device)
+        if not keep.any():
+            return float("nan")
+        return float(model(to(a), to(b), spatial=True)[0, 0][keep].mean())
+
+
+GRID_PERIOD = 16
+
+
+def _axis_profile(grey: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per column: the weighted mean absolute difference to the next column (masked pixels only)."""
+    diff = np.abs(np.diff(grey, axis=1))
+    w = weight[:, 1:] * weight[:, :-1]
+    if (w > 0).any():  # strong edges (a horizon, a trunk) would dominate the profile: clip them
+        diff = np.minimum(diff, np.quantile(diff[w > 0], 0.9) + 1e-6)
+    counts = w.sum(axis=0)
+    profile = (diff * w).sum(axis=0) / np.maximum(counts, 1e-9)
+    known = counts > 0
+    if known.any():
+        profile[~known] = profile[known].mean()
+    return profile
+
+
+def _harmonic_ratio(profile: np.ndarray, period: int, spread: int = 3) -> tuple[float, float]:
+    """(energy at the harmonics of `period`, mean energy of the bins around each) of a 1D profile."""
+    n = (profile.size // period) * period
+    if n < 4 * period:
+        return 0.0, 0.0
+    p = profile[:n] - profile[:n].mean()
+    power = np.abs(np.fft.rfft(p * np.hanning(n))) ** 2
+    step = n // period  # bin of frequency 1/period
+    peak = neighbours = 0.0
+    for k in range(1, period // 2 + 1):
+        centre = k * step
+        # the Hann window spreads a line over +-1 bin: take the peak's 3 bins, neighbours from 2 bins away
+        peak += power[max(centre - 1, 0) : centre + 2].sum()
+        around = [power[j] for j in range(centre - spread - 2, centre + spread + 3)
+                  if 0 < j < power.size and abs(j - centre) >= 2]
+        neighbours += 3 * float(np.mean(around)) if around else 0.0
+    return float(peak), float(neighbours)
+
+
+def grid_spectrum_ratio(image: np.ndarray, mask: np.ndarray | None = None, period: int = GRID_PERIOD) -> float:
+    """Spectral energy of the region's edge profile at the harmonics of `period` relative to the neighbouring
+    frequencies (see the module docstring); NaN when the region is smaller than 4 periods on both axes."""
+    grey = _luminance(image) / 255.0
+    weight = np.ones(grey.shape, np.float32) if mask is None else mask.astype(np.float32)
+    if mask is not None:
+        if mask.shape != grey.shape:
+            raise InputError(f"mask {mask.shape} and image {grey.shape} differ in size")
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            return float("nan")
+        # keep the crop aligned to the token grid, so the harmonics fall on exact bins
+        r0, c0 = rows[0] - rows[0] % period, cols[0] - cols[0] % period
+        grey, weight = grey[r0 : rows[-1] + 1, c0 : cols[-1] + 1], weight[r0 : rows[-1] + 1, c0 : cols[-1] + 1]
+    peak = base = 0.0
+    for g, w in ((grey, weight), (grey.T, weight.T)):
+        p, b = _harmonic_ratio(_axis_profile(g, w), period)
+        peak, base = peak + p, base + b
+    return peak / base if base > 0 else float("nan")
+
+
+def grid_artefact_score(image: np.ndarray, original: np.ndarray | None = None, mask: np.ndarray | None = None,
+                        period: int = GRID_PERIOD) -> float:
+    """The 16-px grid-artefact score of an edit (see the module docstring): the edited image's grid spectrum ratio
+    over the region, divided by the original photo's over the same region when `original` is given."""
+    score = grid_spectrum_ratio(image, mask, period)
+    if original is None:
+        return score
+    _check_pair(image, original)
+    reference = grid_spectrum_ratio(original, mask, period)
+    return score / max(reference, 1e-6)
 
 
 # -- label agreement ---------------------------------------------------------------------------------------------

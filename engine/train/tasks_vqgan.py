@@ -10,6 +10,14 @@ CPU has) + the VectorQuantizer2 codebook/commitment loss. As in ASSET the encode
 options.mask_from_step): a share of the crops carry the (dilated) region of one class, like generate_mask_from_seg.
 seg_vqgan: cross-entropy of the per-class logits + the codebook loss (the one-hot input is a table lookup).
 Codebook rows unused for a while are restarted on random encoder outputs of the current batch.
+
+Optional terms as taming trains its VQGAN (engine/train/losses.py; every weight defaults to 0, so the shipped
+configs train as before): options.perceptual_weight x LPIPS (options.perceptual_net: vgg, as taming, or alex) and
+taming's patch discriminator (engine/models/discriminator.py) with the hinge loss: options.disc_weight (the
+adversarial term's scale; with options.disc_adaptive, default true, times taming's adaptive weight that balances
+its gradient on the decoder's last layer against the reconstruction's), options.disc_start (steps before it
+starts), options.disc_ndf (64), options.disc_layers (3). The discriminator trains inside the model
+(`loss_discriminator`, in checkpoints, never exported).
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from engine.device import describe_device
 from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.paths import assets_dir
+from engine.train.losses import PerceptualLoss, adaptive_weight, generator_logits, hinge_d_loss
 from engine.train.task import TrainConfig, TrainTask
 
 DEMO_DIR = "demo-asset-landscape"
+DISCRIMINATOR = "loss_discriminator"  # the optional patch discriminator's attribute on the trained VQGAN
 CARD_BEGIN, CARD_END = "<!-- tokenizers: begin -->", "<!-- tokenizers: end -->"
 
 
@@ -330,7 +340,7 @@ class _VQGANTaskBase(TrainTask):
         training = _record(directory, self.stem, entry)
         config = {"kind": "asset", "title": "ASSET demo (synthetic landscapes)", "label_set": LABEL_SET,
                   self.stem: model_cfg.to_dict(), "training": training}
-        state = model.state_dict()
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith(DISCRIMINATOR + ".")}
         if self.options.get("export_dtype") == "float16":  # halves the shipped files; loading converts back
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_model_dir(directory, {self.stem: state}, config, merge_config=True)
@@ -346,7 +356,39 @@ class ImageVQGANTask(_VQGANTaskBase):
         colour, _ = _training_statistics()
         with torch.no_grad():
             model.decoder.conv_out.bias.copy_(torch.from_numpy(colour))
-        return self._initial(model)
+        model = self._initial(model)
+        if self.options.get("disc_weight", 0.0):
+            from engine.models.discriminator import NLayerDiscriminator
+
+            setattr(model, DISCRIMINATOR, NLayerDiscriminator(3, int(self.options.get("disc_ndf", 64)),
+                                                              int(self.options.get("disc_layers", 3))))
+            # before disc_start the discriminator's parameters get no gradient (DDP must be told)
+            self.find_unused_parameters = bool(self.options.get("disc_start", 0))
+        return model
+
+    def _extra_terms(self, model, x, xrec, rec_loss):
+        """(loss, logs) of the optional LPIPS and adversarial terms (module docstring)."""
+        o, logs = self.options, {}
+        extra = xrec.new_zeros(())
+        if o.get("perceptual_weight", 0.0):
+            if not hasattr(self, "_perceptual"):
+                self._perceptual = PerceptualLoss(o.get("perceptual_net", "vgg"))
+            p = self._perceptual(xrec, x)
+            extra = extra + o["perceptual_weight"] * p
+            rec_loss = rec_loss + o["perceptual_weight"] * p
+            logs["lpips"] = p.item()
+        raw = getattr(model, "module", model)
+        disc = getattr(raw, DISCRIMINATOR, None)
+        if disc is not None and self.step >= o.get("disc_start", 0):
+            g_loss = -generator_logits(disc, xrec).mean()
+            if o.get("disc_adaptive", True) and torch.is_grad_enabled():
+                weight = adaptive_weight(rec_loss, g_loss, raw.decoder.conv_out.weight, o["disc_weight"])
+            else:
+                weight = torch.tensor(float(o["disc_weight"]), device=x.device)
+            d_loss = hinge_d_loss(disc(x.detach()), disc(xrec.detach()))
+            extra = extra + weight * g_loss + d_loss
+            logs.update(g_adv=g_loss.item(), d=d_loss.item(), d_weight=float(weight))
+        return extra, logs
 
     def loss(self, model, batch):
         x, mask = batch["image"], batch["mask"]
@@ -357,12 +399,14 @@ class ImageVQGANTask(_VQGANTaskBase):
         grad = gradient_loss(xrec, x)
         texture = texture_loss(xrec, x)
         restarted = self._restart(model, indices)
-        loss = l1 + self.options.get("gradient_weight", 1.0) * grad + self.options.get("texture_weight", 0.0) * texture + qloss
+        rec_loss = l1 + self.options.get("gradient_weight", 1.0) * grad + self.options.get("texture_weight", 0.0) * texture
+        extra, extra_logs = self._extra_terms(model, x, xrec, rec_loss)
+        loss = rec_loss + extra + qloss
         with torch.no_grad():
             mse = F.mse_loss(xrec.clamp(-1, 1), x)
         return loss, {"l1": l1.item(), "grad": grad.item(), "texture": texture.item(), "codebook": qloss.item(),
                       "psnr": float(10 * torch.log10(4 / mse)), "restarted": restarted,
-                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0}
+                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0, **extra_logs}
 
     @torch.no_grad()
     def evaluate(self, model):
