@@ -7,18 +7,40 @@ from pathlib import Path
 
 import numpy as np
 
+import functools
+
 from engine import export as engine_export
 from engine import project as engine_project
-from engine.errors import SgraffitoError
+from engine.errors import InputError, SgraffitoError
+from engine.hints import parse_hints
 from engine.imageio import load_label_map, load_photo, new_label_map
 from engine.labels import LabelSet, load_label_set
-from engine.project import Project, Recoverable, list_recoverable, load_project, save_project, write_autosave
+from engine.project import Project, Recoverable, load_project, save_project, scan_autosaves, write_autosave
+from engine.safe_io import remove_stale_temps
 
 PROJECT_SUFFIX = engine_project.SUFFIX
 DEFAULT_QUALITY = 95
 SAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 
 
+def _reader(function):
+    """A reader's unexpected failure is a message naming the file too (never a traceback in the window): the
+    engine's loaders raise SgraffitoError for what they know; this is the net for what they do not."""
+    @functools.wraps(function)
+    def read(path, *args, **kwargs):
+        try:
+            return function(path, *args, **kwargs)
+        except (SgraffitoError, OSError):
+            raise
+        except MemoryError:
+            raise InputError(f"{getattr(path, 'name', path)}: not enough memory to open it") from None
+        except Exception as error:  # noqa: BLE001 - see above
+            name = getattr(path, "path", path)
+            raise InputError(f"{name} cannot be opened ({type(error).__name__}: {error})") from None
+    return read
+
+
+@_reader
 def read_photo(path: Path, labels_path: Path | None, label_set: LabelSet) -> dict:
     photo = load_photo(path)
     if labels_path is not None:
@@ -28,12 +50,14 @@ def read_photo(path: Path, labels_path: Path | None, label_set: LabelSet) -> dic
     return {"label_set": label_set, "labels": labels, "photo": photo, "title": photo.name, "source": Path(path)}
 
 
+@_reader
 def read_label_map_document(path: Path, label_set: LabelSet) -> dict:
     """Translation mode: the label map is the whole document, there is no photo."""
     labels = load_label_map(path, label_set)
     return {"label_set": label_set, "labels": labels, "title": Path(path).name, "source": Path(path)}
 
 
+@_reader
 def read_labels_for(path: Path, label_set: LabelSet, size: tuple[int, int]):
     return load_label_map(path, label_set, size=size)
 
@@ -57,6 +81,7 @@ def demo_sample(samples_dir: Path) -> tuple[Path, Path | None] | None:
     return (colour[0], None) if colour else None
 
 
+@_reader
 def read_project(path: Path) -> dict:
     project = load_project(path)
     return _project_content(project, path=Path(path), source=Path(path))
@@ -64,6 +89,9 @@ def read_project(path: Path) -> dict:
 
 def _project_content(project: Project, **extra) -> dict:
     photo = project.photo
+    source = extra.get("path") or extra.get("source")
+    where = Path(source).name if source else "the project"
+    parse_hints(project.hints, f"{where}: colour hints")  # the hint tool needs {x, y, radius, rgb} each
     return {"label_set": load_label_set(project.label_set), "labels": project.edited_labels,
             "original_labels": project.original_labels, "photo": photo, "image": project.result,
             "project": project, "mode": project.mode,
@@ -101,7 +129,29 @@ def discard_autosave(document) -> None:
 
 
 def recoverable() -> list[Recoverable]:
-    return list_recoverable()
+    return scan_autosaves()[0]
+
+
+def scan_recovery() -> tuple[list[Recoverable], list[tuple[Path, str]]]:
+    """(autosaves to offer, damaged autosaves with the problem); never raises (start-up must go on)."""
+    try:
+        return scan_autosaves()
+    except Exception as error:  # noqa: BLE001 - e.g. an unreadable autosave folder
+        return [], [(Path("autosave"), f"the autosave folder cannot be read ({error})")]
+
+
+def set_aside_autosave(path: Path) -> Path | None:
+    """Move a damaged autosave to autosave/damaged/ so that it is never offered again (kept for the user)."""
+    return engine_project.set_aside_autosave(path)
+
+
+def remove_stale_temp_files(folders) -> None:
+    """Temporary files of ours left by a save that was killed half-way (autosaves, recent projects' folders)."""
+    for folder in folders:
+        try:
+            remove_stale_temps(folder)
+        except OSError:
+            continue
 
 
 def describe_recoverable(entry: Recoverable) -> str:
@@ -110,6 +160,7 @@ def describe_recoverable(entry: Recoverable) -> str:
     return f"{entry.title}{origin}, autosaved {when} UTC"
 
 
+@_reader
 def read_autosave(entry: Recoverable) -> dict:
     """Recovered work is unsaved work: the document opens dirty, tied to its project file if it had one."""
     project = load_project(entry.path)
@@ -128,6 +179,7 @@ def export_metadata(document) -> dict:
     metadata = {"Source": document.photo.name if document.photo is not None else document.title,
                 "LabelSet": document.label_set.name}
     if document.history:
+        metadata["Models"] = engine_export.history_models(document.history)
         metadata["History"] = document.history
     return metadata
 

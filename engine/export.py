@@ -20,7 +20,7 @@ from engine import __version__
 from engine.errors import InputError
 from engine.imageio import Photo
 from engine.labels import LabelSet
-from engine.project import atomic_write
+from engine.safe_io import atomic_write
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 COMPOSITE_WITH_AI = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
@@ -166,6 +166,19 @@ def export_label_map(path: str | Path, labels: np.ndarray, label_set: LabelSet) 
     with atomic_write(path) as handle:
         image.save(handle, format="PNG", pnginfo=info, optimize=False)
     return path
+
+
+def history_models(history) -> list[str]:
+    """The models that made an image's applied candidates, in order of first use (the "Models" metadata entry):
+    each history entry's model, or "<engine> (default model)" for entries saved before models were named."""
+    names: list[str] = []
+    for entry in history or []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("model") or (f"{entry['backend']} (default model)" if entry.get("backend") else None)
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 def read_export_metadata(path: str | Path) -> dict:

@@ -7,6 +7,10 @@ original file bytes are kept unchanged for the project file. Label maps become (
 from __future__ import annotations
 
 import io
+import os
+import sys
+import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +21,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from engine.errors import InputError
 from engine.labels import LabelSet
+from engine.safe_io import Budget, read_bytes
 
 # Pillow's own bomb check is a process-wide setting that raises (or only warns) at a fixed size; ours runs on the
 # header of every file we open, with a per-call limit and a message that names the file.
@@ -38,9 +43,10 @@ class Photo:
     name: str  # file name without folder, e.g. "IMG_0042.jpg"
     format: str  # Pillow format name: JPEG, PNG, TIFF, WEBP, BMP
     is_grayscale: bool  # gray, or a single tint such as sepia: colorize mode applies
-    bit_depth: int  # bits per channel in the file (8 or 16)
+    bit_depth: int  # bits per channel in the file (8, 16 or 32)
     icc_converted: bool = False  # the file carried a non-sRGB profile that was converted
     orientation: int = 1  # the EXIF orientation tag that was applied (1 = none)
+    floating: bool = False  # the file holds floating-point samples (a float TIFF)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,15 +59,46 @@ def _megapixels(pixels: int) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+          (b"BM", "BMP"), (b"GIF8", "GIF"))
+
+
+def _magic_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
+
+
+def _damage_detail(data: bytes, fmt: str) -> str:
+    """Why Pillow's plugin for `fmt` refuses the header (Image.open only says "cannot identify")."""
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
+
+    plugin = {"PNG": PngImagePlugin.PngImageFile, "JPEG": JpegImagePlugin.JpegImageFile,
+              "TIFF": TiffImagePlugin.TiffImageFile, "BMP": BmpImagePlugin.BmpImageFile,
+              "WebP": WebPImagePlugin.WebPImageFile}.get(fmt)
+    if plugin is None:
+        return "its header cannot be parsed"
+    try:
+        plugin(io.BytesIO(data))
+    except Exception as error:  # noqa: BLE001 - only its message is used
+        return str(error) or type(error).__name__
+    return "its header cannot be parsed"
+
+
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Parse only the header and refuse bombs before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
     except UnidentifiedImageError:
+        fmt = _magic_format(data)
+        if fmt in ("PNG", "JPEG", "TIFF", "WebP", "BMP"):
+            raise InputError(f"{name} is a damaged {fmt} file: {_damage_detail(data, fmt)}") from None
         raise InputError(f"{name} is not an image in a format Sgraffito reads (JPEG, PNG, TIFF, WebP, BMP)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{name} cannot be read: {error}") from None
-    width, height = image.size
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to read its header") from None
+    except Exception as error:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
+        raise InputError(f"{name} cannot be read: {error or type(error).__name__}") from None
     if width * height > max_pixels:
         raise InputError(
             f"{name} claims {width}x{height} pixels ({_megapixels(width * height)} MP), "
@@ -75,32 +112,39 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
 def _decode(image: Image.Image, name: str) -> None:
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode it") from None
+    except Exception as error:  # noqa: BLE001 - OSError, SyntaxError, struct.error, IndexError... from plugins
         # Pillow says "image file is truncated (12 bytes not processed)" or "broken data stream": keep its detail
-        raise InputError(f"{name} is damaged or truncated and cannot be decoded: {error}") from None
+        raise InputError(f"{name} is damaged or truncated and cannot be decoded: "
+                         f"{error or type(error).__name__}") from None
 
 
-def open_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Any image the user gave us (a PNG inside a project, say): header checks first, then a full decode."""
+def _charge(budget: Budget | None, image: Image.Image, name: str) -> None:
+    if budget is not None:
+        budget.charge(image.size[0] * image.size[1], name)
+
+
+def open_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               budget: Budget | None = None) -> Image.Image:
+    """Any image the user gave us (a PNG inside a project, say): header checks first (the size against
+    max_pixels and against the pixels left in `budget`, shared by the images of one file), then a full decode."""
     image = _open(data, name, max_pixels)
+    _charge(budget, image, name)
     _decode(image, name)
     return image
 
 
-def _read(path: str | Path) -> tuple[bytes, str]:
+def _read(path: str | Path, kind: str = "image") -> tuple[bytes, str]:
+    """The file's bytes (a regular file within the size cap of its kind: engine.safe_io) and its name."""
     path = Path(path)
-    try:
-        return path.read_bytes(), path.name
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder, not an image") from None
-    except OSError as error:
-        raise InputError(f"{path} cannot be read: {error.strerror or error}") from None
+    return read_bytes(path, kind), path.name
 
 
 def _bit_depth(image: Image.Image, data: bytes) -> int:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in ("I", "F"):
+        return 32
+    if image.mode in ("I;16", "I;16B", "I;16L"):
         return 16
     if image.format == "PNG" and len(data) > 24:
         return max(8, data[24])  # IHDR bit depth; 1/2/4-bit palettes count as 8
@@ -147,6 +191,33 @@ def _jpeg_complete(data: bytes) -> bool:
     return False
 
 
+_STDERR_LOCK = threading.Lock()
+_JPEG_CORRUPT = ("corrupt jpeg data", "premature end", "bogus", "invalid", "unsupported marker")
+
+
+def _jpeg_damage(data: bytes) -> str | None:
+    """libjpeg's warning when the scan data is damaged, else None. libjpeg decodes a JPEG cut short (then given
+    an end marker again) with grey blocks and only a warning on stderr, which Pillow and OpenCV both swallow:
+    run its entropy decoder (a 1/8-scale gray decode, a fraction of a full decode) with stderr captured."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            return None  # no stderr to capture (a windowed app on Windows): skip the check
+        try:
+            os.dup2(capture.fileno(), 2)
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read(4096).decode("utf-8", "replace").strip()
+    if any(word in text.lower() for word in _JPEG_CORRUPT):
+        return text.splitlines()[0]
+    return None
+
+
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     """OpenCV decodes straight into one RGB array with EXIF orientation applied (the same pixels as Pillow +
     exif_transpose, tested), about 3x faster than Pillow's decode plus its copy into numpy."""
@@ -165,6 +236,10 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
         values = np.asarray(image)
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise InputError(f"{image.info.get('_sgraffito_name', 'the image')} has {bad} NaN or infinite pixels "
+                             f"of {values.size}; Sgraffito needs finite floating-point values")
         scale = 255.0 if values.max() <= 1.0 else 1.0  # float TIFFs come as 0..1 or 0..255
         gray = (values * scale).clip(0, 255).round().astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -211,8 +286,11 @@ def detect_grayscale(rgb: np.ndarray) -> bool:
     return float(np.percentile(residual, 95)) < GRAY_CHROMA_SPREAD
 
 
-def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     budget: Budget | None = None) -> Photo:
     image = _open(data, name, max_pixels)
+    _charge(budget, image, name)
+    image.info["_sgraffito_name"] = name
     if image.format not in PHOTO_FORMATS:
         raise InputError(f"{name} is a {image.format} file; Sgraffito opens JPEG, PNG, TIFF, WebP and BMP photos")
     fmt = "JPEG" if image.format == "MPO" else image.format
@@ -220,7 +298,12 @@ def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PI
         image.seek(0)  # multi-page TIFF / animated WebP: the first frame is the photo
     bit_depth = _bit_depth(image, data)
     source_mode = image.mode
-    fast = fmt == "JPEG" and source_mode in ("RGB", "L") and _jpeg_complete(data)
+    complete = fmt != "JPEG" or _jpeg_complete(data)
+    if fmt == "JPEG":
+        problem = _jpeg_damage(data)
+        if problem:
+            raise InputError(f"{name} is a damaged JPEG file: {problem}")
+    fast = fmt == "JPEG" and source_mode in ("RGB", "L") and complete
     if not fast:
         _decode(image, name)  # PNG keeps EXIF and ICC chunks anywhere in the file: read them all first
     orientation = int(image.getexif().get(0x0112, 1) or 1)
@@ -240,7 +323,8 @@ def load_photo_bytes(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PI
     del image
     rgb.flags.writeable = False
     gray = source_mode in ("L", "LA", "I;16", "I;16B", "I;16L", "I", "F", "1") or detect_grayscale(rgb)
-    return Photo(rgb, data, name, fmt, gray, bit_depth, transform is not None, orientation)
+    return Photo(rgb, data, name, fmt, gray, bit_depth, transform is not None, orientation,
+                 floating=source_mode == "F")
 
 
 def load_photo(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
@@ -340,7 +424,7 @@ def load_label_map(
     single-channel id PNG, or a colour-coded RGB PNG whose colours are the set's canonical colours.
     `size` = (width, height) of the photo the map belongs to.
     """
-    data, name = _read(path)
+    data, name = _read(path, "label map")
     image = _open(data, name, max_pixels)
     if size is not None and tuple(image.size) != tuple(size):
         raise InputError(

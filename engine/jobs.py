@@ -146,6 +146,8 @@ def thaw(value):
     return value
 
 
+MAX_SAMPLES = 64  # candidates of one request; a backend samples them in memory-sized chunks (pipelines/base.py)
+
 @dataclass(frozen=True, eq=False)
 class Request:
     """Everything a backend needs, snapshotted when the user pressed Generate; arrays are read-only copies.
@@ -189,8 +191,8 @@ class Request:
                 raise InputError(f"request {name}: shape {array.shape} differs from the photo's {(height, width)}")
         if (self.labels_before is None) != (self.labels_after is None):
             raise InputError("request: labels_before and labels_after go together")
-        if int(self.k) < 1:
-            raise InputError(f"request: k (number of samples) must be at least 1, got {self.k}")
+        if not 1 <= int(self.k) <= MAX_SAMPLES:
+            raise InputError(f"request: k (number of samples) must be between 1 and {MAX_SAMPLES}, got {self.k}")
         set_(self, "k", int(self.k))
         from engine.registry import MODES
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from engine.errors import InputError
 from engine.paths import assets_dir
+from engine.safe_io import read_json
 
 DEFAULT_SET = "coco-stuff-182"
 DEFAULT_SUBSET = "landscape"
@@ -79,20 +81,56 @@ class LabelSet:
         raise InputError(f"{source} has ids outside label set {self.name!r}: {', '.join(parts)}{more}")
 
 
+_SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,63}$")
+
+
 def available_sets() -> list[str]:
-    return sorted(p.stem for p in (assets_dir() / "labels").glob("*.json"))
+    """The names of the shipped label sets (assets/labels/*.json): the only names a label set may have."""
+    return list(_sets_in(str(assets_dir() / "labels")))
+
+
+@functools.lru_cache(maxsize=8)
+def _sets_in(folder: str) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in Path(folder).glob("*.json") if _SET_NAME.match(p.stem) and p.is_file()))
+
+
+def check_set_name(name) -> str:
+    """`name` if it names a shipped label set; else InputError. A name never becomes a path of its own: it is
+    looked up in the list of shipped sets (a project's or the command line's `label_set` cannot reach a file)."""
+    available = available_sets()
+    if isinstance(name, str) and _SET_NAME.match(name) and name in available:
+        return name
+    shown = f"{name!r:.80}"
+    if not available:
+        raise InputError(f"unknown label set {shown}: no label sets in {assets_dir() / 'labels'} (an incomplete "
+                         "install? $SGRAFFITO_ASSETS can point at an assets folder)")
+    raise InputError(f"unknown label set {shown}; available: {', '.join(available)}")
+
+
+def load_label_set(name: str = DEFAULT_SET) -> LabelSet:
+    return _load_label_set(check_set_name(name))
 
 
 @functools.lru_cache(maxsize=None)
-def load_label_set(name: str = DEFAULT_SET) -> LabelSet:
-    folder = assets_dir() / "labels"
-    path = folder / f"{name}.json"
-    if not path.is_file():
-        if not (available := available_sets()):
-            raise InputError(f"unknown label set {name!r}: no label sets in {folder} (an incomplete install? "
-                             "$SGRAFFITO_ASSETS can point at an assets folder)")
-        raise InputError(f"unknown label set {name!r}; available: {', '.join(available)}")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    labels = tuple(Label(int(entry["id"]), entry["name"], tuple(entry["color"])) for entry in raw["labels"])
-    subsets = {key: tuple(int(i) for i in ids) for key, ids in raw.get("subsets", {}).items()}
-    return LabelSet(raw["name"], raw.get("title", raw["name"]), int(raw["unlabeled"]), labels, subsets)
+def _load_label_set(name: str) -> LabelSet:
+    path = assets_dir() / "labels" / f"{name}.json"
+    raw = read_json(path, "label set")
+    try:
+        labels = tuple(Label(int(entry["id"]), str(entry["name"]), _colour(entry["color"]))
+                       for entry in raw["labels"])
+        subsets = {str(key): tuple(int(i) for i in ids) for key, ids in dict(raw.get("subsets", {})).items()}
+        label_set = LabelSet(str(raw["name"]), str(raw.get("title", raw["name"])), int(raw["unlabeled"]), labels,
+                             subsets)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise InputError(f"{path} is not a label set ({type(error).__name__}: {error})") from None
+    ids = [label.id for label in labels] + [label_set.unlabeled]
+    if not all(0 <= i < 65536 for i in ids):
+        raise InputError(f"{path}: label ids must lie in 0..65535")
+    return label_set
+
+
+def _colour(value) -> tuple[int, int, int]:
+    colour = tuple(int(c) for c in value)
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise ValueError(f"colour {value!r:.40} is not three 0-255 values")
+    return colour

@@ -101,12 +101,12 @@ def save_model_dir(directory: str | os.PathLike, state_dicts: Mapping[str, Mappi
 
 def read_model_config(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory}: not a model folder (no config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{directory / 'config.json'}: not valid JSON ({error})") from None
+    from engine.safe_io import parse_json, read_bytes
+
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory}: not a model folder (no config.json)")
+    config = parse_json(read_bytes(directory / "config.json", "JSON", CheckpointError),
+                        str(directory / "config.json"), CheckpointError)
     if not isinstance(config, dict):
         raise CheckpointError(f"{directory / 'config.json'}: not a JSON object")
     _check_config(config, str(directory / "config.json"))

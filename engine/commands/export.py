@@ -25,7 +25,16 @@ def run(args) -> int:
     from engine.labels import load_label_set
     from engine.project import load_project
 
+    from engine.safe_io import refuse_input
+
     export_format(args.out)  # an unknown suffix fails before the project is read
+    refuse_input(args.out, [args.project], "output")
+    if args.labels:
+        refuse_input(args.labels, [args.project, args.out], "--labels")
+    if args.labels and args.labels.resolve() == args.out.resolve():
+        raise InputError(f"--labels {args.labels} is the image output too; give two file names")
+    if not 1 <= args.quality <= 100:
+        raise InputError(f"--quality must be between 1 and 100, got {args.quality}")
     project = load_project(args.project)
     image = project.result if project.result is not None else (project.photo.rgb if project.photo else None)
     if image is None:
@@ -33,6 +42,9 @@ def run(args) -> int:
     metadata = {"Source": project.photo.name if project.photo else args.project.name,
                 "LabelSet": project.label_set}
     if project.history:
+        from engine.export import history_models
+
+        metadata["Models"] = history_models(project.history)
         metadata["History"] = project.history
     export_image(args.out, image, quality=args.quality, metadata=metadata, generated=bool(project.history),
                  source=project.photo)

@@ -50,7 +50,8 @@ def run(args) -> int:
         print(f"{args.file.name}: {_describe_labels(load_label_map(args.file, label_set), label_set)}")
         return 0
     photo = load_photo(args.file)
-    details = [photo.format, f"{photo.size[0]}x{photo.size[1]}", f"{photo.bit_depth}-bit",
+    depth = f"{photo.bit_depth}-bit float" if photo.floating else f"{photo.bit_depth}-bit"
+    details = [photo.format, f"{photo.size[0]}x{photo.size[1]}", depth,
                "grayscale (colorize mode)" if photo.is_grayscale else "colour"]
     if photo.orientation != 1:
         details.append(f"EXIF orientation {photo.orientation} applied")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
@@ -17,6 +16,7 @@ from engine.errors import CheckpointError
 from engine.importers import Importer
 from engine.importers.tfbundle import read_bundle
 from engine.model_store import new_model_dir, save_model_dir
+from engine.safe_io import extract_zip
 from engine.models.coltran import (ColorUpsampler, ColTranConfig, ColTranCore, CoreConfig, SpatialUpsampler,
                                    UpsamplerConfig)
 
@@ -217,10 +217,30 @@ def infer_stage_config(stage: str, variables: dict):
                       num_outer_layers=outer, num_inner_layers=inner, resolution=(height, width))
 
 
-def convert_official_stage(stage: str, tensors: dict, source: str):
+# Non-trainable variables have no EMA shadow; the official restore keeps their raw value (the inner `normalize`
+# LayerNormalization of each conditional layer norm is built with trainable=False).
+_NON_TRAINABLE = ("/normalize/gamma", "/normalize/beta")
+
+
+def _renamed_scope(names, scope: str) -> str | None:
+    """The Keras-numbered variant of `scope` (e.g. 'col_tran_core_1') the variables use, if any."""
+    found = sorted({n.split("/")[0] for n in names if re.fullmatch(rf"{re.escape(scope)}_\d+", n.split("/")[0])})
+    return found[0] if found else None
+
+
+def _renamed_message(source, stage: str, renamed: str) -> str:
+    return (f"{source}: the {stage} variables are under the scope {renamed!r} instead of "
+            f"{STAGE_SCOPES[stage]!r}: Keras numbered the model's top-level scope because another model of the same "
+            f"class was built first in the process that saved it. Its layer numbering may differ too, so it is not "
+            f"imported; save the checkpoint from a process that builds the {stage} once")
+
+
+def convert_official_stage(stage: str, tensors: dict, source: str, *, raw_weights: bool = False):
     """Bundle tensors of one stage (keys as in the checkpoint) -> (config, state dict), taking each trainable
-    weight's EMA shadow as the official restore does. Raises CheckpointError naming every official variable left
-    unmapped and every parameter of ours left without a value."""
+    weight's EMA shadow as the official restore does (a trainable variable without its shadow is refused, since
+    mixing raw and averaged weights gives wrong logits; `raw_weights` takes the raw value of every variable
+    instead). Raises CheckpointError naming every official variable left unmapped and every parameter of ours
+    left without a value."""
 
     raw, shadows = {}, {}
     for key, array in tensors.items():
@@ -234,10 +254,13 @@ def convert_official_stage(stage: str, tensors: dict, source: str):
             raw[name] = array
     root = STAGE_SCOPES[stage]
     if not any(n.startswith(root + "/") for n in raw):
+        renamed = _renamed_scope(raw, root)
+        if renamed:
+            raise CheckpointError(_renamed_message(source, stage, renamed))
         found = sorted({n.split("/")[0] for n in raw if not n.startswith("ff_dense") and "/" in n})
         raise CheckpointError(f"{source}: no {stage} variables (scope {root!r}); scopes found: {', '.join(found) or 'none'}")
     canonical = canonical_names(raw)
-    values = {canonical[n]: shadows.get(n, array) for n, array in raw.items()}
+    values = {canonical[n]: (array if raw_weights else shadows.get(n, array)) for n, array in raw.items()}
     try:
         config = infer_stage_config(stage, values)
     except KeyError as missing:
@@ -258,7 +281,14 @@ def convert_official_stage(stage: str, tensors: dict, source: str):
             mismatched.append(f"{by_canonical[name]} {tuple(values[name].shape)} -> {ours} {tuple(expected[ours].shape)}")
         state[ours] = tensor
     uncovered = sorted(set(expected) - set(state) - {k for _, (k, _) in table.items()})
-    problems = [(f"{len(unmapped)} official variables with no place in our model", unmapped),
+    # the official restore overwrites every trainable weight with its EMA shadow: one without a shadow would mix
+    # raw and averaged weights (wrong colours), so it is refused unless raw weights are asked for throughout
+    unshadowed = [] if raw_weights else sorted(
+        n for n in raw if n not in shadows and not n.endswith(_NON_TRAINABLE) and canonical[n] in table)
+    problems = [(f"{len(unshadowed)} trainable variables without their EMA shadow (ExponentialMovingAverage), "
+                 "which the official restore uses (--raw-weights takes every variable's raw value instead)",
+                 unshadowed),
+                (f"{len(unmapped)} official variables with no place in our model", unmapped),
                 (f"{len(missing)} variables our model needs are not in the checkpoint", missing),
                 (f"{len(mismatched)} shape mismatches", mismatched),
                 (f"{len(uncovered)} of our parameters have no official counterpart", uncovered)]
@@ -282,6 +312,7 @@ def find_stage_checkpoints(root) -> dict[str, tuple[str, dict]]:
         return int(match.group(1)) if match else -1
 
     found: dict[str, tuple[int, str, dict]] = {}
+    renamed: dict[str, tuple[str, str]] = {}
     for index in sorted(Path(root).rglob("*.index")):
         prefix = index.with_suffix("")
         tensors = read_bundle(prefix)
@@ -289,24 +320,21 @@ def find_stage_checkpoints(root) -> dict[str, tuple[str, dict]]:
         for stage, scope in STAGE_SCOPES.items():
             if any(n.startswith(scope + "/") for n in names) and step(prefix) > found.get(stage, (-2,))[0]:
                 found[stage] = (step(prefix), str(prefix), tensors)
+            elif other := _renamed_scope(names, scope):
+                renamed.setdefault(stage, (str(prefix), other))
+    for stage, (prefix, other) in renamed.items():
+        if stage not in found:
+            raise CheckpointError(_renamed_message(prefix, stage, other))
     return {stage: (prefix, tensors) for stage, (_, prefix, tensors) in found.items()}
 
 
 def _extract_zip(path, into) -> None:
+    """Extract the release zip member by member with engine.safe_io's bounds (regular file only, no member
+    outside `into` or a symlink, a compression-ratio limit, a total within the free disk space)."""
+    extract_zip(path, into, CheckpointError, kind="archive")
 
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                parts = PurePosixPath(member.filename).parts
-                if member.filename.startswith("/") or ".." in parts:
-                    raise CheckpointError(f"{path}: member {member.filename!r} would escape the extraction folder")
-            archive.extractall(into)
-    except zipfile.BadZipFile as error:
-        raise CheckpointError(f"{path}: not a valid zip file ({error})") from None
-
-
-def import_official(source, name: str, *, overwrite: bool = False):
+def import_official(source, name: str, *, overwrite: bool = False, raw_weights: bool = False):
     """Convert the official release (a folder or the coltran.zip) into a model folder; returns its path."""
 
 
@@ -326,7 +354,7 @@ def import_official(source, name: str, *, overwrite: bool = False):
                                   f"(expected TF checkpoints model-N.index/.data-* of all three ColTran stages)")
         configs, states = {}, {}
         for stage, (prefix, tensors) in stages.items():
-            configs[stage], states[stage] = convert_official_stage(stage, tensors, prefix)
+            configs[stage], states[stage] = convert_official_stage(stage, tensors, prefix, raw_weights=raw_weights)
     config = ColTranConfig(configs["colorizer"], configs["color_upsampler"], configs["spatial_upsampler"])
     directory = new_model_dir(name, overwrite=overwrite)
     return save_model_dir(directory, states, {
@@ -338,10 +366,14 @@ def _add_import_arguments(parser) -> None:
     parser.description = ("Convert the official ColTran TF2 checkpoints (the coltran.zip release, or a folder "
                           "holding colorizer/, color_upsampler/ and spatial_upsampler/ checkpoints) without "
                           "TensorFlow: EMA weights, every tensor mapped by name and shape.")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="take every variable's raw value instead of its EMA shadow (for checkpoints saved "
+                             "without EMA; the official restore uses the shadows)")
 
 
 def _run_import(args):
-    return import_official(args.file, args.name or "coltran", overwrite=args.force)
+    return import_official(args.file, args.name or "coltran", overwrite=args.force,
+                           raw_weights=getattr(args, "raw_weights", False))
 
 
 IMPORTER = Importer("coltran", "official ColTran TF2 checkpoints (folder or coltran.zip)", _add_import_arguments,

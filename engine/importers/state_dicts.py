@@ -20,6 +20,7 @@ import torch
 from engine.errors import CheckpointError
 from engine.importers.unpickler import Opaque, _LazyTensor, _unpickle_legacy, _unpickle_zip
 from engine.model_store import read_safetensors
+from engine.safe_io import open_regular
 
 def _state_dict_of(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Opaque):
@@ -43,19 +44,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises CheckpointError for unsafe, truncated or foreign files.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    with open_regular(path, "checkpoint", CheckpointError) as handle:  # a FIFO, device or folder stops here
+        head = handle.read(4)
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        obj = _unpickle_zip(path) if zipfile.is_zipfile(path) else _unpickle_legacy(path)
+        # a zip by its signature: a truncated zip has no readable directory, but it is not a legacy pickle either
+        obj = _unpickle_zip(path) if head.startswith(b"PK") else _unpickle_legacy(path)
         return _state_dict_of(obj, path)
     except CheckpointError:
         raise
     except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, struct.error, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({type(error).__name__}: {error})") \
             from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError) as error:
+    except MemoryError:
+        raise CheckpointError(f"{path}: not enough memory to read this checkpoint") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: its pickle is nested too deeply") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OSError,
+            OverflowError, LookupError) as error:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {error})") from None
 
 

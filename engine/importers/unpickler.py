@@ -14,7 +14,6 @@ import io
 import os
 import pickle
 import struct
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,9 @@ from typing import Callable
 import torch
 
 from engine.errors import CheckpointError
+from engine.safe_io import LIMITS, Budget, close_zip, open_regular, open_zip, read_member
+
+MAX_PICKLE_BYTES = 1 << 30  # the pickle of a checkpoint (its tensors' bytes are separate members)
 
 _STORAGE_DTYPES = {
     "DoubleStorage": torch.float64,
@@ -176,10 +178,37 @@ def _placeholder_attribute(obj, name):
     raise CheckpointError(f"refusing getattr({obj!r}, {name!r}) while unpickling")
 
 
+def _defaultdict(default_factory=None, *_ignored):
+    """collections.defaultdict as omegaconf pickles it (a DictConfig's `resolver_cache` is `defaultdict(dict)`):
+    an empty plain dict that SETITEMS fills. The factory (any global, possibly a placeholder) is never kept or
+    called, so the result is inert data."""
+    return {}
+
+
 def _latin1(text, encoding="latin1"):
     if encoding != "latin1":
         raise CheckpointError(f"_codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
+
+
+MAX_BYTEARRAY = 64 << 20  # a bytearray a pickle may ask for by size (metadata never needs more)
+
+
+def _bytearray(source=b"", *args):
+    """bytearray, but never one allocated from a size the file states (`bytearray(2**31)` from 40 bytes)."""
+    if isinstance(source, bool) or isinstance(source, int):
+        if not 0 <= source <= MAX_BYTEARRAY:
+            raise CheckpointError(f"refusing bytearray({source}) while unpickling (more than "
+                                  f"{MAX_BYTEARRAY >> 20} MB asked for by size)")
+        return bytearray(source)
+    if isinstance(source, (bytes, bytearray, str)):
+        return bytearray(source, *args) if isinstance(source, str) else bytearray(source)
+    if isinstance(source, (list, tuple)) and len(source) <= MAX_BYTEARRAY:
+        try:
+            return bytearray(source)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"bytearray from a malformed list while unpickling ({error})") from None
+    raise CheckpointError(f"refusing bytearray({type(source).__name__}) while unpickling")
 
 
 # Globals the unpickler hands out as real objects: our own rebuild functions, dtypes and harmless containers.
@@ -200,9 +229,10 @@ _ALLOWED = {
     ("builtins", "tuple"): tuple,
     ("builtins", "list"): list,
     ("builtins", "dict"): dict,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("_codecs", "encode"): _latin1,
     ("builtins", "getattr"): _placeholder_attribute,
+    ("collections", "defaultdict"): _defaultdict,  # omegaconf DictConfig metadata
 }
 _CALLABLE = set(map(id, _ALLOWED.values()))
 
@@ -286,44 +316,103 @@ class _RestrictedUnpickler(pickle._Unpickler):
 def _storage_pid(pid, path: Path) -> tuple[torch.dtype, str, int, object]:
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
         raise CheckpointError(f"{path}: unsupported persistent reference {pid!r:.80}")
-    dtype, key, numel = pid[1], str(pid[2]), pid[4]
-    if not isinstance(dtype, torch.dtype) or not isinstance(numel, int):
+    dtype, key, numel = pid[1], str(pid[2])[:200], pid[4]
+    if not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or isinstance(numel, bool):
         raise CheckpointError(f"{path}: unsupported storage {pid!r:.80}")
+    if not 0 <= numel * dtype.itemsize <= LIMITS["checkpoint"]:
+        raise CheckpointError(f"{path}: storage {key} claims {numel} elements, not a size a checkpoint can hold")
     return dtype, key, numel, pid[5] if len(pid) > 5 else None
 
 
 def _unpickle_zip(path: Path):
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    """A torch zip checkpoint. Every member is inflated in chunks within its declared size, a compression-ratio
+    limit and a budget for the whole file (torch stores storages uncompressed: a zip bomb exceeds both)."""
+    archive = open_zip(path, "checkpoint", CheckpointError,
+                       bad_zip=f"{path}: a truncated or damaged zip archive (not a readable PyTorch checkpoint)")
+    try:
+        size = os.fstat(archive.fp.fileno()).st_size
+        budget = Budget(max(2 * size, 256 << 20), str(path), error=CheckpointError)
+        infos = {info.filename: info for info in archive.infolist()}
+        names = list(infos)
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if not pickles:
             kind = "a TorchScript archive" if any(n.endswith("constants.pkl") for n in names) else "not a torch file"
             raise CheckpointError(f"{path}: zip archive without data.pkl ({kind})")
         prefix = pickles[0][: -len("data.pkl")]
-        if prefix + "byteorder" in names and archive.read(prefix + "byteorder").strip() != b"little":
+
+        def member(name: str, limit: int) -> bytes:
+            return read_member(archive, infos[name], f"{path}: {name}", limit, budget, CheckpointError)
+
+        if prefix + "byteorder" in infos and member(prefix + "byteorder", 64).strip() != b"little":
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         storages: dict[str, _Storage] = {}
 
         def load_storage(pid):
             dtype, key, numel, _ = _storage_pid(pid, path)
             if key not in storages:
-                member = f"{prefix}data/{key}"
-                if member not in names:
+                name = f"{prefix}data/{key}"
+                if name not in infos:
                     raise CheckpointError(f"{path}: storage {key} is missing from the archive")
+                nbytes = numel * dtype.itemsize
 
-                def read(member=member):
-                    with zipfile.ZipFile(path) as again:
-                        return again.read(member)
+                def read(name=name, nbytes=nbytes):  # lazily, when a tensor of the state dict needs it
+                    again = open_zip(path, "checkpoint", CheckpointError)
+                    try:
+                        return read_member(again, again.getinfo(name), f"{path}: {name}", nbytes, budget,
+                                           CheckpointError)
+                    except KeyError:
+                        raise CheckpointError(f"{path}: storage {name} is missing from the archive") from None
+                    finally:
+                        close_zip(again)
 
                 storages[key] = _Storage(path, key, dtype, numel, read)
             return storages[key]
 
-        data = archive.read(pickles[0])
-    return _RestrictedUnpickler(io.BytesIO(data), path, load_storage).load()
+        data = member(pickles[0], MAX_PICKLE_BYTES)
+        return _RestrictedUnpickler(io.BytesIO(data), path, load_storage).load()
+    finally:
+        close_zip(archive)
+
+
+class _BoundedFile:
+    """A file for the pure-Python unpickler whose reads never ask for more than the file has left: a length
+    field of 2**60 in a pickle is a truncated file, not a 1-EB allocation."""
+
+    def __init__(self, handle, size: int, path: Path):
+        self.handle, self.size, self.path = handle, size, path
+
+    def _check(self, n: int) -> None:
+        if n > self.size - self.handle.tell():
+            raise CheckpointError(f"{self.path}: truncated (a pickle field of {n} bytes runs past the end of the file)")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n >= 0:
+            self._check(n)
+        return self.handle.read(n)
+
+    def readinto(self, buffer) -> int:
+        self._check(len(buffer))
+        return self.handle.readinto(buffer)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.handle.readline(1 << 20 if limit < 0 else limit)
+
+    def peek(self, n: int = 0) -> bytes:
+        return self.handle.peek(n)
+
+    def seek(self, *args):
+        return self.handle.seek(*args)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def fileno(self) -> int:
+        return self.handle.fileno()
 
 
 def _unpickle_legacy(path: Path):
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint", CheckpointError) as handle:
+        f = _BoundedFile(handle, os.fstat(handle.fileno()).st_size, path)
         first = _RestrictedUnpickler(f, path).load()
         if first != _LEGACY_MAGIC:
             # A plain pickle (no torch storages): the first object is the whole content.
@@ -334,10 +423,13 @@ def _unpickle_legacy(path: Path):
         offsets: dict[str, int] = {}
 
         def read_at(key):
-            with open(path, "rb") as g:
+            with open_regular(path, "checkpoint", CheckpointError) as g:
                 g.seek(offsets[key])
                 (numel,) = struct.unpack("<q", g.read(8))
-                return g.read(numel * storages[key].dtype.itemsize)
+                nbytes = numel * storages[key].dtype.itemsize
+                if not 0 <= nbytes <= size - offsets[key] - 8:
+                    raise CheckpointError(f"{path}: storage {key} ends past the end of the file")
+                return g.read(nbytes)
 
         def load_storage(pid):
             dtype, key, numel, view = _storage_pid(pid, path)
@@ -362,6 +454,6 @@ def _unpickle_legacy(path: Path):
                 raise CheckpointError(f"{path}: truncated (storage {key} missing)")
             (numel,) = struct.unpack("<q", header)
             position += 8 + numel * storages[key].dtype.itemsize
-            if position > size:
+            if numel < 0 or position > size:
                 raise CheckpointError(f"{path}: truncated (storage {key} ends past the end of the file)")
     return result

@@ -30,6 +30,7 @@ from engine.models.asset import ASSET, ASSETConfig
 from engine.models.asset_sampling import sample_tokens
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
+from engine.safe_io import finite
 
 DEFAULT_MODEL = "demo-asset-landscape"
 GUIDE_SIZE = 256
@@ -230,7 +231,8 @@ class AssetBackend(Pipeline):
         params = request.params
         patches, fit, seconds = edit(
             bundle, request.photo, np.asarray(request.labels_after), request.edit_mask(), list(ctx.seeds), ctx,
-            top_k=int(params.get("top_k", 100)), temperature=float(params.get("temperature", 1.0)),
+            top_k=int(params.get("top_k", 100)),
+            temperature=finite(params.get("temperature", 1.0), "temperature", positive=True),
             rule=str(params.get("token_mask", "cover")), region=request.region,
             decode_margin=_decode_margin(params.get("decode_margin", DECODE_MARGIN)))
         info = {"model": bundle.path.name, "resolution": bundle.resolution}

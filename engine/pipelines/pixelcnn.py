@@ -21,6 +21,7 @@ import torch
 
 from engine.errors import InputError
 from engine.hints import Hint, parse_hints
+from engine.safe_io import finite
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
@@ -172,7 +173,7 @@ class PixelCNNBackend(Pipeline):
         from engine.jobs import Candidate, thaw
 
         params = thaw(request.params)
-        temperature = float(params.get("temperature", 1.0))
+        temperature = finite(params.get("temperature", 1.0), "temperature", minimum=0.0)  # 0: most likely
         hints = parse_hints(params.get("hints", []), "request hints")
         x0, y0, x1, y1 = region = request.region or full_region(request.photo)
         if request.region is not None:
