@@ -236,7 +236,7 @@ def test_import_asset_bundle(tmp_path):
     torch.save({"state_dict": {f"transformer.{k}": v for k, v in guiding.items()}}, tmp_path / "guiding.ckpt")
 
     assert cli(["import", "asset", str(tmp_path / "landscape_1024.ckpt"), "--guiding",
-                str(tmp_path / "guiding.ckpt")]) == 0
+                str(tmp_path / "guiding.ckpt"), "--heads", "1"]) == 0  # no bundle yaml here: heads given
     [info] = [m for m in list_models("asset") if m.source == "imported"]
     assert info.name == "landscape_1024" and info.source == "imported"
     image = load_vqgan(info.path, "image_vqgan")
