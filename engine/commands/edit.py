@@ -17,7 +17,9 @@ def register(subparsers) -> None:
         "id PNGs, indexed PNGs or colour-coded PNGs of the label set, at the photo's size.",
     )
     parser.add_argument("photo", help="the photo to edit")
-    parser.add_argument("--labels", required=True, metavar="L.png", help="the photo's label map")
+    parser.add_argument("--labels", metavar="L.png",
+                        help="the photo's label map (default: segment the photo as `sgraffito segment` does and "
+                        "write that map to DIR/labels.png)")
     parser.add_argument("--new-labels", required=True, metavar="L2.png", help="the edited label map")
     add_engine_arguments(parser, "edit", DEFAULT_ENGINE,
                          "a model name from `sgraffito models` or a model folder (default: the engine's demo)")
@@ -40,20 +42,48 @@ def run(args) -> int:
     from engine.errors import InputError
     from engine.imageio import load_label_map, load_photo
     from engine.labels import load_label_set
+    from engine.safe_io import finite
 
-    if args.top_k < 1 or args.temperature <= 0:
-        raise InputError("--top-k must be at least 1 and --temperature positive")
+    if args.top_k < 1:
+        raise InputError("--top-k must be at least 1")
+    args.temperature = finite(args.temperature, "--temperature", positive=True)
     photo = load_photo(args.photo)
     label_set = load_label_set(args.label_set)
     size = (photo.rgb.shape[1], photo.rgb.shape[0])
-    before = load_label_map(args.labels, label_set, size)
+    if args.labels:
+        before = load_label_map(args.labels, label_set, size)
+    else:  # segment the photo itself (an imported DeepLab model, else the demo segmenter)
+        from engine.commands._runner import BackendBug
+        from engine.commands.segment import segment_photo
+
+        try:
+            before = segment_photo(photo.rgb, label_set=label_set.name, device=args.device,
+                                   what="nothing written")[0]
+        except BackendBug:
+            return 1
     after = load_label_map(args.new_labels, label_set, size)
     label_set.check_ids(after, args.new_labels)
     if (before == after).all():
-        raise InputError(f"{args.labels} and {args.new_labels} are identical: nothing to edit")
+        raise InputError(f"{args.labels or 'the segmented photo'} and {args.new_labels} are identical: nothing to "
+                         "edit")
     params = {"top_k": args.top_k, "temperature": args.temperature,
               "token_mask": "reference" if args.reference_token_mask else "cover",
               "decode_margin": args.decode_margin}
+    args.inputs = [args.photo, args.labels, args.new_labels]  # never written over (run_request checks --out)
     request = {"photo": photo.rgb, "labels_before": before, "labels_after": after, "model": args.model,
                "mode": "edit", "label_set": label_set.name, "params": params}
-    return run_request(choose_engine(args, DEFAULT_ENGINE), request, args)
+    status = run_request(choose_engine(args, DEFAULT_ENGINE), request, args)
+    if not args.labels and status == 0:
+        import sys
+        from pathlib import Path
+
+        from engine.commands.segment import write_label_png
+        from engine.safe_io import refuse_input
+
+        target = Path(args.out) / "labels.png"  # the segmented map, reusable as --labels
+        try:
+            refuse_input(target, [args.photo, args.new_labels], "the segmented label map")
+            write_label_png(before, label_set, target)
+        except InputError as error:
+            print(f"sgraffito: warning: {error}", file=sys.stderr)
+    return status
