@@ -73,6 +73,24 @@ SPECS: tuple[ModelSpec, ...] = (
         importer="engine.importers.asapnet_pth:IMPORTER",
         tasks={"asapnet-landscape": "engine.train.tasks_asapnet:ASAPNetLandscapeTask"},
         default_model="demo-asapnet-landscape"),
+    ModelSpec(
+        kind="taming", title="Taming Transformers (label map to image by sliding-window sampling, S-FLCKR)",
+        models="engine.models.taming", modes=("translate",),
+        backend="engine.pipelines.taming:TamingBackend",
+        importer="engine.importers.taming_ckpt:IMPORTER",
+        default_model="demo-taming-landscape"),
+    ModelSpec(
+        kind="segmenter", title="Demo segmenter (frozen ImageNet VGG16 + a head trained on synthetic landscapes)",
+        models="engine.models.segmenter", modes=("segment",),
+        backend="engine.pipelines.segment:SegmenterBackend",
+        tasks={"segmenter-landscape": "engine.train.tasks_segmenter:SegmenterLandscapeTask"},
+        default_model="demo-segmenter-landscape"),
+    ModelSpec(
+        kind="deeplab", title="DeepLab-v2 ResNet-101 MSC (kazuto1011/deeplab-pytorch, COCO-Stuff 164k)",
+        models="engine.models.deeplab", modes=("segment",),
+        backend="engine.pipelines.segment:DeepLabBackend",
+        importer="engine.importers.deeplab_pth:IMPORTER",
+        default_model="deeplab-cocostuff164k"),
 )
 
 KINDS: tuple[str, ...] = tuple(spec.kind for spec in SPECS)

@@ -30,12 +30,17 @@ def register(subparsers) -> None:
         description="Render a label map (id PNG, indexed PNG or colour-coded PNG) into a photo-like image with an "
                     "ASAPNet model. The model runs at the label map's size (or --size) padded to its tile size.")
     parser.add_argument("labels", type=Path, metavar="LABELS.png")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT.png")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT.png|DIR",
+                        help="the image (ASAPNet), or for a sampling engine (taming) the folder for "
+                             "candidate_XX.png and candidates.json")
     parser.add_argument("--label-set", metavar="SET", help="label set of LABELS.png (default: the model's)")
     parser.add_argument("--size", type=str, metavar="WxH", help="output size (default: the label map's size)")
     add_engine_arguments(parser, "translate", DEFAULT_ENGINE,
                          "an asapnet model name from the model list or a model folder (default: the demo model)")
     add_device_argument(parser)
+    parser.add_argument("--samples", "-k", type=int, default=None, metavar="K",
+                        help="candidates of a sampling engine (taming; default 4); ASAPNet renders one image")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="candidate i uses seed S + i (default 0)")
     parser.set_defaults(run=run)
 
 
@@ -52,17 +57,29 @@ def _model_config(engine: str, model: str) -> dict:
 def run(args) -> int:
     import cv2
     import numpy as np
-    from PIL import Image
 
     from engine.device import resolve_device
     from engine.imageio import load_label_map
     from engine.jobs import Request
     from engine.labels import load_label_set
 
+    from engine.commands._runner import write_image
+    from engine.safe_io import refuse_input
+
     size = _size(args.size) if args.size else None
-    if args.out.suffix.lower() not in SUFFIXES:
-        raise InputError(f"{args.out}: use a .png, .jpg, .webp or .tif output file")
     engine = choose_engine(args, DEFAULT_ENGINE)
+    sampling = engine != DEFAULT_ENGINE  # k candidates into a folder (taming); ASAPNet writes its one image
+    if not sampling and getattr(args, "samples", None) not in (None, 1):
+        raise InputError("ASAPNet renders one image per label map; --samples is for sampling engines (taming)")
+    if sampling:
+        args.samples = 4 if getattr(args, "samples", None) is None else args.samples
+        args.inputs = [args.labels]
+    elif args.out.suffix.lower() not in SUFFIXES:
+        raise InputError(f"{args.out}: use a .png, .jpg, .webp or .tif output file")
+    if not sampling:
+        refuse_input(args.out, [args.labels], "--out")
+    if not sampling and args.out.is_dir():
+        raise InputError(f"--out {args.out} is a folder; give an image file name")
     device = resolve_device(args.device)
     model_label_set = _model_config(engine, args.model).get("label_set")
     label_set = load_label_set(args.label_set or model_label_set)
@@ -79,15 +96,16 @@ def run(args) -> int:
     request = Request(backend=engine, photo=blank, model=args.model, mode="translate", labels_before=labels,
                       labels_after=labels, label_set=label_set.name,
                       params={"max_side": max(labels.shape)})  # the whole map at its full size, not a preview
+    if sampling:
+        from engine.commands._runner import run_request
+
+        return run_request(engine, request, args)
     try:
         job = run_job(request, device, nothing_written=f"{args.out} not written")
     except BackendBug:
         return 1
     (candidate,) = job.candidates
     image = candidate.compose(blank)
-    try:
-        Image.fromarray(image).save(args.out)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{args.out}: cannot write ({error})") from None
+    write_image(args.out, image)  # atomic: the previous file stays until the new one is complete
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {candidate.seconds * 1000:.0f} ms)")
     return 0
