@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import time
+
 from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QTransform
-from PySide6.QtWidgets import (QApplication, QGraphicsItem, QGraphicsPathItem, QGraphicsScene, QGraphicsView,
-                               QLineEdit, QStyleOptionGraphicsItem)
+from PySide6.QtWidgets import (QApplication, QGraphicsItem, QGraphicsObject, QGraphicsPathItem, QGraphicsScene,
+                               QGraphicsView, QLineEdit, QStyleOptionGraphicsItem)
 
 from app.document import Document
 
 ZOOM_STEP = 1.25
 MIN_ZOOM, MAX_ZOOM = 0.01, 64.0
 UNIFORM_CHECK = 1 << 20  # pixels: above this, test for a single label before recolouring
+HOLD_S = 0.3  # `\\` held longer than this shows the original only while held; a shorter tap toggles
+SPLIT_GRAB_PX = 6  # view pixels either side of the compare divider that grab it
 
 
 def wrap_rgb(rgb: np.ndarray) -> QImage:
@@ -59,24 +63,41 @@ class ImageItem(QGraphicsItem):
         painter.drawImage(exposed, self.image, exposed)
 
 
-class CandidatePreview(QGraphicsItem):
+class CandidatePreview(QGraphicsObject):
     """The workspace's previewed candidate (app.workspace) drawn over the canvas at its region; left of `split`
-    the candidate, right of it the image as it is."""
+    the candidate, right of it the image as it is. The canvas drags the divider (`split_dragged`) and hides the
+    preview while it shows the original photo (`set_before`). Being in the canvas's scene, it zooms and pans
+    with the photo."""
+
+    split_dragged = Signal(float)
 
     def __init__(self, workspace):
         super().__init__()
         self.setZValue(100)
         self.image = QImage()
         self.split = 1.0
+        self.active = False  # a candidate is previewed
+        self.before = False  # the canvas shows the original photo: hidden meanwhile
         self.setVisible(False)
         workspace.events.preview_changed.connect(self.show_stored)
 
     def show_stored(self, stored) -> None:
         """engine.project.StoredCandidate, or None to hide."""
         if stored is None:
+            self.active = False
             self.setVisible(False)
         else:
             self.show_candidate(stored.image, tuple(stored.meta["box"]))
+
+    def set_before(self, on: bool) -> None:
+        self.before = bool(on)
+        self.setVisible(self.active and not self.before)
+
+    def divider_x(self) -> float | None:
+        """The divider's scene x, when the view is split."""
+        if not self.isVisible() or self.image.isNull() or not 0 < self.split < 1:
+            return None
+        return self.pos().x() + self.image.width() * self.split
 
     def show_candidate(self, patch: np.ndarray, region: tuple[int, int, int, int]) -> None:
         self.prepareGeometryChange()
@@ -84,7 +105,8 @@ class CandidatePreview(QGraphicsItem):
         self.image = QImage(patch.data, patch.shape[1], patch.shape[0], patch.strides[0],
                             QImage.Format.Format_RGB888).copy()
         self.setPos(region[0], region[1])
-        self.setVisible(True)
+        self.active = True
+        self.setVisible(not self.before)
         self.update()
 
     def set_split(self, fraction: float) -> None:
@@ -112,6 +134,7 @@ class Canvas(QGraphicsView):
     left = Signal()  # the cursor left the image
     zoom_changed = Signal(float)
     message = Signal(str)  # a tool explains why it did nothing
+    before_changed = Signal(bool)  # showing the original photo (`\\`)
 
     def __init__(self, document: Document, parent=None):
         super().__init__(parent)
@@ -142,6 +165,10 @@ class Canvas(QGraphicsView):
         self.tool = None  # app.tools.Tool: receives presses/moves/releases in image coordinates
         self._pan_from: QPointF | None = None
         self._space = False
+        self.before = False  # showing the original photo instead of the result (`\\`, View > Before/After)
+        self._before_saved = None  # the photo layer's image while the original is shown
+        self._before_key: tuple[float, bool] | None = None  # time `\\` went down, the state before it
+        self._split_drag: CandidatePreview | None = None
         self._outline_timer = QTimer(self, singleShot=True, interval=120)
         self._outline_timer.timeout.connect(self.update_outline)
 
@@ -155,6 +182,7 @@ class Canvas(QGraphicsView):
 
     # ---- document -> pixels --------------------------------------------------------------------------------
     def on_reset(self) -> None:
+        self.set_before(False)
         doc = self.document
         width, height = doc.size
         if doc.image is not None:
@@ -216,12 +244,91 @@ class Canvas(QGraphicsView):
     def on_view_changed(self) -> None:
         doc = self.document
         mode = doc.view_mode
-        self.photo_item.setVisible(mode != "labels")
-        self.overlay_item.setVisible(mode in ("both", "labels"))
+        self.photo_item.setVisible(mode != "labels" or self.before)
+        self.overlay_item.setVisible(mode in ("both", "labels") and not self.before)
         self.overlay_item.setOpacity(1.0 if mode == "labels" else doc.overlay_opacity)
-        self.outline_item.setVisible(mode == "outline")
+        self.outline_item.setVisible(mode == "outline" and not self.before)
         if mode == "outline":
             self.update_outline()
+
+    # ---- before/after --------------------------------------------------------------------------------------
+    def original_image(self) -> np.ndarray | None:
+        """The photo as opened (no applied candidates), None for a document made from a label map alone."""
+        photo = self.document.photo
+        return None if photo is None else photo.rgb
+
+    def set_before(self, on: bool) -> None:
+        """Show the original photo (no applied candidate, no previewed candidate, no label overlay) or the
+        result again. The photo layer's own image (the result, or the live preview's rendering) comes back
+        as it was."""
+        on = bool(on)
+        if on == self.before:
+            return
+        self.before = on
+        if on:
+            self._before_saved = (self.photo_item.image, self.photo_item.buffer)
+            original = self.original_image()
+            if original is not None:
+                self.photo_item.set_image(wrap_rgb(original), original)
+        elif self._before_saved is not None:
+            self.photo_item.set_image(*self._before_saved)
+            self._before_saved = None
+        for item in self.scene().items():
+            if isinstance(item, CandidatePreview):
+                item.set_before(on)
+        self.on_view_changed()
+        self.viewport().update()
+        self.before_changed.emit(on)
+
+    def toggle_before(self) -> None:
+        self.set_before(not self.before)
+
+    def before_key_pressed(self) -> None:
+        """`\\` went down: show the original at once; the release decides between a toggle and a hold."""
+        if self._before_key is None:
+            self._before_key = (time.monotonic(), self.before)
+            self.set_before(True)
+
+    def before_key_released(self) -> None:
+        if self._before_key is None:
+            return
+        pressed, was = self._before_key
+        self._before_key = None
+        held = time.monotonic() - pressed >= HOLD_S
+        self.set_before(was if held else not was)
+
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+        super().drawForeground(painter, rect)
+        if not self.before:
+            return
+        painter.save()
+        painter.resetTransform()
+        text = "Before: the original photo  (\\ again: after)"
+        metrics = painter.fontMetrics()
+        box = QRectF(8, 8, metrics.horizontalAdvance(text) + 16, metrics.height() + 8)
+        painter.fillRect(box, QColor(0, 0, 0, 170))
+        painter.setPen(QColor(255, 255, 255))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        painter.restore()
+
+    def _divider_at(self, view_pos: QPointF) -> "CandidatePreview | None":
+        """The split preview whose divider is within SPLIT_GRAB_PX view pixels of `view_pos`."""
+        scene = self.mapToScene(view_pos.toPoint())
+        for item in self.scene().items():
+            if not isinstance(item, CandidatePreview):
+                continue
+            x = item.divider_x()
+            if x is None or not item.pos().y() <= scene.y() <= item.pos().y() + item.image.height():
+                continue
+            if abs(self.mapFromScene(QPointF(x, scene.y())).x() - view_pos.x()) <= SPLIT_GRAB_PX:
+                return item
+        return None
+
+    def _drag_split(self, item: "CandidatePreview", view_pos: QPointF) -> None:
+        scene = self.mapToScene(view_pos.toPoint())
+        fraction = (scene.x() - item.pos().x()) / max(1, item.image.width())
+        item.set_split(min(0.999, max(0.001, fraction)))  # stays split: the divider stays grabbable
+        item.split_dragged.emit(item.split)
 
     def update_outline(self) -> None:
         """Contours of the edited region as a cosmetic path, so a one-pixel edit stays visible at any zoom."""
@@ -314,6 +421,11 @@ class Canvas(QGraphicsView):
             return
         if not self.document.is_open:
             return
+        if button == Qt.MouseButton.LeftButton:
+            divider = self._divider_at(event.position())
+            if divider is not None:  # the compare divider takes the drag, not the tool
+                self._split_drag = divider
+                return
         if button == Qt.MouseButton.RightButton:  # picks the label under the cursor unless the tool uses it
             pos = self.image_pos(event)
             if self.tool is not None and self.tool.right_click(pos, event):
@@ -333,8 +445,14 @@ class Canvas(QGraphicsView):
             self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - round(delta.x()))
             self.verticalScrollBar().setValue(self.verticalScrollBar().value() - round(delta.y()))
             return
+        if self._split_drag is not None:
+            self._drag_split(self._split_drag, event.position())
+            return
         if not self.document.is_open:
             return
+        near_divider = event.buttons() == Qt.MouseButton.NoButton and self._divider_at(event.position()) is not None
+        self.viewport().setCursor(Qt.CursorShape.SplitHCursor if near_divider
+                                  else Qt.CursorShape.OpenHandCursor if self._space else Qt.CursorShape.CrossCursor)
         pos = self.image_pos(event)
         x, y = int(np.floor(pos.x())), int(np.floor(pos.y()))
         width, height = self.document.size
@@ -346,6 +464,9 @@ class Canvas(QGraphicsView):
             self.tool.move(pos, event)
 
     def mouseReleaseEvent(self, event) -> None:
+        if self._split_drag is not None and event.button() == Qt.MouseButton.LeftButton:
+            self._split_drag = None
+            return
         if self._pan_from is not None and event.button() in (Qt.MouseButton.MiddleButton,
                                                             Qt.MouseButton.LeftButton):
             self._pan_from = None

@@ -27,7 +27,7 @@ def gui_parser() -> argparse.ArgumentParser:
 
 
 def run_command(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except Cancelled:

@@ -61,6 +61,12 @@ class ColorizePanel(QDockWidget):
                                   "from the hint's colour")
         form.addRow("Hint t&olerance", self.tolerance)
         self.model_box.currentIndexChanged.connect(self._model_changed)
+        # Colorize sits under the sampling settings, above everything that grows with the hints: adding a hint
+        # never moves it (nor the settings) under the cursor
+        self.generate_button = QPushButton("Colori&ze")
+        self.generate_button.setToolTip("Sample colourings with these hints (Ctrl+Return)")
+        self.generate_button.clicked.connect(lambda: self.generate())
+        form.addRow(self.generate_button)
 
         self.colour_button = QPushButton("Hint &colour…")
         self.colour_button.setAccessibleName("Hint colour")
@@ -73,8 +79,12 @@ class ColorizePanel(QDockWidget):
         for n in range(RECENT_COLOURS):
             button = QToolButton()
             button.setIconSize(QSize(SWATCH, SWATCH))
+            button.setFixedSize(SWATCH + 8, SWATCH + 8)
             button.setAccessibleName(f"Recent hint colour {n + 1}")
             button.clicked.connect(lambda _=False, i=n: self._use_recent(i))
+            policy = button.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)  # the row keeps its height: nothing below moves on the first hint
+            button.setSizePolicy(policy)
             button.hide()
             self.recent_buttons.append(button)
             self.recent_row.addWidget(button)
@@ -88,6 +98,7 @@ class ColorizePanel(QDockWidget):
         layout.addLayout(form)
 
         self.hint_list = QListWidget()
+        self.hint_list.setMinimumHeight(3 * SWATCH)  # scrolls: it must not crowd out the gallery
         self.hint_list.setAccessibleName("Colour hints")
         self.hint_list.currentRowChanged.connect(lambda row: self.hints.select(row))
         layout.addWidget(self.hint_list, 1)
@@ -99,10 +110,6 @@ class ColorizePanel(QDockWidget):
         buttons.addWidget(self.delete_button)
         buttons.addWidget(self.clear_button)
         layout.addLayout(buttons)
-        self.generate_button = QPushButton("Colori&ze")
-        self.generate_button.setToolTip("Sample colourings with these hints (Ctrl+Return)")
-        self.generate_button.clicked.connect(lambda: self.generate())
-        layout.addWidget(self.generate_button)
         self.setWidget(body)
 
         self.hints.changed.connect(self._fill_hints)
@@ -205,10 +212,25 @@ class ColorizePanel(QDockWidget):
             self.size_spin.blockSignals(False)
 
     def _document_reset(self) -> None:
+        """The panel belongs to colorize mode: shown with it, hidden otherwise; in colorize mode it is the one
+        model chooser and the one Generate (the gallery's own controls are hidden, the Labels panel too)."""
         colorize = self.document.mode == "colorize"
         if colorize:
             self.refresh_models()
-        self.setVisible(colorize)
+        else:
+            self.setVisible(False)
+        # what goes, goes first: shown beside the Labels panel and the gallery's controls, the panel would not
+        # fit and the main window would grow past the screen
+        gallery = getattr(self.window_, "gallery", None)
+        if gallery is not None:
+            gallery.set_controls_visible(not colorize)
+        palette = getattr(self.window_, "palette", None)
+        if palette is not None and self.document.is_open:
+            palette.setVisible(not colorize)
+        if colorize:
+            self.setVisible(True)
+            if gallery is not None:  # the colourings get the room the hint list does not need
+                self.window_.resizeDocks([gallery, self], [3, 2], Qt.Orientation.Vertical)
         self._fill_hints()
 
 
@@ -220,8 +242,8 @@ def install_colorize(window) -> ColorizePanel:
     panel = ColorizePanel(window)
     window.colorize_panel = panel
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, panel)
-    panel._document_reset()
     gallery = install_gallery(window)
+    panel._document_reset()
 
     def generate() -> None:
         panel.generate() if window.document.mode == "colorize" else gallery.generate()
@@ -229,8 +251,6 @@ def install_colorize(window) -> ColorizePanel:
     for signal in (window.actions["generate"].triggered, gallery.generate_button.clicked):
         signal.disconnect()
         signal.connect(generate)
-    # the gallery's chooser lists colorizers too in colorize mode: a choice there is the panel's choice
-    gallery.model_box.activated.connect(lambda i: panel.choose_model(gallery.model_box.itemData(i) or ""))
     if "view" in getattr(window, "menus", {}):
         window.menus["view"].addAction(panel.toggleViewAction())
     return panel

@@ -141,7 +141,9 @@ class GalleryDock(QDockWidget):
 
         body = QWidget()
         layout = QVBoxLayout(body)
-        controls = QHBoxLayout()
+        self.controls = QWidget()  # model chooser, count, Generate: hidden where another panel has them
+        controls = QHBoxLayout(self.controls)
+        controls.setContentsMargins(0, 0, 0, 0)
         self.model_box = QComboBox()
         self.model_box.setAccessibleName("Model")
         self.model_box.setPlaceholderText("No models installed")
@@ -156,7 +158,7 @@ class GalleryDock(QDockWidget):
         controls.addWidget(self.model_box, 1)
         controls.addWidget(self.samples)
         controls.addWidget(self.generate_button)
-        layout.addLayout(controls)
+        layout.addWidget(self.controls)
 
         self.tree = CandidateTree()
         self.tree.apply_current.connect(lambda: self.apply())
@@ -176,6 +178,7 @@ class GalleryDock(QDockWidget):
         self.split.setAccessibleName("Before/after split")
         self.split.setToolTip("Left of the split: the candidate; right: the image as it is")
         self.split.valueChanged.connect(lambda value: self.preview.set_split(value / 1000))
+        self.preview.split_dragged.connect(lambda fraction: self._sync_split(fraction))
         compare.addWidget(self.split, 1)
         layout.addLayout(compare)
 
@@ -194,12 +197,19 @@ class GalleryDock(QDockWidget):
         layout.addWidget(self.size_label)
         self.setWidget(body)
 
-        self.toggle_action = QAction("Before/after", self)
-        self.toggle_action.setShortcut(QKeySequence("\\"))
-        self.toggle_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        self.toggle_action.setToolTip("Toggle the previewed candidate (before/after)")
+        # `\\` itself is handled by the canvas (a tap toggles, holding shows the original while held); the action
+        # shows the key in the View menu and toggles from there
+        self.toggle_action = QAction("&Before/After\t\\", self)
+        self.toggle_action.setToolTip("Toggle the previewed candidate (before/after); hold \\ to see the original "
+                                      "photo while held")
         self.toggle_action.triggered.connect(self.toggle_before_after)
-        self.addAction(self.toggle_action)
+        self.split_action = QAction("Compare &Split", self, checkable=True)
+        self.split_action.setShortcut(QKeySequence("Shift+\\"))
+        self.split_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.split_action.setToolTip("Split the view: left of the divider the candidate, right of it the image as "
+                                     "it is; drag the divider on the canvas")
+        self.split_action.toggled.connect(self.set_split_view)
+        self.addAction(self.split_action)
 
         # Qt signals reach the workspace through this dock's own methods: Qt disconnects them when the dock
         # goes, so a late job event never reaches a workspace whose views are gone
@@ -233,6 +243,25 @@ class GalleryDock(QDockWidget):
         layout.addWidget(button)
         return button
 
+    def set_controls_visible(self, visible: bool) -> None:
+        """The model chooser, count and Generate; hidden in colorize mode, where the Colorize panel has its own
+        (one model chooser and one Generate per mode)."""
+        self.controls.setVisible(visible)
+
+    def set_split_view(self, on: bool) -> None:
+        """Compare Split: the divider at the middle (on) or out of the way (off); the slider and a drag on the
+        canvas move it."""
+        self._sync_split(0.5 if on else 1.0)
+        self.preview.set_split(0.5 if on else 1.0)
+
+    def _sync_split(self, fraction: float) -> None:
+        self.split.blockSignals(True)
+        self.split.setValue(round(fraction * 1000))
+        self.split.blockSignals(False)
+        self.split_action.blockSignals(True)
+        self.split_action.setChecked(0 < fraction < 1)
+        self.split_action.blockSignals(False)
+
     def set_models(self, models: list) -> None:
         """Fill the model chooser (engine.model_store.ModelInfo list); the document's mode decides the order."""
         self.models = list(models)
@@ -245,6 +274,8 @@ class GalleryDock(QDockWidget):
             self.model_box.addItem(f"{info.title} ({info.kind})", f"{info.kind}\t{info.name}")
         for title, choice in self.extra_choices:
             self.model_box.addItem(title, choice)
+        self.model_box.setPlaceholderText("No models installed for this mode" if self.document.is_open
+                                          else "Open a photo or a label map first")
         # data are "backend<TAB>model" strings: QVariant round-trips them exactly (tuples it does not)
         index = self.model_box.findData(current) if current is not None else -1
         self.model_box.setCurrentIndex(index if index >= 0 else min(0, self.model_box.count() - 1))
@@ -396,17 +427,24 @@ class GalleryDock(QDockWidget):
         self.workspace.preview(candidate_id)
 
     def toggle_before_after(self) -> None:
-        if not self.preview.image.isNull():
-            self.preview.setVisible(not self.preview.isVisible())
+        """View > Before/After (`\\`): the original photo, or the result with the previewed candidate."""
+        if self.canvas is not None:
+            self.canvas.toggle_before()
+        elif not self.preview.image.isNull():
+            self.preview.set_before(not self.preview.before)
 
     def apply(self, candidate_id: str | None = None) -> bool:
-        """Paste the candidate into the image as one undoable step."""
+        """Paste the candidate into the image as one undoable step, and show the result: the label overlay goes
+        off (View > Toggle Labels, V, brings the previous view back)."""
         document = self.document
-        rendering_only = document.image is None and document.view_mode == "labels"
         if self.workspace.apply(candidate_id or self._current_id()) is None:
             return False
-        if rendering_only:
-            document.set_view_mode("both")  # show what was applied to a label-map-only document
+        if self.canvas is not None:
+            self.canvas.set_before(False)
+        if document.view_mode != "photo":
+            document.set_view_mode("photo")
+            self.notice.emit("Applied: showing the result without the label overlay (V shows the labels again, "
+                             "\\ the original photo)")
         return True
 
     def toggle_pin(self, candidate_id: str | None = None) -> None:
@@ -450,11 +488,16 @@ def install_gallery(window) -> GalleryDock:
         window.addAction(action)
         window.actions[name] = action
         menu.addAction(action)
-    menu.addAction(gallery.toggle_action)
     window.actions["before_after"] = gallery.toggle_action
+    window.actions["compare_split"] = gallery.split_action
+    window.addAction(gallery.split_action)
     if hasattr(window, "menus"):
         window.menus["generate"] = menu
-        if "view" in window.menus:
-            window.menus["view"].addAction(gallery.toggleViewAction())
+        if "view" in window.menus:  # compare lives with the other views
+            view = window.menus["view"]
+            view.addSeparator()
+            view.addAction(gallery.toggle_action)
+            view.addAction(gallery.split_action)
+            view.addAction(gallery.toggleViewAction())
     QApplication.instance().aboutToQuit.connect(bridge.shutdown)
     return gallery

@@ -311,7 +311,8 @@ class HintTool(Tool):
             return
         if self.document.mode != "colorize":
             self.canvas.message.emit("Colour hints steer the colorization of grayscale photos; this photo has "
-                                     "colour already")
+                                     "colour already" if self.document.image is not None else
+                                     "Colour hints steer the colorization of grayscale photos; open one first")
             return
         index = self.model.hint_at(pos.x(), pos.y(), self._slack())
         if index < 0:

@@ -13,11 +13,11 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, Qt, QTimer
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, QEvent, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog, QLabel, QMainWindow,
-                               QMenu, QMessageBox, QSlider, QSpinBox, QToolBar, QTreeWidgetItemIterator, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog,
+                               QLabel, QLineEdit, QMainWindow, QMenu, QMessageBox, QPlainTextEdit, QSlider, QSpinBox,
+                               QTextEdit, QToolBar, QTreeWidgetItemIterator, QVBoxLayout, QWidget)
 
 from app import files
 from app import settings as user_settings
@@ -30,6 +30,7 @@ from app.gpu_hint import CudaHint, cuda_hint
 from app.gpu_hint import NOTICE as CUDA_NOTICE
 from app.hints import HintTool
 from app.live_preview import install_live_preview
+from app.models_dialog import install_models_menu
 from app.palette import PaletteDock
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
@@ -55,6 +56,11 @@ MODE_HINTS = {
     "translate": QT_TRANSLATE_NOOP("MainWindow", "Label map only: translation mode. Paint the map; a model renders a "
                                                  "photo from it."),
 }
+
+
+DEFAULT_TOOL = {"colorize": "hint"}  # the tool a new document of that mode starts with; else the brush
+MODE_TOOLS = {"colorize": ("hint",)}  # modes with their own tools: only these are enabled there
+LABEL_VIEWS = ("both", "labels", "outline")  # views that show the label map (V toggles back to the last one)
 
 
 def tool_text(text: str) -> str:
@@ -121,12 +127,17 @@ class MainWindow(QMainWindow):
         self.canvas.left.connect(lambda: self.hover_label.setText(""))
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
         self.setAcceptDrops(True)
+        self._label_view = "both"  # the last view showing labels: View > Toggle Labels (V) returns to it
+        QApplication.instance().installEventFilter(self)  # `\\` down/up anywhere in this window: compare
         self.select_tool("brush")
         self._update_title()
         self._update_enabled()
         install_gallery(self)  # candidates dock, Generate menu (Ctrl+Return), status-bar progress and Cancel
         install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
         self.live_preview = install_live_preview(self)  # View > Live Preview (ASAPNet), on for label maps
+        # the candidates get the room the label list does not need (several thumbnails, not one)
+        self.resizeDocks([self.palette, self.gallery], [1, 3], Qt.Orientation.Vertical)
+        install_models_menu(self)  # Help > Models… (official models) and the demo-only notice in the Generate area
         self.menuBar().addAction(self.menus["help"].menuAction())  # Help stays last, after the panels' menus
 
     # ---- building ------------------------------------------------------------------------------------------
@@ -144,6 +155,9 @@ class MainWindow(QMainWindow):
         a("open", self.tr("&Open…"), lambda: self.open_dialog(), [QKeySequence.StandardKey.Open])
         a("open_labels", self.tr("Open &Label Map…"), lambda: self.open_label_map(), ["Ctrl+Shift+O"])
         a("new_from_labels", self.tr("&New from Label Map…"), lambda: self.new_from_label_map(), ["Ctrl+N"])
+        a("keep_labels", self.tr("&Keep Labels as the Photo's Map"), lambda: self.keep_labels_as_map()).setToolTip(
+            self.tr("The labels as painted now describe the photo: the starting point the next edit is compared "
+                    "with (for a photo opened without a label map)"))
         a("save", self.tr("&Save"), lambda: self.save(), [QKeySequence.StandardKey.Save])
         a("save_as", self.tr("Save &As…"), lambda: self.save_as(), ["Ctrl+Shift+S"])
         a("export_image", self.tr("&Export Image…"), lambda: self.export_image(), ["Ctrl+E"])
@@ -163,10 +177,12 @@ class MainWindow(QMainWindow):
         a("fit", self.tr("&Fit"), self.canvas.fit, ["0"])
         a("actual_size", self.tr("&100 %"), self.canvas.actual_size, ["1"])
         self.view_group = QActionGroup(self)
-        for mode in VIEW_MODES:
+        for number, mode in enumerate(VIEW_MODES, 1):
             action = a(f"view_{mode}", self.tr(VIEW_TITLES[mode]),
-                       lambda _=False, m=mode: self.document.set_view_mode(m), checkable=True)
+                       lambda _=False, m=mode: self.document.set_view_mode(m), [f"Ctrl+{number}"], checkable=True)
             self.view_group.addAction(action)
+        a("toggle_labels", self.tr("Toggle &Labels"), self.toggle_labels, ["V"]).setToolTip(
+            self.tr("The photo alone, or back to the last view with the label map (after Apply the overlay is off)"))
 
         self.tool_group = QActionGroup(self)
         for tool in self.tools.values():
@@ -197,8 +213,8 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         bar = self.menuBar()
         layout = {
-            "file": (self.tr("&File"), ["open", "open_labels", "new_from_labels", None, "save", "save_as", None,
-                               "export_image", "export_labels", None, "quit"]),
+            "file": (self.tr("&File"), ["open", "open_labels", "keep_labels", "new_from_labels", None, "save",
+                                        "save_as", None, "export_image", "export_labels", None, "quit"]),
             "edit": (self.tr("&Edit"), ["undo", "redo"]),
             "view": (self.tr("&View"), ["zoom_in", "zoom_out", "fit", "actual_size", None]
                      + [f"view_{m}" for m in VIEW_MODES]),
@@ -214,7 +230,9 @@ class MainWindow(QMainWindow):
         self.menus["recent"] = recent = QMenu(self.tr("Open &Recent"), self)
         self.menus["file"].insertMenu(self.actions["open_labels"], recent)
         recent.aboutToShow.connect(self._fill_recent)
+        self.menus["view"].addAction(self.actions["toggle_labels"])
         self.menus["view"].addSeparator()
+        self.palette.toggleViewAction().setText(self.tr("Labels Panel"))
         self.menus["view"].addAction(self.palette.toggleViewAction())
         self.menus["theme"] = theme = self.menus["view"].addMenu(self.tr("&Theme"))
         theme.addActions(self.theme_group.actions())
@@ -269,6 +287,9 @@ class MainWindow(QMainWindow):
         options.addWidget(self.view_combo)
         options.addWidget(QLabel(self.tr(" Overlay ")))
         options.addWidget(self.opacity_slider)
+        # the tools on one row, their options and the view on the next: both fit a 1280-px window, and only
+        # a narrower one moves the last entries into the toolbar's » menu
+        self.addToolBarBreak(Qt.ToolBarArea.TopToolBarArea)
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, options)
         self.toolbars = {"tools": tools, "options": options}
 
@@ -294,7 +315,10 @@ class MainWindow(QMainWindow):
         rows = [(action.text().split("\t")[0].replace("&", "").rstrip("…"),
                  ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in action.shortcuts()))
                 for action in self.actions.values() if action.shortcuts()]
-        return rows + [(self.tr("Pan"), self.tr("Space+drag, middle-drag")),
+        return rows + [(self.tr("Before/After: the original photo or the result"), "\\"),
+                       (self.tr("Show the original photo while held"), self.tr("hold \\")),
+                       (self.tr("Move the compare divider"), self.tr("drag it on the canvas (Compare Split)")),
+                       (self.tr("Pan"), self.tr("Space+drag, middle-drag")),
                        (self.tr("Zoom around the cursor"), self.tr("mouse wheel")),
                        (self.tr("Pick the label under the cursor"), self.tr("right-click")),
                        (self.tr("Fill everywhere"), self.tr("Shift+click with Fill")),
@@ -382,6 +406,8 @@ class MainWindow(QMainWindow):
 
     # ---- reactions -----------------------------------------------------------------------------------------
     def select_tool(self, name: str) -> None:
+        if not self.actions[f"tool_{name}"].isEnabled():
+            return  # another mode's tool (the colour hint outside colorize mode)
         tool = self.tools[name]
         self.canvas.set_tool(tool)
         self.actions[f"tool_{name}"].setChecked(True)
@@ -399,8 +425,33 @@ class MainWindow(QMainWindow):
         self.global_check.setChecked(self.settings.global_fill)
         self.only_check.setChecked(self.settings.only_unlabeled)
 
+    def toggle_labels(self) -> None:
+        """V: the photo alone, or back to the last view with the label map."""
+        doc = self.document
+        doc.set_view_mode(self._label_view if doc.view_mode == "photo" else "photo")
+
+    def eventFilter(self, watched, event) -> bool:
+        """`\\` in this window (not while typing): down shows the original photo at once; released quickly it
+        stays (a toggle), held longer it goes back on release (Lightroom's before view)."""
+        kind = event.type()
+        if kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease) and event.key() == Qt.Key.Key_Backslash \
+                and not event.modifiers() & ~(Qt.KeyboardModifier.KeypadModifier
+                                              | Qt.KeyboardModifier.GroupSwitchModifier) \
+                and isinstance(watched, QWidget) and watched.window() is self \
+                and not isinstance(QApplication.focusWidget(), (QLineEdit, QTextEdit, QPlainTextEdit,
+                                                                QAbstractSpinBox)):
+            if not event.isAutoRepeat() and self.document.is_open:
+                if kind == QEvent.Type.KeyPress:
+                    self.canvas.before_key_pressed()
+                else:
+                    self.canvas.before_key_released()
+            return True
+        return super().eventFilter(watched, event)
+
     def _view_changed(self) -> None:
         doc = self.document
+        if doc.view_mode in LABEL_VIEWS:
+            self._label_view = doc.view_mode
         self.actions[f"view_{doc.view_mode}"].setChecked(True)
         self.view_combo.setCurrentIndex(self.view_combo.findData(doc.view_mode))
         self.opacity_slider.blockSignals(True)
@@ -418,6 +469,15 @@ class MainWindow(QMainWindow):
 
     def _document_reset(self) -> None:
         doc = self.document
+        # tools and views are per document: a grayscale photo's hint tool does not stay for a label map
+        own = MODE_TOOLS.get(doc.mode, ())
+        for name in self.tools:
+            self.actions[f"tool_{name}"].setEnabled(name in own if own else name not in
+                                                    {t for tools in MODE_TOOLS.values() for t in tools})
+        wanted = DEFAULT_TOOL.get(doc.mode, "brush")
+        if self.canvas.tool is None or self.canvas.tool.name != wanted:
+            self.select_tool(wanted)
+        self._label_view = "labels" if doc.mode == "translate" else "both"
         hint = MODE_HINTS.get(doc.mode)
         hint = self.tr(hint) if hint else None
         self.banner.setText(hint or "")
@@ -429,10 +489,11 @@ class MainWindow(QMainWindow):
 
     def _update_enabled(self) -> None:
         is_open = self.document.is_open
-        for name in ("save", "save_as", "export_labels", "open_labels"):
+        for name in ("save", "save_as", "export_labels", "open_labels", "keep_labels"):
             self.actions[name].setEnabled(is_open)
         self.actions["export_image"].setEnabled(is_open and self.document.image is not None)
         self.actions["open_labels"].setEnabled(is_open and self.document.image is not None)
+        self.actions["keep_labels"].setEnabled(is_open and self.document.image is not None)
 
     def _update_title(self, *_) -> None:
         doc = self.document
@@ -541,6 +602,17 @@ class MainWindow(QMainWindow):
         return self._attempt(lambda: doc.replace_label_maps(files.read_labels_for(Path(path), doc.label_set,
                                                                                   doc.size)))
 
+    def keep_labels_as_map(self) -> bool:
+        """A photo opened without a label map: label it (Fill, brush), then keep that as its map; the edits
+        painted after it are what Generate changes. Like Open Label Map, a new starting point."""
+        doc = self.document
+        if not doc.is_open or doc.image is None:
+            return False
+        doc.replace_label_maps(doc.labels.copy())
+        self.statusBar().showMessage(self.tr("These labels now describe the photo: paint the change, then "
+                                             "Generate"), 8000)
+        return True
+
     # ---- saving, exporting, autosave -----------------------------------------------------------------------
     def save(self) -> bool:
         if self.document.path is None:
@@ -625,14 +697,46 @@ class MainWindow(QMainWindow):
         self._autosaved = None
 
     def offer_recovery(self) -> bool:
-        """At start: offer to reopen work an earlier session left unsaved (it crashed or was killed)."""
-        for entry in files.recoverable():
-            recovered = self.ask_recover(files.describe_recoverable(entry)) and self._attempt(
-                self._load, files.read_autosave, entry)
-            files.forget_autosave(entry)  # declined, recovered (it autosaves anew) or unreadable: offered once
-            if recovered:
-                return True
-        return False
+        """At start: offer to reopen work an earlier session left unsaved (it crashed or was killed). A damaged
+        autosave never stops start-up: it is moved to autosave/damaged/ and the window says so. Also removes
+        temporary files that a killed save left next to the autosaves and the recent projects."""
+        entries, damaged = files.scan_recovery()
+        files.remove_stale_temp_files({path.parent for path in user_settings.recent_files()})
+        notes = [self._set_aside(path, problem) for path, problem in damaged]
+        recovered = False
+        for entry in entries:
+            if not self.ask_recover(files.describe_recoverable(entry)):
+                files.forget_autosave(entry)  # declined: offered once
+                continue
+            try:
+                self._load(files.read_autosave, entry)
+            except (SgraffitoError, OSError, MemoryError) as problem:
+                notes.append(self._set_aside(entry.path, str(problem) or type(problem).__name__))
+                continue
+            files.forget_autosave(entry)  # recovered: it autosaves anew
+            recovered = True
+            break
+        if notes:
+            self.show_startup_notice(self.tr("Sgraffito found damaged unsaved work and could not open it:")
+                                     + "\n\n" + "\n\n".join(notes))
+        return recovered
+
+    def _set_aside(self, path: Path, problem: str) -> str:
+        moved = files.set_aside_autosave(path)
+        if moved is None:
+            return self.tr("{problem}\n(the file was deleted)").format(problem=problem)
+        return self.tr("{problem}\n(moved to {where}; delete it when you no longer need it)").format(
+            problem=problem, where=moved)
+
+    def show_startup_notice(self, message: str) -> None:
+        """A notice that must not block start-up: a non-modal message box and the status bar (tests replace it)."""
+        self.statusBar().showMessage(message.splitlines()[0], 15000)
+        box = QMessageBox(QMessageBox.Icon.Warning, self.tr("Damaged autosave"), message,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setModal(False)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.show()
+        self.startup_notice = box
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self.confirm_discard():

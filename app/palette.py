@@ -14,6 +14,7 @@ from engine.errors import SgraffitoError
 from engine.labels import DEFAULT_SUBSET, available_sets, load_label_set
 
 ID_ROLE = Qt.ItemDataRole.UserRole
+RECENT_ROWS = 4  # the Recent section's fixed height in rows
 
 
 def swatch(color: tuple[int, int, int], size: int = 16) -> QIcon:
@@ -146,15 +147,18 @@ class PaletteDock(QDockWidget):
         self._select(self.document.active_label)
 
     def refresh_recent(self) -> None:
+        """The "Recent" section always has the same height (RECENT_ROWS rows, a placeholder while empty): the label
+        list below it never moves under the cursor when the first label is painted."""
         self.recent.clear()
         for label_id in self.document.recent_labels:
             if label_id in self.document.label_set.by_id:
                 self.recent.addItem(self._entry(label_id))
-        rows = min(self.recent.count(), 5)
-        if rows:
-            self.recent.setFixedHeight(rows * self.recent.sizeHintForRow(0) + 2 * self.recent.frameWidth() + 2)
-        self.recent.setVisible(self.recent.count() > 0)
-        self.recent_title.setVisible(self.recent.count() > 0)
+        if not self.recent.count():
+            placeholder = QListWidgetItem(self.tr("(labels you paint with appear here)"))
+            placeholder.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.recent.addItem(placeholder)
+        row = max(self.recent.sizeHintForRow(0), self.fontMetrics().height() + 4)
+        self.recent.setFixedHeight(RECENT_ROWS * row + 2 * self.recent.frameWidth() + 2)
 
     def _select(self, label_id: int) -> None:
         for widget in (self.labels, self.recent):
@@ -175,5 +179,8 @@ class PaletteDock(QDockWidget):
         self.document.set_active_label(item.data(ID_ROLE))
 
     def _pick_first(self) -> None:
+        """Enter in the search: the first match becomes the active label, and the keys go back to the editor
+        (B, G, [ ] ... pick tools again instead of typing into the search)."""
         if self.labels.count():
             self._item_chosen(self.labels.item(0))
+            self.search.clearFocus()

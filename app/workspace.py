@@ -69,6 +69,18 @@ def build_request(document, engine: str, model: str, *, k: int, seed: int, mode:
     return Request(photo=photo, labels_before=before, labels_after=labels, params=params, **common)
 
 
+NO_LABEL_MAP = ("This photo has no label map yet, and the models edit a photo through its labels: open its label map "
+                "(File > Open Label Map…), or label the photo (Fill labels all of it at once) and keep that as its "
+                "map (File > Keep Labels as the Photo's Map); then paint the change.")
+
+
+def lacks_label_map(document) -> bool:
+    """A photo opened without a label map: every pixel of the map it was opened with is unlabeled."""
+    unlabeled = getattr(document.label_set, "unlabeled", None)
+    before = document.original_labels
+    return unlabeled is not None and before.size > 0 and not (before != unlabeled).any()
+
+
 def colorize_params(document, engine: str, temperature: float, hint_tolerance: int = 0) -> dict:
     """The Colorize panel's sampling parameters; hints in photo pixels, as the backends read them."""
     params = {"temperature": float(temperature), "hints": [dict(h) for h in document.hints]}
@@ -84,15 +96,21 @@ def colorize_request(document, engine: str, model: str, *, k: int, seed: int, te
                          params=colorize_params(document, engine, temperature, hint_tolerance))
 
 
+def _default_model(engine: str) -> str:
+    """The model a request with model "" runs (the engine's default), so candidates and exports name it."""
+    try:
+        return registry.spec(engine).default_model
+    except InputError:
+        return ""
+
+
 def generators(models: list, mode: str) -> list:
-    """The models (engine.model_store.ModelInfo) that generate in some document mode, the engines serving
-    `mode` first in the registry's order (ASSET before ASAPNet for edits), then the rest; tokenizers and other
-    engines without a mode are left out."""
-    serving = [s.kind for s in registry.specs(mode)]
-    generating = {s.kind for s in registry.specs() if s.modes}
-    usable = [m for m in models if m.kind in generating]
-    return sorted(usable, key=lambda m: (serving.index(m.kind) if m.kind in serving else len(serving), m.kind,
-                                         m.name))
+    """The models (engine.model_store.ModelInfo) that generate in document mode `mode`, in the registry's order
+    of the engines serving it (ASSET before ASAPNet for edits); models of other modes (a colorizer in
+    translate mode), tokenizers and other engines without a mode are left out."""
+    serving = [s.kind for s in registry.specs(mode)] if mode else []
+    usable = [m for m in models if m.kind in serving]
+    return sorted(usable, key=lambda m: (serving.index(m.kind), m.kind, m.name))
 
 
 # ---- observable --------------------------------------------------------------------------------------------
@@ -238,7 +256,8 @@ class Workspace:
 
     def submit(self, request: Request, *, group_id: str | None = None, supersede: bool = True) -> int:
         """Queue a built request as a new group; `supersede` cancels this document's queued jobs."""
-        meta = {"backend": request.backend, "model": request.model, "mode": request.mode,
+        meta = {"backend": request.backend, "model": request.model or _default_model(request.backend),
+                "mode": request.mode,
                 "params": thaw(request.params), "label_set": request.label_set}
         group = self._new_group(group_id or uuid.uuid4().hex[:12], request, meta)
         group.next_seed = request.seed + request.k
@@ -279,7 +298,11 @@ class Workspace:
     def _submit(self, group: RequestGroup, request: Request, supersede: bool) -> int:
         if self.jobs is None:
             raise RuntimeError("this workspace has no runtime to submit requests to")
-        job_id = self.jobs.submit(request, supersede=supersede)
+        try:
+            job_id = self.jobs.submit(request, supersede=supersede)
+        except Exception:
+            self._drop_if_empty(group)  # never left behind as an empty "queued" group
+            raise
         group.jobs.add(job_id)
         self.job_groups[job_id] = group.id
         group.status = "queued"
@@ -304,13 +327,23 @@ class Workspace:
             fresh = {self._store(group, event, candidate) for candidate in event.candidates}
             self._prune(keep=fresh)
             self.document.mark_modified()  # candidates live in the project file
-        elif event.state is JobState.FAILED:
-            self.events.error.emit(event.error or "generation failed")
         if not group.jobs:
             group.preview = None
         group.status = "" if not group.jobs else "queued"
         if event.state is JobState.CANCELLED and not group.jobs:
             group.status = "superseded" if event.superseded else "cancelled"
+        elif event.state is JobState.FAILED and not group.jobs:
+            group.status = f"failed: {event.error or 'generation failed'}"
+        # a group left without candidates and jobs goes (a failed first Generate leaves no stale "0 candidates"
+        # row); one with candidates says why its last job failed. Before the error dialog: it may be modal.
+        self._drop_if_empty(group)
+        if event.state is JobState.FAILED:
+            message = event.error or "generation failed"
+            if group.meta.get("mode") == "edit" and lacks_label_map(self.document):
+                message += "\n\n" + NO_LABEL_MAP  # the engine names an id; the user needs the way out
+            self.events.error.emit(message)
+
+    def _drop_if_empty(self, group: RequestGroup) -> None:
         if group.id in self.groups and not group.candidate_ids and not group.jobs:
             del self.groups[group.id]
             self.events.group_removed.emit(group)

@@ -99,12 +99,11 @@ def test_panel_lists_both_colorizers_and_generate_sends_the_chosen_one(window, m
         assert params["hints"] == [{"x": 20.5, "y": 10.5, "radius": window.document.hints[0]["radius"],
                                     "rgb": list(HINT_RGB)}]
 
-    # a choice in the gallery's chooser is the panel's choice too
-    gallery_box = window.gallery.model_box
-    index = gallery_box.findData("pixelcnn\ttiny-pixelcnn")
-    gallery_box.setCurrentIndex(index)
-    gallery_box.activated.emit(index)
-    assert panel.model_box.currentData() == "pixelcnn\ttiny-pixelcnn"
+    # one model chooser and one Generate in colorize mode: the panel's; the gallery's are hidden, the Labels
+    # panel too (it belongs to label-map editing)
+    assert not window.gallery.controls.isVisible() and window.gallery.isVisible()
+    assert not window.palette.isVisible()
+    assert panel.choose_model("pixelcnn\ttiny-pixelcnn")
     assert not panel.tolerance.isEnabled(), "only ColTran has a hint tolerance"
     window.actions["generate"].trigger()
     assert sent[-1].backend == "pixelcnn" and "hint_tolerance" not in thaw(sent[-1].params)

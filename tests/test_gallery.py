@@ -315,14 +315,16 @@ def test_the_gallery_installs_into_the_main_window_and_ctrl_return_generates(qtb
     gallery.bridge.shutdown()
 
 
-def test_the_model_chooser_lists_generators_for_the_documents_mode_first(qtbot, gallery):
+def test_the_model_chooser_lists_only_the_generators_of_the_documents_mode(qtbot, gallery):
     from types import SimpleNamespace as Info
 
     gallery.set_models([Info(name="pc", kind="pixelcnn", title="PixelCNN"),
                         Info(name="tok", kind="vqgan", title="Tokenizer"),
+                        Info(name="r", kind="asapnet", title="ASAPNet"),
                         Info(name="land", kind="asset", title="ASSET landscape")])
     items = [gallery.model_box.itemText(i) for i in range(gallery.model_box.count())]
-    assert items == ["ASSET landscape (asset)", "PixelCNN (pixelcnn)", "Fake"], "no tokenizers; edit models first"
+    assert items == ["ASSET landscape (asset)", "ASAPNet (asapnet)", "Fake"], \
+        "edit engines in the registry's order; no colorizer, no tokenizer"
     assert gallery.model_box.currentText() == "Fake", "the user's choice survives a rescan"
 
 

@@ -163,8 +163,56 @@ def test_the_bench_harness_reports_a_failing_module_instead_of_hiding_it(tmp_pat
     report = json.loads(out.read_text())
     assert [m["status"] for m in report["modules"]] == ["failed", "ok"]
     assert report["results"] == [{"module": "bench_good", "name": "speed", "value": 1.5, "unit": "s",
-                                  "target": "< 2", "note": "fine"}]
+                                  "target": "< 2", "note": "fine", "met": True}]
     assert report["machine"] == {"cpu": "test"}
+
+
+def test_the_bench_harness_compares_each_figure_with_its_target_and_fails_on_a_miss(tmp_path, monkeypatch,
+                                                                                      capsys):
+    import types
+
+    import tests.bench.__main__ as bench
+
+    module = types.ModuleType("tests.bench.bench_mixed")
+    module.run = lambda: [{"name": "fast", "value": 1.5, "unit": "s", "target": "< 2", "note": ""},
+                          {"name": "memory", "value": 3696, "unit": "MiB", "target": "< 1536", "note": ""},
+                          {"name": "speedup", "value": 12.0, "unit": "x", "target": ">= 10", "note": ""},
+                          {"name": "unmeasured", "value": float("nan"), "unit": "s", "target": "< 60", "note": ""},
+                          {"name": "info only", "value": 7, "unit": "s", "target": None, "note": ""}]
+    monkeypatch.setitem(sys.modules, "tests.bench.bench_mixed", module)
+    monkeypatch.setattr(bench, "modules", lambda selected: ["bench_mixed"])
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu": "test"})
+    out = tmp_path / "bench-results.json"
+    assert bench.main(["--out", str(out)]) == 1, "a miss fails make bench"
+    captured = capsys.readouterr()
+    assert "MISS mixed: memory = 3696 MiB (target < 1536)" in captured.err
+    assert "MISS mixed: unmeasured = - s (target < 60)" in captured.err, "NaN is a miss, never a pass"
+    assert "2 of 4 targets met" in captured.err
+    assert [row["met"] for row in json.loads(out.read_text())["results"]] == [True, False, True, False, None]
+    module.run = lambda: [{"name": "fast", "value": 1.5, "unit": "s", "target": "< 2", "note": ""}]
+    assert bench.main(["--out", str(out)]) == 0
+
+
+def test_a_benchmark_that_raises_is_a_failure_with_its_traceback(tmp_path, monkeypatch, capsys):
+    import types
+
+    import tests.bench.__main__ as bench
+
+    module = types.ModuleType("tests.bench.bench_broken")
+
+    def broken():
+        raise FileNotFoundError("no demo-coltran model folder")
+
+    module.run = broken
+    monkeypatch.setitem(sys.modules, "tests.bench.bench_broken", module)
+    monkeypatch.setattr(bench, "modules", lambda selected: ["bench_broken"])
+    monkeypatch.setattr(bench, "machine", lambda: {"cpu": "test"})
+    out = tmp_path / "bench-results.json"
+    assert bench.main(["--out", str(out)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["modules"][0]["status"] == "failed" and "FileNotFoundError" in report["modules"][0]["traceback"]
+    assert report["results"] == []
 
 
 def test_the_bench_machine_description_names_cpu_cores_and_ram():

@@ -14,13 +14,19 @@ def command_modules():
             yield importlib.import_module(f"{__name__}.{info.name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command `only` alone: running one command imports only its own
+    module (`sgraffito info` never imports torch, which other commands' modules load for their options)."""
     from engine import __version__
 
     parser = argparse.ArgumentParser(prog="sgraffito", description="Semantic image editing with generative models.")
     parser.add_argument("--version", action="version", version=f"sgraffito {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in command_modules():
+    if only in command_names():
+        modules = [importlib.import_module(f"{__name__}.{only}")]
+    else:
+        modules = command_modules()
+    for module in modules:
         module.register(subparsers)
     return parser
 

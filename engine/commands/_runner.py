@@ -13,9 +13,10 @@
         return run_request(choose_engine(args, "asset"), fields, args)
 
 `run_request` writes DIR/candidate_XX.png (the whole photo at its native size with the candidate pasted in)
-and DIR/candidates.json (request, device, per-candidate seed/region/time/info, timings), shows a tqdm bar
-on stderr, turns Ctrl+C into a clean cancel (exit 130, nothing half-written) and a failed job into an
-error message (exit 2; a backend bug also prints its traceback and exits 1).
+and DIR/candidates.json (request, device, per-candidate seed/region/time/info, timings), shows progress on
+stderr (engine.commands._progress: stages with counters, an ETA once meaningful, plain lines off a terminal),
+turns Ctrl+C into a clean cancel (exit 130, nothing half-written) and a failed job into an error message
+(exit 2; a backend bug also prints its traceback and exits 1).
 
 `run_job(request, device)` is the part before the files: the runtime (engine.jobs.Runtime, the same one the
 GUI uses: one worker that owns the device, one model cache, the thread count set once), the bar and Ctrl+C. A
@@ -42,6 +43,9 @@ from typing import Any, Mapping
 from engine.errors import Cancelled, InputError, SgraffitoError
 
 
+MAX_SAMPLES = 64  # = engine.jobs.MAX_SAMPLES (not imported here: --help must not import torch)
+
+
 class BackendBug(Exception):
     """A job failed with an unexpected exception; its traceback was printed and the command exits 1."""
 
@@ -54,7 +58,8 @@ def add_device_argument(parser) -> None:
 def add_runner_arguments(parser: argparse.ArgumentParser, *, default_samples: int = 4) -> None:
     group = parser.add_argument_group("sampling and output")
     group.add_argument("--samples", "-k", type=int, default=default_samples, metavar="K",
-                       help=f"number of candidates (default {default_samples})")
+                       help=f"number of candidates, 1 to {MAX_SAMPLES} (default {default_samples}); they are "
+                            "sampled in batches that fit in memory")
     group.add_argument("--seed", type=int, default=0, metavar="S", help="candidate i uses seed S + i (default 0)")
     add_device_argument(group)
     group.add_argument("--out", required=True, metavar="DIR",
@@ -111,42 +116,65 @@ def _build_request(backend_name: str, request, args):
 
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
+    if args.samples > MAX_SAMPLES:
+        raise InputError(f"--samples must be at most {MAX_SAMPLES} (candidates are kept in memory), got "
+                         f"{args.samples}")
     if isinstance(request, Request):
         return dataclasses.replace(request, backend=backend_name, k=args.samples, seed=args.seed,
                                    params=thaw(request.params))
     return Request(backend=backend_name, k=args.samples, seed=args.seed, **dict(request))
 
 
-def _prepare_out(path: str) -> Path:
+def _prepare_out(path: str, inputs=()) -> Path:
+    from engine.safe_io import refuse_input, remove_stale_temps
+
     out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {path} is a file; --out names a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"--out {path}: cannot create the folder: {error.strerror or error}") from None
     if not os.access(out, os.W_OK):
         raise InputError(f"--out {path}: the folder is not writable")
+    for name in ("candidates.json", *(f"candidate_{i:02d}.png" for i in range(MAX_SAMPLES))):
+        refuse_input(out / name, inputs, "--out")
+    remove_stale_temps(out)  # temporary files a killed run left behind
     return out
+
+
+def write_image(path: Path, image) -> None:
+    """Save an image atomically (a temporary file in the same folder, then rename): a full disk or a crash never
+    leaves a truncated file, and the previous file stays until the new one is complete."""
+    from PIL import Image
+
+    from engine.export import export_format
+    from engine.safe_io import atomic_write
+
+    fmt = export_format(path)
+    try:
+        with atomic_write(path) as handle:
+            Image.fromarray(image).save(handle, format=fmt)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{path}: cannot write ({error})") from None
 
 
 def run_job(request, device: str, *, nothing_written: str = "nothing written"):
     """Run `request` (an engine.jobs.Request) on a runtime with a progress bar on stderr; returns the finished
     engine.jobs.Job, DONE. Ctrl+C cancels it (raises Cancelled: exit 130); a user error raises SgraffitoError
     (exit 2); a backend bug prints its traceback and raises BackendBug (the command returns 1)."""
-    from tqdm import tqdm
-
+    from engine.commands._progress import StageProgress
     from engine.device import configure_threads
     from engine.jobs import JobState, Runtime
 
     check_backend(request.backend)
     configure_threads()  # once for the process, before the worker's first job (which would do it too)
     runtime = Runtime(device=device)
-    bar = tqdm(total=100, file=sys.stderr, unit="%", desc=request.backend, dynamic_ncols=True,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    # stages with their own counters, an ETA only once meaningful, plain lines when stderr is not a terminal
+    bar = StageProgress(request.backend, sys.stderr)
 
     def show(event) -> None:
-        bar.n = round(event.fraction * 100)
-        bar.set_postfix_str(event.stage, refresh=False)
-        bar.refresh()
+        bar.update(event.fraction, event.stage)
 
     runtime.add_listener(show)
     job = runtime.submit(request)
@@ -154,12 +182,14 @@ def run_job(request, device: str, *, nothing_written: str = "nothing written"):
         while not job.wait(0.1):  # a timed wait, so Ctrl+C reaches this thread at once
             pass
     except KeyboardInterrupt:
-        bar.set_postfix_str("cancelling")
+        bar.note("cancelling")
         runtime.cancel_all()
         job.wait(30)
         raise Cancelled(f"interrupted: {nothing_written}") from None
     finally:
-        runtime.shutdown(wait=False)
+        # Wait for the worker to stop: a process that exits while it still runs torch code aborts
+        # ("terminate called without an active exception", exit 134).
+        runtime.shutdown(wait=True, timeout=60)
         bar.close()
 
     if job.state is JobState.CANCELLED:
@@ -176,7 +206,6 @@ def run_job(request, device: str, *, nothing_written: str = "nothing written"):
 def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args: argparse.Namespace) -> int:
     """Run one request (a Request, or a mapping of Request fields without backend/k/seed) and write its
     candidates to args.out. Returns the exit status; user errors raise SgraffitoError (the CLI exits 2)."""
-    from PIL import Image
 
     from engine import __version__
     from engine.device import describe_device, resolve_device
@@ -185,17 +214,19 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
     check_backend(backend_name)
     request = _build_request(backend_name, request, args)
     device = resolve_device(args.device)
-    out = _prepare_out(args.out)
+    out = _prepare_out(args.out, getattr(args, "inputs", ()))
     started = time.perf_counter()
     try:
         job = run_job(request, device, nothing_written=f"no candidates written to {out}")
     except BackendBug:
         return 1
 
+    from engine.safe_io import write_bytes_atomic
+
     records = []
     for index, candidate in enumerate(job.candidates):
         name = f"candidate_{index:02d}.png"
-        Image.fromarray(candidate.compose(request.photo)).save(out / name)
+        write_image(out / name, candidate.compose(request.photo))  # atomic: never a truncated candidate
         records.append({"file": name, "seed": candidate.seed, "region": list(candidate.region),
                         "seconds": round(candidate.seconds, 3), "info": thaw(candidate.info)})
         print(out / name)
@@ -210,6 +241,7 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
                     "run_seconds": round(job.seconds, 3)},
         "candidates": records,
     }
-    (out / "candidates.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    # last, and atomic: a candidates.json always describes candidate files that are complete
+    write_bytes_atomic(out / "candidates.json", (json.dumps(metadata, indent=2) + "\n").encode())
     print(f"{len(records)} candidate(s) in {job.seconds:.1f} s -> {out}", file=sys.stderr)
     return 0

@@ -5,7 +5,6 @@ and `--weights NAME|DIR` (the model)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from engine.commands._runner import (add_engine_arguments, add_runner_arguments, choose_engine, deprecated,
@@ -29,7 +28,8 @@ def register(subparsers) -> None:
                          "engine's demo model)")
     parser.add_argument("--weights", default=None, metavar="NAME|DIR", help="deprecated: use --model")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature; 0 gives the most likely colours (default: the engine's)")
+                        help="sampling temperature, a finite number >= 0; 0 gives the most likely colours "
+                             "(default: the engine's)")
     parser.add_argument("--hints", metavar="HINTS.json", help="colour hints")
     add_runner_arguments(parser)
     parser.set_defaults(run=run)
@@ -51,18 +51,20 @@ def _old_spellings(args) -> None:
 
 
 def run(args) -> int:
+    from engine.hints import parse_hints
     from engine.imageio import load_photo
+    from engine.safe_io import finite, read_json
 
     _old_spellings(args)
     engine = choose_engine(args, DEFAULT_ENGINE)
-    photo = load_photo(args.photo)
     params = {}
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
-    if args.hints:
-        try:
-            params["hints"] = json.loads(Path(args.hints).read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"{args.hints}: cannot read hints: {error}") from None
+    if args.temperature is not None:  # 0 is allowed: the most likely colours
+        params["temperature"] = finite(args.temperature, "--temperature", minimum=0.0)
+    if args.hints:  # checked before the photo is decoded and the model loaded
+        hints = read_json(args.hints, "hints")
+        parse_hints(hints, args.hints)
+        params["hints"] = hints
+    photo = load_photo(args.photo)
+    args.inputs = [args.photo, args.hints]  # never written over (run_request checks --out)
     fields = {"photo": photo.rgb, "model": args.model, "mode": "colorize", "params": params}
     return run_request(engine, fields, args)

@@ -545,6 +545,25 @@ class SpatialUpsampler(nn.Module):
         return _upsample(self, self.channel_embedding, colour, gray, 256, offset)
 
 
+def upsample_argmax(model, values, gray, offset=(0, 0), on_slice=None):
+    """The most likely 8-bit value per pixel and channel (B, H, W, 3) of a ColorUpsampler or SpatialUpsampler,
+    one (candidate, channel) slice at a time: the same values as `model(values, gray).argmax(-1)` (the slices
+    never see each other), with a ninth of the peak memory at batch 3 (at 256x256 the batched logits alone are
+    600 MB and the row attention twice that)."""
+    embedding, levels = ((model.bit_embedding, 8) if isinstance(model, ColorUpsampler)
+                         else (model.channel_embedding, 256))
+    out = torch.empty(values.shape, dtype=torch.long, device=values.device)
+    for b in range(values.shape[0]):
+        gray_embed = model.gray_embedding.weight.t()[gray[b:b + 1]]  # (1, H, W, D)
+        for c in range(3):
+            channel_embed = embedding.weight.t()[values[b:b + 1, ..., c] + c * levels]  # (1, H, W, D)
+            x = model.input_dense(torch.cat((channel_embed, gray_embed), dim=-1))
+            out[b, ..., c] = model.final_dense(model.encoder(x, offset)).argmax(-1)[0]
+            if on_slice is not None:
+                on_slice(3 * b + c + 1, 3 * values.shape[0])
+    return out
+
+
 def _upsample(model, channel_embedding, values, gray, levels, offset=(0, 0)):
     batch = values.shape[0]
     gray_embed = model.gray_embedding.weight.t()[gray]  # (B, H, W, D)

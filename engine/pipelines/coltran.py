@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from engine.hints import Hint, parse_hints
+from engine.safe_io import finite
 from engine.errors import InputError
-from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb
+from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb, upsample_argmax
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-coltran"
@@ -113,9 +114,11 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
              hints: list[Hint] = (), hint_tolerance: int = 0, framing: str = "stretch", mode: str = "sample",
              row_context_quirk: bool = True, device: str = "cpu",
              on_row: Callable[[int, int], None] | None = None,
+             on_stage: Callable[[str, float], None] | None = None,
              on_preview: Callable[[np.ndarray], None] | None = None) -> list[np.ndarray]:
     """A gray (H, W) or RGB (H, W, 3) uint8 photo -> one (H, W, 3) uint8 colouring per seed (crop framing:
-    the centre square)."""
+    the centre square). `on_row(done, rows)` follows the autoregressive colorizer, `on_stage(stage, fraction)`
+    the two upsamplers (one slice = one candidate's channel)."""
     from engine.composite import transfer_chroma
 
     coarse_size, fine_size = model.config.core.resolution[0], model.config.spatial_upsampler.resolution[0]
@@ -137,9 +140,13 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
                                mode=mode, temperature=temperature, constraints=constraints,
                                row_context_quirk=row_context_quirk, on_row=on_row)
-    rgb64 = model.color_upsampler(symbols_to_rgb(symbols), coarse).argmax(-1)  # (B, 64, 64, 3) 0..255
+    # one candidate and channel at a time: the batched 256x256 logits and attention took 3.5 GB at k = 3
+    rgb64 = upsample_argmax(model.color_upsampler, symbols_to_rgb(symbols), coarse,
+                            on_slice=on_stage and (lambda i, n: on_stage(f"colour upsampler, slice {i}/{n}", i / n)))
     blurry = rgb64.repeat_interleave(fine_size // coarse_size, dim=1).repeat_interleave(fine_size // coarse_size, dim=2)
-    rgb256 = model.spatial_upsampler(blurry, fine).argmax(-1).to(torch.uint8).cpu().numpy()
+    rgb256 = upsample_argmax(model.spatial_upsampler, blurry, fine, on_slice=on_stage and (
+        lambda i, n: on_stage(f"spatial upsampler ({fine_size}x{fine_size}), slice {i}/{n}", i / n)))
+    rgb256 = rgb256.to(torch.uint8).cpu().numpy()
     base = framed if framing == "crop" else photo
     return [transfer_chroma(base, image) for image in rgb256]
 
@@ -176,7 +183,7 @@ class ColTranBackend(Pipeline):
         from engine.jobs import Candidate, thaw
 
         params = thaw(request.params)
-        temperature = float(params.get("temperature", 1.0))
+        temperature = finite(params.get("temperature", 1.0), "temperature", minimum=0.0)  # 0: most likely
         framing = params.get("framing", "stretch")
         x0, y0, x1, y1 = region = request.region or full_region(request.photo)
         hints = [Hint(h.x - x0, h.y - y0, h.radius, h.rgb) for h in parse_hints(params.get("hints", []), "hints")
@@ -184,12 +191,17 @@ class ColTranBackend(Pipeline):
 
         def on_row(done: int, rows: int) -> None:
             ctx.check_cancelled()
-            ctx.progress(0.02 + 0.9 * done / rows, f"ColTran: colouring {request.k} candidates, row {done}/{rows}")
+            ctx.progress(0.02 + 0.5 * done / rows, f"ColTran: colouring {request.k} candidates, row {done}/{rows}")
+
+        def on_stage(stage: str, fraction: float) -> None:
+            ctx.check_cancelled()
+            upsampler_start, share = (0.52, 0.06) if stage.startswith("colour") else (0.58, 0.4)
+            ctx.progress(upsampler_start + share * fraction, f"ColTran: {stage}")
 
         started = time.perf_counter()
         images = colorize(model, request.photo[y0:y1, x0:x1], ctx.seeds, temperature=temperature, hints=hints,
                           hint_tolerance=int(params.get("hint_tolerance", 0)), framing=framing,
-                          device=ctx.device, on_row=on_row,
+                          device=ctx.device, on_row=on_row, on_stage=on_stage,
                           on_preview=lambda image: ctx.progress(0.02, "ColTran: parallel-head preview", image))
         if framing == "crop":
             side = min(y1 - y0, x1 - x0)

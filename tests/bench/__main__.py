@@ -4,8 +4,10 @@
     python -m tests.bench runtime io      # only bench_runtime.py and bench_io.py
     python -m tests.bench --out FILE      # results somewhere else (default: ./bench-results.json)
 
-A module that raises, or returns malformed rows, is reported as FAILED in the table and the JSON, and the exit
-status is 1; the other modules still run.
+A module that raises, or returns malformed rows, is reported as FAILED in the table and the JSON with its
+traceback, and the exit status is 1; the other modules still run. Every figure with a target ("< 2", ">= 10")
+is compared with it: the table marks a miss, the JSON row says "met": false, the misses are listed at the end
+with their measured values, and the exit status is 1. A NaN figure is a miss, never a pass.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import argparse
 import importlib
 import json
 import math
+import operator
 import os
+import re
 import platform
 import pkgutil
 import sys
@@ -26,6 +30,20 @@ from pathlib import Path
 import tests.bench as package
 
 KEYS = {"name": str, "value": (int, float), "unit": str, "note": str}
+TARGET = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+
+
+def meets(value: float, target: str | None) -> bool | None:
+    """Whether `value` meets `target` ("< 2", ">= 10"); None without a target. NaN never meets one."""
+    if not target:
+        return None
+    match = TARGET.match(target)
+    if match is None:
+        raise ValueError(f"cannot read the target {target!r} (write it as '< 2', '>= 10', ...)")
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return bool(COMPARE[match[1]](value, float(match[2])))
 
 
 def machine() -> dict:
@@ -81,6 +99,7 @@ def check_rows(rows) -> list[dict]:
                 raise TypeError(f"row {row!r}: {key!r} must be {kind}")
         if row.get("target") is not None and not isinstance(row["target"], str):
             raise TypeError(f"row {row!r}: 'target' must be a string or None")
+        row["met"] = meets(row["value"], row.get("target"))
     return rows
 
 
@@ -104,17 +123,19 @@ def fmt(value) -> str:
 
 
 def table(results: list[dict]) -> str:
-    lines = [("module", "name", "value", "unit", "target", "note")]
+    lines = [("module", "name", "value", "unit", "target", "met", "note")]
     for result in results:
         short = result["module"].removeprefix("bench_")
         if result["status"] != "ok":
-            lines.append((short, "FAILED", "-", "", "", result["error"]))
+            lines.append((short, "FAILED", "-", "", "", "", result["error"]))
         for row in result["rows"]:
-            lines.append((short, row["name"], fmt(row["value"]), row["unit"], row.get("target") or "", row["note"]))
-    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+            met = {True: "yes", False: "MISS", None: ""}[row.get("met")]
+            lines.append((short, row["name"], fmt(row["value"]), row["unit"], row.get("target") or "", met,
+                          row["note"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
     out = []
     for index, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(width) for cell, width in zip(line[:5], widths)) + "  " + line[5])
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(line[:6], widths)) + "  " + line[6])
         if index == 0:
             out.append("  ".join("-" * width for width in widths) + "  " + "-" * 4)
     return "\n".join(out)
@@ -139,9 +160,15 @@ def main(argv: list[str] | None = None) -> int:
               "results": [{"module": r["module"], **row} for r in results for row in r["rows"]]}
     Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
     failed = [r["module"] for r in results if r["status"] != "ok"]
+    misses = [(r["module"].removeprefix("bench_"), row) for r in results for row in r["rows"] if row["met"] is False]
     print(f"\n{len(results) - len(failed)} of {len(results)} modules ok; results in {args.out}"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+    targets = sum(row["met"] is not None for r in results for row in r["rows"])
+    print(f"{targets - len(misses)} of {targets} targets met" + (":" if misses else ""), file=sys.stderr)
+    for module, row in misses:
+        print(f"  MISS {module}: {row['name']} = {fmt(row['value'])} {row['unit']} (target {row['target']})",
+              file=sys.stderr)
+    return 1 if failed or misses else 0
 
 
 if __name__ == "__main__":

@@ -8,37 +8,55 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.bench._child import run_child
 
 DABS = 50
 OPENS = 3
 RADIUS = 100
 
 
+def rss() -> int:
+    """This process's resident set now, bytes (Linux; 0 elsewhere)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def child(photo: str) -> dict:
+    import gc
     import resource
 
+    steps = {"python": rss()}
     from PySide6.QtCore import QPointF, QRectF, Qt
     from PySide6.QtWidgets import QApplication
 
     from app.main_window import MainWindow
 
+    steps["imports (Qt, the app, numpy, OpenCV, torch)"] = rss()
     app = QApplication.instance() or QApplication([])
     window = MainWindow()
     window.resize(1400, 900)
     window.show()
     app.processEvents()
+    steps["empty main window"] = rss()
     window.ask_save_changes = lambda: "discard"
     opens = []
-    for _ in range(OPENS):
+    for index in range(OPENS):
         start = time.perf_counter()
         assert window.open_path(photo)
         window.canvas.viewport().repaint()  # the first full paint is part of opening
         opens.append(time.perf_counter() - start)
+        gc.collect()
+        steps[f"24-MP document open ({index + 1}. time)"] = rss()
 
     class Press:
         def button(self):
@@ -76,6 +94,14 @@ def child(photo: str) -> dict:
         tool.release(QPointF(x0, y0), event)
         results[f"commit_s {zoom_name}"] = time.perf_counter() - start
         results[f"dab_s {zoom_name}"] = times
+    steps[f"after {2 * DABS} dabs (2 strokes, undo patches)"] = rss()
+    document = window.document
+    results["document_bytes"] = {
+        "photo (decoded RGB)": document.photo.rgb.nbytes,
+        "image (the result; the photo itself until the first Apply)":
+            0 if document.image is document.photo.rgb else document.image.nbytes,
+        "labels + original labels (uint16)": document.labels.nbytes + document.original_labels.nbytes,
+        "canvas overlay (RGBA)": window.canvas.overlay.nbytes}
     from engine import smart
 
     start = time.perf_counter()
@@ -86,6 +112,8 @@ def child(photo: str) -> dict:
     results["grabcut_s"] = time.perf_counter() - start
     scale = 1 if sys.platform == "darwin" else 1024
     results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    steps["after superpixels and GrabCut"] = rss()
+    results["rss_steps"] = steps
     results["undo_bytes"] = sum(doc.undo_stack.command(i).nbytes() for i in range(doc.undo_stack.count()))
     window.document.undo_stack.setClean()
     window.close()
@@ -98,15 +126,23 @@ def run() -> list[dict]:
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as folder:
         photo = make_photo(Path(folder))
-        output = subprocess.run([sys.executable, "-m", "tests.bench.bench_editor", str(photo)], cwd=root,
-                                capture_output=True, text=True, check=True,
-                                env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"}).stdout
+        output = run_child([sys.executable, "-m", "tests.bench.bench_editor", str(photo)], cwd=root,
+                           env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
     result = json.loads(output.strip().splitlines()[-1])
     rows = [{"name": "open 24-MP JPEG into the editor window", "value": round(statistics.median(result["open_s"]), 3),
              "unit": "s", "target": "< 2",
              "note": f"6000x4000: decode, empty label map, overlay buffer, first full repaint; median of {OPENS}"},
             {"name": "peak RSS, editor with a 24-MP photo", "value": round(result["peak_rss"] / 2**20), "unit": "MiB",
              "target": "< 1536", "note": "fresh process after opening it 3 times and 100 dabs of radius 100"}]
+    # where the RSS goes: the process at each step, and the document's own arrays
+    previous = 0
+    for step, value in result["rss_steps"].items():
+        rows.append({"name": f"RSS: {step}", "value": round(value / 2 ** 20), "unit": "MiB", "target": None,
+                     "note": f"{(value - previous) / 2 ** 20:+.0f} MiB"})
+        previous = value
+    for part, nbytes in result["document_bytes"].items():
+        rows.append({"name": f"24-MP document: {part}", "value": round(nbytes / 2 ** 20), "unit": "MiB",
+                     "target": None, "note": "held while the document is open"})
     for zoom in ("fit", "100 %"):
         dabs = result[f"dab_s {zoom}"]
         rows.append({"name": f"brush dab r=100 + repaint, zoom {zoom}", "value": round(statistics.median(dabs) * 1e3, 2),

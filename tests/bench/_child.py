@@ -1,0 +1,19 @@
+"""Benchmarks that measure in a fresh child process (peak RSS of its own, no state from earlier benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+
+def run_child(command: list[str], **kwargs) -> str:
+    """Run `command`; its stdout. A failing child raises with its stderr's end (its traceback), so the
+    benchmark module is reported FAILED with the reason, not with a bare exit status."""
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ... exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
