@@ -152,6 +152,28 @@ def read_bytes(path: str | os.PathLike, kind: str, error: type[SgraffitoError] =
         return read_stream(handle, limit, str(path), error, expected=size)
 
 
+def read_tar_member(path: str | os.PathLike, matches, kind: str, error: type[SgraffitoError] = InputError,
+                    limit: int | None = None) -> bytes | None:
+    """The first regular member of the gzip'd tar at `path` whose name `matches(name)`, or None if none does.
+    The archive must be a regular file within LIMITS["archive"]; the member is read in chunks up to `limit`
+    (default LIMITS[kind]) bytes, so a tar bomb stops at the limit."""
+    import tarfile
+
+    limit = LIMITS[kind] if limit is None else limit
+    with open_regular(path, "archive", error) as handle:
+        try:
+            with tarfile.open(fileobj=handle, mode="r:gz") as archive:
+                for member in archive:
+                    if member.isfile() and matches(member.name):
+                        if member.size > limit:
+                            raise error(f"{path}: {member.name} is larger than the {human(limit)} limit")
+                        return read_stream(archive.extractfile(member), limit, f"{path}: {member.name}", error,
+                                           expected=member.size)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as problem:
+            raise error(f"{path}: not a readable .tar.gz archive ({problem})") from None
+    return None
+
+
 def parse_json(data: bytes | str, source: str, error: type[SgraffitoError] = InputError,
                max_depth: int = MAX_JSON_DEPTH):
     """JSON text -> value; invalid UTF-8 or JSON, NaN/Infinity and nesting deeper than max_depth are errors."""

