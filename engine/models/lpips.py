@@ -35,16 +35,17 @@ ALEX_TAPS = (1, 4, 7, 9, 11)
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 
 
-def _vgg16_features() -> nn.Sequential:
-    layers: list[nn.Module] = []
+def vgg16_features(layers=VGG16_LAYERS, inplace: bool = False) -> nn.Sequential:
+    """torchvision's vgg16().features (same indices, so the same `N.weight` keys), up to the end of `layers`."""
+    modules: list[nn.Module] = []
     channels = 3
-    for v in VGG16_LAYERS:
+    for v in layers:
         if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
+            modules.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=False)]
+            modules += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=inplace)]
             channels = v
-    return nn.Sequential(*layers)
+    return nn.Sequential(*modules)
 
 
 def _alexnet_features() -> nn.Sequential:
@@ -64,7 +65,7 @@ class Trunk(nn.Module):
         super().__init__()
         if net not in NETS:
             raise ValueError(f"LPIPS net must be one of {NETS}, not {net!r}")
-        self.features = _vgg16_features() if net == "vgg" else _alexnet_features()
+        self.features = vgg16_features() if net == "vgg" else _alexnet_features()
         self.taps = VGG16_TAPS if net == "vgg" else ALEX_TAPS
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.lpips import VGG16_LAYERS, vgg16_features
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# torchvision's VGG16 `features` up to conv4_3's ReLU: (kind, channels)
-VGG16_TO_CONV4_3 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
+# torchvision's VGG16 `features` up to conv4_3's ReLU ("M" = max-pool, else a conv's channels)
+VGG16_TO_CONV4_3 = VGG16_LAYERS[:13]  # conv1_1 .. conv4_3
 CONV3_3_INDEX = 15  # features[15] is conv3_3's ReLU (stride 4, 256 channels)
 
 
@@ -31,15 +33,7 @@ class VGG16Features(nn.Module):
 
     def __init__(self):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for v in VGG16_TO_CONV4_3:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
-                channels = v
-        self.features = nn.Sequential(*layers)
+        self.features = vgg16_features(VGG16_TO_CONV4_3, inplace=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
