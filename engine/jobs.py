@@ -369,6 +369,14 @@ class JobContext:
     def cancelled(self) -> bool:
         return self._job._cancel.is_set()
 
+    def threads(self, n: int | None):
+        """A context manager that runs one stage of this job on `n` intra-op threads and restores the setting
+        after (the worker is the only code running torch, so it may; e.g. ColTran samples its pixel chain on one
+        thread but upsamples on all). Backends never call torch.set_num_threads themselves."""
+        from engine.device import job_threads
+
+        return job_threads(n)
+
     def check_cancelled(self) -> None:
         """Raise engine.errors.Cancelled if the user cancelled this job (or a newer request superseded it)."""
         if self._job._cancel.is_set():

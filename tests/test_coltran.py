@@ -240,6 +240,28 @@ def test_colorize_keeps_the_original_luminance_at_full_resolution():
     assert np.array_equal(colorize(model, gray, [2])[0], images[1])  # candidate i depends only on its seed
 
 
+def test_sampling_runs_on_one_thread_and_the_upsamplers_on_all(monkeypatch):
+    """The pixel chain samples on one intra-op thread (threads only add synchronisation there); the upsamplers are
+    large parallel passes and must keep the process's threads (one thread made the CLI 17% slower)."""
+    import engine.pipelines.coltran as pipeline
+    from engine.device import job_threads
+
+    model = tiny_coltran().eval()
+    seen = {}
+    sample, upsample = model.colorizer.sample, pipeline.upsample_argmax
+    monkeypatch.setattr(model.colorizer, "sample",
+                        lambda *a, **k: seen.setdefault("sample", torch.get_num_threads()) and sample(*a, **k))
+    monkeypatch.setattr(pipeline, "upsample_argmax",
+                        lambda *a, **k: seen.setdefault("upsample", torch.get_num_threads()) and upsample(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        colorize(model, gradient_photo(), [1], sampling_threads=lambda: job_threads(1))
+        assert seen == {"sample": 1, "upsample": 2} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
     model = tiny_coltran().eval()
     hints = [Hint(x=20, y=12, radius=6, rgb=(200, 40, 40))]

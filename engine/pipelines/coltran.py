@@ -22,8 +22,9 @@ photo's own, so a hint changes hue and saturation, not brightness.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -115,10 +116,13 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
              row_context_quirk: bool = True, device: str = "cpu",
              on_row: Callable[[int, int], None] | None = None,
              on_stage: Callable[[str, float], None] | None = None,
-             on_preview: Callable[[np.ndarray], None] | None = None) -> list[np.ndarray]:
+             on_preview: Callable[[np.ndarray], None] | None = None,
+             sampling_threads: Callable[[], ContextManager] = contextlib.nullcontext) -> list[np.ndarray]:
     """A gray (H, W) or RGB (H, W, 3) uint8 photo -> one (H, W, 3) uint8 colouring per seed (crop framing:
     the centre square). `on_row(done, rows)` follows the autoregressive colorizer, `on_stage(stage, fraction)`
-    the two upsamplers (one slice = one candidate's channel)."""
+    the two upsamplers (one slice = one candidate's channel). The pixel-by-pixel sampling runs inside
+    `sampling_threads()` (the runtime passes one intra-op thread: each pixel is a chain of tiny ops, and threads
+    only add synchronisation; the upsamplers are large parallel passes and keep every thread)."""
     from engine.composite import transfer_chroma
 
     coarse_size, fine_size = model.config.core.resolution[0], model.config.spatial_upsampler.resolution[0]
@@ -137,9 +141,10 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
                                    hint_tolerance, coarse_size)
     if constraints is not None:
         constraints = torch.from_numpy(constraints).to(device).expand(batch, -1, -1, -1)
-    symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
-                               mode=mode, temperature=temperature, constraints=constraints,
-                               row_context_quirk=row_context_quirk, on_row=on_row)
+    with sampling_threads():
+        symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
+                                   mode=mode, temperature=temperature, constraints=constraints,
+                                   row_context_quirk=row_context_quirk, on_row=on_row)
     # one candidate and channel at a time: the batched 256x256 logits and attention took 3.5 GB at k = 3
     rgb64 = upsample_argmax(model.color_upsampler, symbols_to_rgb(symbols), coarse,
                             on_slice=on_stage and (lambda i, n: on_stage(f"colour upsampler, slice {i}/{n}", i / n)))
@@ -171,7 +176,6 @@ class ColTranBackend(Pipeline):
     name = "coltran"
     default_model = DEFAULT_MODEL
     loading_stage = "loading ColTran"
-    threads = 1  # each pixel is a chain of tiny ops: threads only add synchronisation
 
     def load(self, path: Path, device: str) -> ColTran:
         return load_folder_model(path, device)
@@ -202,7 +206,8 @@ class ColTranBackend(Pipeline):
         images = colorize(model, request.photo[y0:y1, x0:x1], ctx.seeds, temperature=temperature, hints=hints,
                           hint_tolerance=int(params.get("hint_tolerance", 0)), framing=framing,
                           device=ctx.device, on_row=on_row, on_stage=on_stage,
-                          on_preview=lambda image: ctx.progress(0.02, "ColTran: parallel-head preview", image))
+                          on_preview=lambda image: ctx.progress(0.02, "ColTran: parallel-head preview", image),
+                          sampling_threads=lambda: ctx.threads(1))
         if framing == "crop":
             side = min(y1 - y0, x1 - x0)
             top, left = y0 + (y1 - y0 - side) // 2, x0 + (x1 - x0 - side) // 2
