@@ -24,6 +24,7 @@ RECENT_LABELS = 8
 class Document(QObject):
     reset = Signal()  # new content: everything changed (size, photo, label set)
     labels_changed = Signal(QRect)  # `labels` changed inside this rectangle
+    original_changed = Signal(QRect)  # `original_labels` (the photo's map) changed inside this rectangle
     image_changed = Signal(QRect)  # the shown result image changed inside this rectangle
     label_set_changed = Signal()
     active_label_changed = Signal(int)
@@ -231,6 +232,17 @@ class Document(QObject):
         h, w = patch.shape[:2]
         self.layer(layer)[y:y + h, x:x + w] = patch
         self._written(layer, QRect(x, y, w, h))
+
+    def put_label_maps(self, x: int, y: int, labels: np.ndarray, original: np.ndarray) -> None:
+        """Replace a rectangle of both label maps at once, without recording undo (app.segmentation's undo
+        command: a segmentation gives the photo its map and the labels painted on it in one step)."""
+        h, w = labels.shape
+        self.labels[y:y + h, x:x + w] = labels
+        self.original_labels[y:y + h, x:x + w] = original
+        rect = QRect(x, y, w, h)
+        self.revision += 1
+        self.original_changed.emit(rect)
+        self.labels_changed.emit(rect)
 
     def write_patch(self, layer: str, x: int, y: int, patch: np.ndarray, text: str) -> None:
         """One undoable replacement of a rectangle (pasting pixels into `image`, a scripted edit)."""

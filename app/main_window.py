@@ -32,6 +32,7 @@ from app.hints import HintTool
 from app.live_preview import install_live_preview
 from app.models_dialog import install_models_menu
 from app.palette import PaletteDock
+from app.segmentation import install_segmentation
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
 from engine.errors import SgraffitoError
@@ -135,6 +136,7 @@ class MainWindow(QMainWindow):
         install_gallery(self)  # candidates dock, Generate menu (Ctrl+Return), status-bar progress and Cancel
         install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
         self.live_preview = install_live_preview(self)  # View > Live Preview (ASAPNet), on for label maps
+        install_segmentation(self)  # a photo without a label map is labelled by the runtime; Tools > Segment Again
         # the candidates get the room the label list does not need (several thumbnails, not one)
         self.resizeDocks([self.palette, self.gallery], [1, 3], Qt.Orientation.Vertical)
         install_models_menu(self)  # Help > Models… (official models) and the demo-only notice in the Generate area

@@ -78,6 +78,7 @@ class PaletteDock(QDockWidget):
 
         self.present: list[int] = []  # ids used in the open label maps
         document.reset.connect(self._document_reset)
+        document.original_changed.connect(self._original_changed)  # a segmentation arrived
         document.label_set_changed.connect(self._label_set_changed)
         document.recent_labels_changed.connect(self.refresh_recent)
         document.active_label_changed.connect(self._active_changed)
@@ -91,6 +92,9 @@ class PaletteDock(QDockWidget):
             counts = cv2.calcHist([doc.original_labels], [0], None, [65536], [0, 65536])[:, 0]
             self.present = [int(i) for i in np.nonzero(counts)[0] if i != doc.label_set.unlabeled]
         self.refresh()
+
+    def _original_changed(self, _rect) -> None:
+        self._document_reset()  # the labels present in the photo's map: a segmentation brings new ones
 
     def _label_set_changed(self) -> None:
         label_set = self.document.label_set

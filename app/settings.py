@@ -7,6 +7,7 @@ that points XDG_CONFIG_HOME at a temporary folder never reads or writes the real
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import platformdirs
@@ -85,6 +86,28 @@ def set_theme(choice: str) -> None:
     if choice not in THEMES:
         raise ValueError(f"theme must be one of {THEMES}, not {choice!r}")
     _set("appearance/theme", choice)
+
+
+def segment_on_open() -> bool:
+    """Whether a photo opened without a label map is segmented at once (Tools > Segment Photos When Opened).
+    Until the user chooses, $SGRAFFITO_SEGMENT_ON_OPEN decides ("0" off; default on; the test suite sets "0")."""
+    value = store().value("editor/segment_on_open", None)
+    if value is None:
+        return os.environ.get("SGRAFFITO_SEGMENT_ON_OPEN", "1").strip().lower() not in ("0", "false", "no", "off")
+    return str(value).lower() in ("1", "true")
+
+
+def set_segment_on_open(on: bool) -> None:
+    _set("editor/segment_on_open", bool(on))
+
+
+def segmenter() -> str:
+    """The segmentation model the user chose last ("kind<TAB>name"), or "" for the default."""
+    return _get("editor/segmenter")
+
+
+def set_segmenter(choice: str) -> None:
+    _set("editor/segmenter", choice)
 
 
 def seen(notice: str) -> bool:

@@ -45,10 +45,15 @@ def _mb(nbytes: int) -> str:
 
 # ---- requests ------------------------------------------------------------------------------------------------
 def build_request(document, engine: str, model: str, *, k: int, seed: int, mode: str | None = None,
-                  params: dict | None = None, baseline: np.ndarray | None = None) -> Request:
+                  params: dict | None = None, baseline: np.ndarray | None = None,
+                  fallback: np.ndarray | None = None, notes: list[str] | None = None) -> Request:
     """A snapshot of the document for one Generate: the current image (with applied candidates), the labels
     as they were after the last applied candidate (`baseline`, else as loaded) and as painted now.
-    `mode` (default: the document's) is passed on to the engine as it is; nothing is inferred from pixels."""
+    `mode` (default: the document's) is passed on to the engine as it is; nothing is inferred from pixels.
+
+    In edit mode the models need every pixel labelled: unlabeled pixels are filled first (`fill_unlabeled`: from
+    `fallback`, the photo's automatic segmentation, else the nearest label), with the painted change as the
+    request's explicit mask; what was done is appended to `notes` (a message for the user), if given."""
     if not document.is_open:
         raise InputError("open a photo or a label map first")
     mode = mode or document.mode
@@ -66,12 +71,71 @@ def build_request(document, engine: str, model: str, *, k: int, seed: int, mode:
     photo = document.image if document.image is not None else np.zeros((*labels.shape, 3), np.uint8)
     if mode == "edit" and not (labels != before).any():
         raise InputError("nothing to generate: paint a new label over part of the photo first")
-    return Request(photo=photo, labels_before=before, labels_after=labels, params=params, **common)
+    mask = None
+    unlabeled = getattr(document.label_set, "unlabeled", None)
+    if mode == "edit" and unlabeled is not None and ((before == unlabeled).any() or (labels == unlabeled).any()):
+        mask = labels != before  # the painted change, decided before the holes are filled
+        before, labels, note = fill_unlabeled(before, labels, unlabeled, fallback)
+        if notes is not None and note:
+            notes.append(note)
+    return Request(photo=photo, labels_before=before, labels_after=labels, mask=mask, params=params, **common)
 
 
-NO_LABEL_MAP = ("This photo has no label map yet, and the models edit a photo through its labels: open its label map "
-                "(File > Open Label Map…), or label the photo (Fill labels all of it at once) and keep that as its "
-                "map (File > Keep Labels as the Photo's Map); then paint the change.")
+def nearest_labels(labels: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """`labels` with every pixel of `holes` set to the label of the nearest pixel outside `holes` (Euclidean
+    distance transform; one pass whatever the number of labels). `holes` must not cover everything."""
+    import cv2
+
+    index = cv2.distanceTransformWithLabels(holes.astype(np.uint8), cv2.DIST_L2, 5,
+                                            labelType=cv2.DIST_LABEL_PIXEL)[1]
+    values = labels[~holes]  # the source pixels in raster order: OpenCV numbers them 1, 2, ... in that order
+    out = labels.copy()
+    out[holes] = values[index[holes] - 1]
+    return out
+
+
+def fill_unlabeled(before: np.ndarray, after: np.ndarray, unlabeled: int,
+                   fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(before, after, note) with no unlabeled pixel, so no model refuses the map (ASSET reads every id).
+
+    The photo's map (`before`) is completed from `fallback` (the automatic segmentation of the photo, when there
+    is one) and then from the nearest labelled pixel (of the map; of the painted labels if the map has none);
+    `after` takes those labels wherever it is unlabeled itself, so the painted change stays exactly what it was.
+    `note` says what was filled and what the user can do for better results ("" when nothing worth saying)."""
+    base = np.array(before, dtype=np.uint16, copy=True)
+    holes = base == unlabeled
+    share = float(holes.mean()) if holes.size else 0.0
+    from_fallback = False
+    if fallback is not None and fallback.shape == base.shape and holes.any():
+        known = holes & (fallback != unlabeled)
+        if known.any():
+            base[known] = fallback[known]
+            holes &= ~known
+            from_fallback = True
+    note = ""
+    if holes.any():
+        source = base
+        if holes.all():  # a photo with no map at all: only the painted labels say anything about it
+            source = np.asarray(after, dtype=np.uint16)
+            holes = source == unlabeled
+        if holes.any() and not holes.all():
+            base = nearest_labels(source, holes)
+        if share >= 0.01:
+            note = (f"{share:.0%} of the photo had no label and took the nearest painted label, so the model "
+                    f"sees a rough map there: for better candidates segment the photo (Tools > Segment Again) or "
+                    f"open its label map (File > Open Label Map…)")
+    elif from_fallback and share >= 0.01:
+        note = f"{share:.0%} of the photo had no label and took the automatic segmentation's labels"
+    after = np.asarray(after, dtype=np.uint16)
+    after = np.where(after == unlabeled, base, after).astype(np.uint16)
+    return base, after, note
+
+
+NO_LABEL_MAP = ("This photo has no label map yet, and the models edit a photo through its labels: let Sgraffito label "
+                "it (Tools > Segment Again, with the model of your choice), open its label map (File > Open Label "
+                "Map…), or label the photo yourself (Fill labels all of it at once; the superpixel brush and GrabCut "
+                "follow its edges) and keep that as its map (File > Keep Labels as the Photo's Map); then paint the "
+                "change.")
 
 
 def lacks_label_map(document) -> bool:
@@ -191,6 +255,11 @@ class Workspace:
         self.previewed: str | None = None
         self.slot: str | None = None  # the doc_id whose jobs these are
         self.last_notice = ""
+        # the photo's automatic segmentation (app.segmentation): its labels fill unlabeled pixels at Generate
+        # (even after its undo step was undone); while it runs, a Generate that needs it waits for it
+        self.segmentation: np.ndarray | None = None
+        self.segmenting = False
+        self.deferred: dict | None = None  # the Generate waiting for the segmentation
         self.reload()
 
     # ---- document ------------------------------------------------------------------------------------------
@@ -203,6 +272,9 @@ class Workspace:
         self.job_groups.clear()
         self.baseline = None
         self.previewed = None
+        self.segmentation = None
+        self.segmenting = False
+        self.deferred = None
         self.slot = document.doc_id or None
         for candidate in document.candidates:
             if candidate.request_id not in self.groups:
@@ -244,15 +316,40 @@ class Workspace:
                  params: dict | None = None, seed: int | None = None) -> int | None:
         """Snapshot the document and queue a request for `engine` (a registry kind) and `model`; `mode`
         defaults to the document's. Returns the job id, or None after telling the user why not (events.error)."""
+        if self.segmenting and (mode or self.document.mode) == "edit" and self._needs_segmentation():
+            self.deferred = dict(engine=engine, model=model, mode=mode, k=k, params=params, seed=seed)
+            self.events.notice.emit("Labelling the photo first: Generate starts when the segmentation is done "
+                                    "(Cancel in the status bar stops both)")
+            return None
         if seed is None:
             seed = secrets.randbelow(1_000_000)  # short enough to read in the gallery and type into the CLI
+        notes: list[str] = []
         try:
             request = build_request(self.document, engine, model, k=k, seed=seed, mode=mode, params=params,
-                                    baseline=self.baseline)
+                                    baseline=self.baseline, fallback=self.segmentation, notes=notes)
         except InputError as error:
             self.events.error.emit(str(error))
             return None
+        for note in notes:
+            self.events.notice.emit(note)
         return self.submit(request)
+
+    def _needs_segmentation(self) -> bool:
+        """The labels a Generate compares with have unlabeled pixels (the segmentation would fill them)."""
+        unlabeled = getattr(self.document.label_set, "unlabeled", None)
+        before = self.document.original_labels if self.baseline is None else self.baseline
+        return unlabeled is not None and bool((before == unlabeled).any())
+
+    def segmentation_done(self, labels: np.ndarray | None) -> int | None:
+        """The photo's segmentation arrived (`labels`) or ended without a result (None: failed or cancelled).
+        Runs the Generate that waited for it, if any (without a result it is dropped: returns None)."""
+        self.segmenting = False
+        if labels is not None:
+            self.segmentation = labels
+        deferred, self.deferred = self.deferred, None
+        if deferred is None or labels is None:
+            return None
+        return self.generate(**deferred)
 
     def submit(self, request: Request, *, group_id: str | None = None, supersede: bool = True) -> int:
         """Queue a built request as a new group; `supersede` cancels this document's queued jobs."""
@@ -280,7 +377,7 @@ class Workspace:
             try:
                 request = build_request(self.document, meta["backend"], meta.get("model") or "", k=k,
                                         seed=group.next_seed, mode=meta.get("mode"), params=meta.get("params"),
-                                        baseline=self.baseline)
+                                        baseline=self.baseline, fallback=self.segmentation)
             except InputError as error:
                 self.events.error.emit(str(error))
                 return None

@@ -5,6 +5,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # tensor ops, and two OpenMP threads per process on two shared cores spin against each other (measured: a
 # sampler test took 94 s with two threads and under 1 s with one). Subprocesses inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A photo opened without a label map is segmented in the background (app/segmentation.py). Tests that open one
+# expect it unlabeled unless they ask for the segmentation (tests/test_app_segment.py turns it on).
+os.environ.setdefault("SGRAFFITO_SEGMENT_ON_OPEN", "0")
 
 import pytest
 
