@@ -148,16 +148,26 @@ def init_hypernetwork(g: ASAPNetsGenerator, modulation: float = 0.2) -> None:
 
 class LandscapeScenes(SeededStream):
     """Endless (channel index map, image in [-1, 1]) pairs from random training seeds, randomly mirrored; seeded
-    from (config seed, rank, worker, start step) by the loop (engine.data.datasets.SeededStream)."""
+    from (config seed, rank, worker, start step) by the loop (engine.data.datasets.SeededStream).
 
-    def __init__(self, size: int, seed: int, encoding):
-        self.size, self.encoding = size, encoding
+    `textured` is the fraction of scenes drawn photo-textured (engine.data.textures: the same label map with
+    flightgear-data-base photo textures, `sgraffito data textures`); 0 draws procedural scenes only, with exactly
+    the draws of the stream before the option existed."""
+
+    def __init__(self, size: int, seed: int, encoding, textured: float = 0.0):
+        self.size, self.encoding, self.textured = size, encoding, float(textured)
+        if not 0.0 <= self.textured <= 1.0:
+            raise ValueError(f"options.textured must be a fraction in [0, 1], not {textured}")
         self.place(seed)
 
     def __iter__(self):
         rng = self.rng()
         while True:
             scene = generate_scene(self.train_seed(rng, TRAIN_SEEDS), self.size)
+            if self.textured and rng.random() < self.textured:  # no draw at 0: the procedural stream is unchanged
+                from engine.data.textures import texture_scene
+
+                scene = texture_scene(scene)
             index, image = self.encoding.index_map(scene.labels), scene.image
             if rng.random() < 0.5:
                 index, image = index[:, ::-1], image[:, ::-1]
@@ -166,7 +176,8 @@ class LandscapeScenes(SeededStream):
 
 
 class ASAPNetLandscapeTask(TrainTask):
-    """options: size (256), generator (ASAPNetConfig fields), lr_d, weights {fm, l1, grad}, eval_scenes."""
+    """options: size (256), generator (ASAPNetConfig fields), lr_d, weights {fm, l1, grad, lpips, taming_d},
+    perceptual_net (vgg|alex), textured (fraction of photo-textured training scenes, default 0), eval_scenes."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
@@ -182,7 +193,8 @@ class ASAPNetLandscapeTask(TrainTask):
         return ASAPNetGAN(self.gen_cfg, self.weights, self.config.options.get("perceptual_net", "vgg"))
 
     def train_dataset(self):
-        return LandscapeScenes(self.size, self.config.seed, self.preset.encoding)
+        return LandscapeScenes(self.size, self.config.seed, self.preset.encoding,
+                               float(self.config.options.get("textured", 0.0)))
 
     def onehot(self, index: torch.Tensor) -> torch.Tensor:
         n = self.preset.encoding.num_classes + int(self.preset.encoding.dontcare)
