@@ -53,6 +53,14 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def _asapnet_rows(renderer, source: str, labels: dict[int, np.ndarray]) -> tuple[list[dict], dict[int, float]]:
+    from engine.device import job_threads
+    from engine.pipelines.asapnet import ASAPNetBackend
+
+    with job_threads(ASAPNetBackend.threads):  # the thread count the runtime gives ASAPNet jobs
+        return _asapnet_rows_timed(renderer, source, labels)
+
+
+def _asapnet_rows_timed(renderer, source: str, labels: dict[int, np.ndarray]) -> tuple[list[dict], dict[int, float]]:
     rows, totals = [], {}
     for res in RESOLUTIONS:
         f = renderer.lr_factor(res, res)
@@ -63,7 +71,7 @@ def _asapnet_rows(renderer, source: str, labels: dict[int, np.ndarray]) -> tuple
         total = statistics.median(r[1] + r[2] for r in runs) * 1000
         totals[res] = total
         note = (f"{source}; LR stream on {res // f} px (grid {res // f // renderer.multiple}^2), MLPs at {res} px; "
-                f"{renderer.threads or torch.get_num_threads()} thread(s), load avg {os.getloadavg()[0]:.1f}")
+                f"{torch.get_num_threads()} thread(s), load avg {os.getloadavg()[0]:.1f}")
         rows += [
             {"name": f"asapnet_{res}_ms", "value": total, "unit": "ms", "target": None, "note": note},
             {"name": f"asapnet_{res}_lowres_ms", "value": lr, "unit": "ms", "target": None, "note": "LR stream"},
@@ -85,18 +93,24 @@ def _spade_rows(renderer, labels: dict[int, np.ndarray]) -> tuple[list[dict], di
     spade = SPADEGenerator(channels, ngf=12, hidden=32).eval()
     n_spade = sum(p.numel() for p in spade.parameters())
     n_asap = sum(p.numel() for p in renderer.model.parameters())
+    from engine.device import job_threads
+    from engine.pipelines.asapnet import ASAPNetBackend
+
     rows, totals = [], {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(renderer.threads or threads)  # the same thread count as the ASAPNet renderer
-    for res in SPADE_RESOLUTIONS:
-        x = renderer.encoding.encode(labels[res])
-        with torch.inference_mode():
-            totals[res] = _median_ms(lambda: spade(x), 1 if res >= 1024 else 2)
-        rows.append({"name": f"spade_{res}_ms", "value": totals[res], "unit": "ms", "target": None,
-                     "note": f"SPADE-style generator, {n_spade / 1e6:.2f} M parameters "
-                             f"(ASAPNet {n_asap / 1e6:.2f} M), random weights, {torch.get_num_threads()} thread(s)"})
-    torch.set_num_threads(threads)
+    with job_threads(ASAPNetBackend.threads):  # the same thread count as ASAPNet's jobs
+        for res in SPADE_RESOLUTIONS:
+            totals[res], row = _spade_row(spade, renderer, labels, res, n_spade, n_asap)
+            rows.append(row)
     return rows, totals
+
+
+def _spade_row(spade, renderer, labels, res, n_spade, n_asap):
+    x = renderer.encoding.encode(labels[res])
+    with torch.inference_mode():
+        total = _median_ms(lambda: spade(x), 1 if res >= 1024 else 2)
+    return total, {"name": f"spade_{res}_ms", "value": total, "unit": "ms", "target": None,
+                   "note": f"SPADE-style generator, {n_spade / 1e6:.2f} M parameters "
+                           f"(ASAPNet {n_asap / 1e6:.2f} M), random weights, {torch.get_num_threads()} thread(s)"}
 
 
 def _preview_child() -> None:

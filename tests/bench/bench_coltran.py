@@ -19,6 +19,15 @@ ROWS = 4
 
 
 def _pixels_per_second(model, gray, rows, cached):
+    """Both paths on one intra-op thread: the thread count the runtime gives ColTran's sampling stage
+    (engine.pipelines.coltran: a chain of tiny ops per pixel)."""
+    from engine.device import job_threads
+
+    with job_threads(1):
+        return _timed(model, gray, rows, cached)
+
+
+def _timed(model, gray, rows, cached):
     sampler = model.sample if cached else model.sample_reference
     uniforms = torch.rand(gray.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()

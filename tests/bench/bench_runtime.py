@@ -148,8 +148,10 @@ def stall_rows() -> list[dict]:
         if done.returncode != 0 or not lines:
             raise RuntimeError(f"stall child failed ({done.returncode}): {done.stderr[-1500:]}")
         result = json.loads(lines[-1][7:])
+        # the default-switch row shows what the bridge's 1 ms switch interval buys: a diagnostic, not a target
+        target = None if "default 5 ms" in label else "< 50"
         rows.append({"name": f"UI stall (max event-loop gap), {label}", "value": round(result["max_ms"], 1),
-                     "unit": "ms", "target": "< 50",
+                     "unit": "ms", "target": target,
                      "note": f"{note}; 10 ms QTimer, {result['ticks']} ticks over {result['job_s']:.1f} s, "
                              f"p99 {result['p99_ms']:.1f} ms; the editor's MainWindow with the gallery installed; "
                              f"load average {load:.1f}"})
