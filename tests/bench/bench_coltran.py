@@ -69,7 +69,7 @@ def end_to_end_rows() -> list[dict]:
     photo = cv2.resize(photo, (1024, 768), interpolation=cv2.INTER_CUBIC)
     model = load_model()
     stages: dict[str, float] = {}
-    colorizer, color_up, spatial_up = model.colorizer, model.color_upsampler, model.spatial_upsampler
+    colorizer, color_up = model.colorizer, model.color_upsampler
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
