@@ -38,3 +38,26 @@ def show_main_window(qtbot, monkeypatch, size=(900, 700), prepare=None):
     win.show()
     qtbot.waitExposed(win)
     return win
+
+
+@pytest.fixture
+def runtime():
+    """An engine runtime on the CPU, shut down after the test."""
+    from engine.jobs import Runtime
+
+    rt = Runtime(device="cpu")
+    yield rt
+    rt.shutdown()
+
+
+def drag(win, points):
+    """Press, move through `points` (photo pixels) and release the left button on the real window's canvas."""
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtTest import QTest
+
+    viewport = win.canvas.viewport()
+    to_view = [win.canvas.mapFromScene(QPointF(x + 0.5, y + 0.5)) for x, y in points]
+    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[0])
+    for point in to_view[1:]:
+        QTest.mouseMove(viewport, point)
+    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[-1])

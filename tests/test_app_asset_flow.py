@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from engine.data.landscapes import generate_scene, ids
-from tests.conftest import show_main_window
+from tests.conftest import drag, show_main_window
 from tests.test_asset_pipeline import make_bundle
 
 SIZE = 256
@@ -19,15 +19,6 @@ SIZE = 256
 @pytest.fixture(scope="module")
 def tiny_asset(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("models") / "tiny-asset", resolution=SIZE, sga=False)
-
-
-def drag(win, points):
-    viewport = win.canvas.viewport()
-    to_view = [win.canvas.mapFromScene(QPointF(x + 0.5, y + 0.5)) for x, y in points]
-    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[0])
-    for point in to_view[1:]:
-        QTest.mouseMove(viewport, point)
-    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[-1])
 
 
 @pytest.mark.slow

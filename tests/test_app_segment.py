@@ -5,16 +5,13 @@ unlabeled (never "label id 255"), and a failed or cancelled segmentation leaves 
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QPointF, Qt
-from PySide6.QtTest import QTest
 
 from app.workspace import fill_unlabeled, nearest_labels
 from engine import registry
 from engine.errors import InputError
-from engine.jobs import Candidate
 from engine.model_store import ModelInfo
 from tests import fake_backend
-from tests.conftest import show_main_window
+from tests.conftest import drag, show_main_window
 
 TIMEOUT = 60_000
 UNLABELED = 255
@@ -42,15 +39,6 @@ def win(qtbot, monkeypatch):
     window = show_main_window(qtbot, monkeypatch, size=(1100, 760))
     yield window
     window.gallery.bridge.shutdown()
-
-
-def drag(win, points):
-    viewport = win.canvas.viewport()
-    to_view = [win.canvas.mapFromScene(QPointF(x + 0.5, y + 0.5)) for x, y in points]
-    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[0])
-    for point in to_view[1:]:
-        QTest.mouseMove(viewport, point)
-    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[-1])
 
 
 def wait_segmented(qtbot, win, outcomes=("done",)):

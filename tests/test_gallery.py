@@ -12,18 +12,10 @@ from app.gallery import GalleryDock
 from app.workspace import build_request
 from engine.errors import InputError
 from engine.imageio import load_photo
-from engine.jobs import Runtime
 from engine.labels import DEFAULT_SET, load_label_set
 from tests import fake_backend
 
 TIMEOUT = 20_000
-
-
-@pytest.fixture
-def runtime():
-    rt = Runtime(device="cpu")
-    yield rt
-    rt.shutdown()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.jobs import PRIORITY, JobKind, JobState, Request, Runtime
+from engine.jobs import PRIORITY, JobKind, JobState, Request
 from tests import fake_backend
 from tests.fake_backend import scene
 
@@ -26,13 +26,6 @@ class Order:
             with self.lock:  # (a running job asked to stop reports RUNNING again, stage "cancelling")
                 self.started.append(event.job_id)
                 self.threads.add(threading.current_thread().name)
-
-
-@pytest.fixture
-def runtime():
-    rt = Runtime(device="cpu")
-    yield rt
-    rt.shutdown()
 
 
 @pytest.fixture

@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.jobs import Candidate, JobState, Request, Runtime, backend_names, thaw
+from engine.jobs import Candidate, JobState, Request, backend_names, thaw
 from tests import fake_backend
 from tests.fake_backend import scene
 
 TIMEOUT = 30  # generous: only a hang fails; nothing here asserts on timing
-
-
-@pytest.fixture
-def runtime():
-    rt = Runtime(device="cpu")
-    yield rt
-    rt.shutdown()
 
 
 def edit_request(**overrides):
