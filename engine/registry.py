@@ -78,6 +78,7 @@ SPECS: tuple[ModelSpec, ...] = (
         models="engine.models.taming", modes=("translate",),
         backend="engine.pipelines.taming:TamingBackend",
         importer="engine.importers.taming_ckpt:IMPORTER",
+        tasks={"taming-landscape": "engine.train.tasks_taming:TamingLandscapeTask"},
         default_model="demo-taming-landscape"),
     ModelSpec(
         kind="segmenter", title="Demo segmenter (frozen ImageNet VGG16 + a head trained on synthetic landscapes)",

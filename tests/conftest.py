@@ -12,6 +12,23 @@ os.environ.setdefault("SGRAFFITO_SEGMENT_ON_OPEN", "0")
 import pytest
 
 
+def _shipped_weights() -> dict:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "assets" / "models"
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_models_stay_untouched():
+    """A training task's export defaults to the shipped demo folder; a test that forgets its export_dir would
+    overwrite the demo weights. Fail the run if any file under assets/models changed."""
+    before = _shipped_weights()
+    yield
+    changed = [str(p) for p, mtime in _shipped_weights().items() if before.get(p) != mtime]
+    assert not changed, f"tests wrote into the shipped models: {changed}"
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_data(tmp_path, monkeypatch):
     """Autosaves, settings and imported models of a test never touch the real user's folders."""

@@ -18,6 +18,7 @@ from engine.model_store import list_models, user_models_dir
 from tests.model_server import asset_bundle_zip, entry, start_server, taming_checkpoint_bytes, write_catalogue
 
 OFFICIAL = {"asset-landscape", "asset-coco", "vqgan-imagenet-f16-1024", "vqgan-imagenet-f16-16384", "vqgan-sflckr",
+            "taming-sflckr",
             "coltran", "asapnet-cityscapes", "asapnet-facades512", "asapnet-facades1024", "deeplab-cocostuff164k"}
 
 

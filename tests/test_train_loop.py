@@ -271,3 +271,36 @@ def test_cli_nested_set_and_divergence_message(tmp_path, capsys):
     assert "sgraffito train: error: tiny-test: training diverged at step 2: the loss is not finite (loss nan" in err
     saved = (out / "config.yaml").read_text()
     assert "lr: 0.02" in saved and "extra:\n    a: 1\n    b: 5" in saved and "nan_at: 1" in saved
+
+
+def test_vqgan_codebook_care_resumes_bit_identical(tmp_path):
+    """The seg VQGAN task's codebook care (k-means after the warm-up, re-seeding dead codes) keeps state between
+    steps; a run interrupted after the k-means and resumed ends with the weights of an uninterrupted one."""
+    from engine.train.tasks_vqgan import SegVQGANTask
+
+    options = {"ch": 8, "norm_groups": 4, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+               "z_channels": 8, "embed_dim": 4, "n_embed": 16, "scene_size": 64, "crop": 32, "crops_per_scene": 2,
+               "restart_every": 2, "autoencoder_steps": 2, "eval_scenes": 1, "export_dir": str(tmp_path / "export")}
+
+    def run(out, steps, resume=False):
+        config = TrainConfig(task="seg_vqgan", steps=6, batch_size=2, lr=1e-2, save_every=3, eval_every=0,
+                             log_every=1, ema_decay=0, precision="fp32", out_dir=str(tmp_path / out),
+                             options=options)
+        task = SegVQGANTask(config)
+        if steps < 6:  # stop right after the checkpoint of `steps`, as a kill would
+            original = task.loss
+
+            def loss(model, batch):
+                if task.step == steps:
+                    raise KeyboardInterrupt
+                return original(model, batch)
+
+            task.loss = loss
+        return train(config, resume=resume, task=task), task
+
+    whole, _ = run("whole", 6)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", 3)
+    resumed, task = run("cut", 6, resume=True)
+    assert task.codebook.initialised  # the k-means state came back with the checkpoint
+    assert _same(resumed.model, whole.model)

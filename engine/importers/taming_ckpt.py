@@ -114,7 +114,16 @@ def model_from_checkpoint(config_path: Path, checkpoint: Path) -> tuple[Net2NetT
 
 
 def _paths(args) -> tuple[Path, Path]:
-    config, checkpoint = Path(args.file), Path(args.checkpoint)
+    """(config, checkpoint) from `FILE LAST.ckpt` (either order) or `FILE --config CONFIG.yaml` (the catalogue's
+    form, where FILE is the checkpoint)."""
+    if args.checkpoint is None and args.config is None:
+        raise InputError("give the project config and the checkpoint: sgraffito import taming CONFIG.yaml LAST.ckpt")
+    if args.checkpoint is not None and args.config is not None:
+        raise InputError("give the project config once: either CONFIG.yaml LAST.ckpt or LAST.ckpt --config CONFIG.yaml")
+    if args.config is not None:
+        config, checkpoint = Path(args.config), Path(args.file)
+    else:
+        config, checkpoint = Path(args.file), Path(args.checkpoint)
     if config.suffix in (".ckpt", ".pth", ".pt") and checkpoint.suffix in (".yaml", ".yml"):
         config, checkpoint = checkpoint, config  # given the other way round: no doubt which is which
     if config.suffix not in (".yaml", ".yml"):
@@ -152,10 +161,13 @@ def _import(args: argparse.Namespace) -> Path:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, metavar="LAST.ckpt", help="the model's checkpoints/last.ckpt")
+    parser.add_argument("checkpoint", type=Path, nargs="?", metavar="LAST.ckpt", help="the model's checkpoints/last.ckpt")
+    parser.add_argument("--config", type=Path, metavar="CONFIG.yaml",
+                        help="the project config, when FILE is the checkpoint (the form `sgraffito models get` uses)")
     parser.epilog = ("FILE is the project config. Example (the S-FLCKR log folder): sgraffito import taming "
                      "2020-11-09T13-31-51_sflckr/configs/2020-11-09T13-31-51-project.yaml "
-                     "2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --name taming-sflckr")
+                     "2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --name taming-sflckr "
+                     "(or: ... import taming last.ckpt --config 2020-11-09T13-31-51-project.yaml)")
 
 
 IMPORTER = Importer(

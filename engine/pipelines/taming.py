@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
+from engine.model_store import find_model, load_model_dir
 from engine.models.taming import Net2NetTransformer, TamingConfig
 from engine.models.taming_sampling import sample_fast, sample_reference
 from engine.pipelines.base import Pipeline, load_folder, strict
@@ -31,9 +32,20 @@ MAX_SIDE = 1024
 
 
 def load_taming(path: Path, device: str = "cpu") -> tuple[Net2NetTransformer, dict]:
+    """An imported model holds all three modules in model.safetensors. A folder whose config has "stages" (the
+    demo) holds only the transformer and names the model folder whose VQGANs are its two stages, so they are
+    shipped once; the union is loaded strictly, key for key."""
     config, weights = load_folder(path, "taming", ["model"])
     cfg = TamingConfig.from_dict(config["taming"])
-    model = strict(Net2NetTransformer(cfg), weights["model"], str(path / "model.safetensors")).to(device)
+    state = dict(weights["model"])
+    stages = config.get("stages")
+    if stages:
+        folder = find_model(str(stages["folder"])).path
+        _, stage_weights = load_model_dir(folder, [stages["first_stage_model"], stages["cond_stage_model"]])
+        for prefix, stem in (("first_stage_model.", stages["first_stage_model"]),
+                             ("cond_stage_model.", stages["cond_stage_model"])):
+            state.update({prefix + k: v for k, v in stage_weights[stem].items()})
+    model = strict(Net2NetTransformer(cfg), state, str(path / "model.safetensors")).to(device)
     model.config_json = config  # label set, title
     return model, config
 

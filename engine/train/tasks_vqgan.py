@@ -141,6 +141,16 @@ class _Codebook:
     def quantizing(self, step: int) -> bool:
         return step >= self.warmup
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on exactly: usage counts, whether k-means ran, the kept encoder outputs
+        (re-seeding draws from them)."""
+        return {"hits": self.hits.clone(), "initialised": self.initialised, "recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hits = state["hits"].clone()
+        self.initialised = bool(state["initialised"])
+        self.recent = list(state["recent"])
+
     @torch.no_grad()
     def update(self, model: VQGAN, indices: torch.Tensor | None, step: int) -> float:
         weight = model.quantize.embedding.weight
@@ -273,6 +283,7 @@ class _VQGANTaskBase(TrainTask):
         super().__init__(config)
         self.options = dict(config.options)
         self.codebook: _Codebook | None = None
+        self._resumed_codebook: dict | None = None
         self.metrics: dict = {}  # the last evaluation, reused by export
 
     def train_dataset(self):
@@ -306,7 +317,18 @@ class _VQGANTaskBase(TrainTask):
         if self.codebook is None:
             raw = getattr(model, "module", model)
             self.codebook = _Codebook(raw, self.options.get("restart_every", 10), self.options.get("autoencoder_steps", 0))
+            if self._resumed_codebook is not None:
+                self.codebook.load_state_dict(self._resumed_codebook)
         return self.codebook
+
+    def state_dict(self) -> dict:
+        return {"codebook": self.codebook.state_dict()} if self.codebook is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        # the codebook helper is made with the model on the first step; it takes this state then
+        self._resumed_codebook = state.get("codebook")
+        if self.codebook is not None and self._resumed_codebook is not None:
+            self.codebook.load_state_dict(self._resumed_codebook)
 
     def _restart(self, model, indices) -> float:
         if self._finetuning_decoder():
