@@ -115,3 +115,32 @@ def test_preview_shows_both_kinds(cache, tmp_path, monkeypatch):
     sheet = np.asarray(Image.open(out / "contact_sheet.png"))
     assert sheet.shape[0] == 3 * 64 + 2 * 4  # procedural, textured and label rows
     tx.default_library.cache_clear()
+
+
+def test_vqgan_crop_stream_draws_textured_scenes_only_when_asked(cache, monkeypatch):
+    """options.textured of the VQGAN tasks: at 0 the stream is exactly the one before the option (no texture, no
+    extra random draw); at 1 every scene it renders is photo-textured."""
+    import itertools
+
+    import torch
+
+    from engine.train.tasks_vqgan import LandscapeCrops
+
+    textured_seeds, original = [], tx.texture_scene
+
+    def texture(scene):
+        textured_seeds.append(scene.meta["seed"])
+        return original(scene, tx.TextureLibrary(cache))
+
+    monkeypatch.setattr(tx, "texture_scene", texture)
+
+    def crops(**textured):
+        stream = LandscapeCrops(64, 32, 2, 0.0, pool=2, **textured).place(3)
+        return list(itertools.islice(iter(stream), 6))
+
+    before, zero = crops(), crops(textured=0.0)
+    assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["labels"], b["labels"])
+               for a, b in zip(before, zero))
+    assert textured_seeds == []
+    crops(textured=1.0)
+    assert len(textured_seeds) == 4  # a pool of 2, then one new scene every 2 crops

@@ -64,11 +64,19 @@ class LandscapeCrops(SeededStream):
     """Endless random crops (with flips) of training scenes. Scenes cost more to render than a crop costs to
     train on, so a pool of `pool` scenes is kept and one of them is replaced every `crops_per_scene` crops; each
     crop comes from a random pool scene, so a batch mixes scenes. Seeded from (config seed, rank, worker, start
-    step) by the loop (engine.data.datasets.SeededStream)."""
+    step) by the loop (engine.data.datasets.SeededStream).
 
-    def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float, pool: int = 16):
+    `textured` is the fraction of scenes drawn photo-textured (engine.data.textures, `sgraffito data textures`:
+    the same label map filled with photographic texture); 0 draws procedural scenes only, with exactly the draws
+    of the stream before the option existed."""
+
+    def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float, pool: int = 16,
+                 textured: float = 0.0):
         self.scene_size, self.crop, self.crops_per_scene, self.mask_prob = scene_size, crop, crops_per_scene, mask_prob
         self.pool = pool
+        self.textured = float(textured)
+        if not 0.0 <= self.textured <= 1.0:
+            raise ValueError(f"options.textured must be a fraction in [0, 1], not {textured}")
 
     def __iter__(self):
         rng = self.rng()
@@ -76,6 +84,10 @@ class LandscapeCrops(SeededStream):
         while True:
             if len(pool) < self.pool or count % self.crops_per_scene == 0:
                 scene = generate_scene(self.train_seed(rng, TRAIN_SEEDS), self.scene_size)
+                if self.textured and rng.random() < self.textured:  # no draw at 0: the old stream is unchanged
+                    from engine.data.textures import texture_scene
+
+                    scene = texture_scene(scene)
                 if len(pool) < self.pool:
                     pool.append(scene)
                 else:
@@ -289,7 +301,8 @@ class _VQGANTaskBase(TrainTask):
     def train_dataset(self):
         o = self.options
         return LandscapeCrops(o.get("scene_size", 256), o.get("crop", 128), o.get("crops_per_scene", 4),
-                              o.get("mask_prob", 0.5 if self.stem == "image_vqgan" else 0.0))
+                              o.get("mask_prob", 0.5 if self.stem == "image_vqgan" else 0.0),
+                              textured=o.get("textured", 0.0))
 
     def _finetuning_decoder(self) -> bool:
         return bool(self.options.get("decoder_from"))
