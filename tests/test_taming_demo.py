@@ -83,8 +83,10 @@ def test_demo_task_exports_a_transformer_that_borrows_the_demo_vqgans(tmp_path):
     asset = read_safetensors(find_model("demo-asset-landscape").path / "image_vqgan.safetensors")
     key = "decoder.conv_out.weight"
     assert torch.equal(model.first_stage_model.state_dict()[key], asset[key])
-    labels = np.full((256, 320), 155, np.uint8)  # sky (coco-stuff-182 id 156 - 1)
-    labels[128:] = 123  # sea
+    from engine.data.landscapes import ids
+
+    labels = np.full((256, 320), ids().sky_other, np.uint8)
+    labels[128:] = ids().sea
     images, info = translate(model, labels, [1, 2])
     assert [im.shape for im in images] == [(256, 320, 3)] * 2 and info["tokens"] == [16, 20]
     assert not np.array_equal(images[0], images[1])  # two seeds, two candidates
