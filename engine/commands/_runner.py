@@ -111,14 +111,17 @@ def check_backend(backend_name: str) -> None:
                          f"(available: {', '.join(backend_names()) or 'none'})")
 
 
+def check_samples(samples: int) -> None:
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if samples > MAX_SAMPLES:
+        raise InputError(f"--samples must be at most {MAX_SAMPLES} (candidates are kept in memory), got {samples}")
+
+
 def _build_request(backend_name: str, request, args):
     from engine.jobs import Request, thaw
 
-    if args.samples < 1:
-        raise InputError(f"--samples must be at least 1, got {args.samples}")
-    if args.samples > MAX_SAMPLES:
-        raise InputError(f"--samples must be at most {MAX_SAMPLES} (candidates are kept in memory), got "
-                         f"{args.samples}")
+    check_samples(args.samples)
     if isinstance(request, Request):
         return dataclasses.replace(request, backend=backend_name, k=args.samples, seed=args.seed,
                                    params=thaw(request.params))
@@ -207,9 +210,7 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
     """Run one request (a Request, or a mapping of Request fields without backend/k/seed) and write its
     candidates to args.out. Returns the exit status; user errors raise SgraffitoError (the CLI exits 2)."""
 
-    from engine import __version__
-    from engine.device import describe_device, resolve_device
-    from engine.jobs import thaw
+    from engine.device import resolve_device
 
     check_backend(backend_name)
     request = _build_request(backend_name, request, args)
@@ -221,19 +222,33 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
     except BackendBug:
         return 1
 
+    files = write_candidates(out, job, device, started)
+    print(f"{len(files) - 1} candidate(s) in {job.seconds:.1f} s -> {out}", file=sys.stderr)
+    return 0
+
+
+def write_candidates(out: Path, job, device: str, started: float, *, echo: bool = True) -> list[Path]:
+    """DIR/candidate_XX.png and DIR/candidates.json of a finished job (candidates.json last); the files written,
+    each printed on stdout when `echo`. `started` (time.perf_counter) dates the request for its timings."""
+    from engine import __version__
+    from engine.device import describe_device
+    from engine.jobs import thaw
     from engine.safe_io import write_bytes_atomic
 
-    records = []
+    request = job.request
+    records, files = [], []
     for index, candidate in enumerate(job.candidates):
         name = f"candidate_{index:02d}.png"
         write_image(out / name, candidate.compose(request.photo))  # atomic: never a truncated candidate
         records.append({"file": name, "seed": candidate.seed, "region": list(candidate.region),
                         "seconds": round(candidate.seconds, 3), "info": thaw(candidate.info)})
-        print(out / name)
+        files.append(out / name)
+        if echo:
+            print(out / name)
     metadata = {
         "sgraffito": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backend": backend_name,
+        "backend": request.backend,
         "device": device,
         "device_name": describe_device(device),
         "request": request.describe(),
@@ -243,5 +258,4 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
     }
     # last, and atomic: a candidates.json always describes candidate files that are complete
     write_bytes_atomic(out / "candidates.json", (json.dumps(metadata, indent=2) + "\n").encode())
-    print(f"{len(records)} candidate(s) in {job.seconds:.1f} s -> {out}", file=sys.stderr)
-    return 0
+    return [*files, out / "candidates.json"]

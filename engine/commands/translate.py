@@ -1,12 +1,15 @@
 """`sgraffito translate LABELS.png --out OUT.png`: render a label map into an image with an ASAPNet model.
 
 It runs through the engine runtime like edit and colorize (engine/commands/_runner.py: one weight load through
-the model cache, a progress bar, Ctrl+C cancels) and writes the one rendering to OUT."""
+the model cache, a progress bar, Ctrl+C cancels) and writes the one rendering to OUT. A folder, a glob or several
+label maps render them all (engine/batch.py): --out is then a folder, DIR/<map's path without suffix>.png for each
+(a folder of candidates for a sampling engine), with a manifest; resumable, sharded under torchrun."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from engine.batch import add_batch_arguments, is_batch
 from engine.commands._runner import BackendBug, add_device_argument, add_engine_arguments, choose_engine, run_job
 from engine.errors import InputError
 
@@ -29,7 +32,9 @@ def register(subparsers) -> None:
         "translate", help="render a label map into an image (ASAPNet)",
         description="Render a label map (id PNG, indexed PNG or colour-coded PNG) into a photo-like image with an "
                     "ASAPNet model. The model runs at the label map's size (or --size) padded to its tile size.")
-    parser.add_argument("labels", type=Path, metavar="LABELS.png")
+    parser.add_argument("labels", nargs="+", metavar="LABELS.png",
+                        help="the label map; a folder, a glob or several maps render them all (batch: --out is a "
+                             "folder, a manifest, resumable; see README)")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.png|DIR",
                         help="the image (ASAPNet), or for a sampling engine (taming) the folder for "
                              "candidate_XX.png and candidates.json")
@@ -41,6 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--samples", "-k", type=int, default=None, metavar="K",
                         help="candidates of a sampling engine (taming; default 4); ASAPNet renders one image")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="candidate i uses seed S + i (default 0)")
+    add_batch_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -54,14 +60,41 @@ def _model_config(engine: str, model: str) -> dict:
                                                                 engine).path)
 
 
-def run(args) -> int:
+def _label_set(engine: str, args):
+    """The label set LABELS.png is read in: --label-set, else the model's (they must agree)."""
+    from engine.labels import load_label_set
+
+    model_label_set = _model_config(engine, args.model).get("label_set")
+    label_set = load_label_set(args.label_set or model_label_set)
+    if model_label_set and label_set.name != model_label_set:
+        raise InputError(f"model {args.model or 'demo'!r} reads {model_label_set} label maps, not {label_set.name}")
+    return label_set
+
+
+def _request(path: Path, engine: str, model: str, label_set, size):
+    """(the runtime request that renders the label map at `path`, the blank photo it is composed on)."""
     import cv2
     import numpy as np
 
-    from engine.device import resolve_device
     from engine.imageio import load_label_map
     from engine.jobs import Request
-    from engine.labels import load_label_set
+
+    labels = load_label_map(path, label_set)
+    label_set.check_ids(labels, str(path))
+    if size is not None and size != (labels.shape[1], labels.shape[0]):
+        labels = cv2.resize(labels.astype(np.uint16), size, interpolation=cv2.INTER_NEAREST)
+    labels = np.ascontiguousarray(labels)
+    labels.flags.writeable = False  # shared by labels_before and labels_after, not copied
+    blank = np.zeros((*labels.shape, 3), np.uint8)  # translate mode: no photo, the rendering is the image
+    blank.flags.writeable = False
+    request = Request(backend=engine, photo=blank, model=model, mode="translate", labels_before=labels,
+                      labels_after=labels, label_set=label_set.name,
+                      params={"max_side": max(labels.shape)})  # the whole map at its full size, not a preview
+    return request, blank
+
+
+def run(args) -> int:
+    from engine.device import resolve_device
 
     from engine.commands._runner import write_image
     from engine.safe_io import refuse_input
@@ -73,6 +106,10 @@ def run(args) -> int:
         raise InputError("ASAPNet renders one image per label map; --samples is for sampling engines (taming)")
     if sampling:
         args.samples = 4 if getattr(args, "samples", None) is None else args.samples
+    if is_batch(args.labels):
+        return _run_batch(args, engine, sampling, size)
+    args.labels = Path(args.labels[0])
+    if sampling:
         args.inputs = [args.labels]
     elif args.out.suffix.lower() not in SUFFIXES:
         raise InputError(f"{args.out}: use a .png, .jpg, .webp or .tif output file")
@@ -81,21 +118,7 @@ def run(args) -> int:
     if not sampling and args.out.is_dir():
         raise InputError(f"--out {args.out} is a folder; give an image file name")
     device = resolve_device(args.device)
-    model_label_set = _model_config(engine, args.model).get("label_set")
-    label_set = load_label_set(args.label_set or model_label_set)
-    if model_label_set and label_set.name != model_label_set:
-        raise InputError(f"model {args.model or 'demo'!r} reads {model_label_set} label maps, not {label_set.name}")
-    labels = load_label_map(args.labels, label_set)
-    label_set.check_ids(labels, str(args.labels))
-    if size is not None and size != (labels.shape[1], labels.shape[0]):
-        labels = cv2.resize(labels.astype(np.uint16), size, interpolation=cv2.INTER_NEAREST)
-    labels = np.ascontiguousarray(labels)
-    labels.flags.writeable = False  # shared by labels_before and labels_after, not copied
-    blank = np.zeros((*labels.shape, 3), np.uint8)  # translate mode: no photo, the rendering is the image
-    blank.flags.writeable = False
-    request = Request(backend=engine, photo=blank, model=args.model, mode="translate", labels_before=labels,
-                      labels_after=labels, label_set=label_set.name,
-                      params={"max_side": max(labels.shape)})  # the whole map at its full size, not a preview
+    request, blank = _request(args.labels, engine, args.model, _label_set(engine, args), size)
     if sampling:
         from engine.commands._runner import run_request
 
@@ -109,3 +132,32 @@ def run(args) -> int:
     write_image(args.out, image)  # atomic: the previous file stays until the new one is complete
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {candidate.seconds * 1000:.0f} ms)")
     return 0
+
+
+def _run_batch(args, engine: str, sampling: bool, size) -> int:
+    import time
+
+    from engine import batch, registry
+    from engine.commands._runner import _build_request, check_samples, write_image
+
+    if args.out.suffix.lower() in SUFFIXES:
+        raise InputError(f"--out {args.out}: several label maps need a folder for their images")
+    if sampling:
+        check_samples(args.samples)
+    label_set = _label_set(engine, args)
+    model = args.model or registry.spec(engine).default_model
+
+    def render(context: batch.ItemContext) -> list[Path]:
+        started = time.perf_counter()
+        request, blank = _request(context.item.sources[0], engine, args.model, label_set, size)
+        if sampling:
+            return context.write_candidates(context.run(_build_request(engine, request, args)), started)
+        (candidate,) = context.run(request).candidates
+        path = context.file(".png")
+        write_image(path, candidate.compose(blank))
+        return [path]
+
+    items = batch.find_inputs(args.labels, args.out)
+    options = batch.options_of(args, exclude=("labels",), engine=engine, model=model, label_set=label_set.name)
+    return batch.run_batch(args, command="translate", items=items, options=options, engine=engine, model=model,
+                           process=render)
