@@ -32,6 +32,7 @@ def randomized(module, seed=0):
 
 @pytest.fixture(scope="module")
 def core():
+    torch.manual_seed(0)  # the same model whichever tests ran before in this process
     return randomized(ColTranCore(TINY))
 
 
@@ -44,6 +45,22 @@ def test_cached_decoder_gives_the_reference_samples(core, mode, quirk):
     cached = core.sample(gray, uniforms=u, mode=mode, row_context_quirk=quirk)
     assert torch.equal(reference, cached)
     assert reference.unique().numel() > 3  # not a degenerate constant image
+
+
+def test_cached_decoder_matches_the_reference_on_two_candidates_with_hints_and_a_shared_encoding(core):
+    """The pipeline's call: k = 2 candidates of one gray image encoded once (`encoded`), colour constraints on
+    some cells, a temperature: the whole image is the reference's, symbol for symbol."""
+    gray = torch.randint(0, 256, (1, 6, 6), generator=torch.Generator().manual_seed(11)).expand(2, -1, -1)
+    u = torch.rand(2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    allowed = torch.ones(2, 6, 6, 512, dtype=torch.bool)
+    allowed[:, 1:3, 2:5] = False
+    allowed[:, 1:3, 2:5, 100:140] = True
+    encoded = core.encoder(gray[:1]).expand(2, -1, -1, -1)
+    reference = core.sample_reference(gray, uniforms=u, temperature=0.7, constraints=allowed)
+    cached = core.sample(gray, uniforms=u, temperature=0.7, constraints=allowed, encoded=encoded)
+    assert torch.equal(reference, cached)
+    assert ((cached[:, 1:3, 2:5] >= 100) & (cached[:, 1:3, 2:5] < 140)).all()
+    assert not torch.equal(cached[0], cached[1])  # two candidates, two colourings
 
 
 def test_without_the_quirk_sampling_follows_the_trained_model(core):

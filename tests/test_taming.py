@@ -248,3 +248,80 @@ def test_sampler_reports_progress_and_cancels():
     assert ctx.fractions == sorted(ctx.fractions) and ctx.fractions[-1] == 1.0 and len(ctx.fractions) > 20
     with pytest.raises(Cancelled):
         sample_fast(gpt, cond, 1, generator=[torch.Generator().manual_seed(0)], ctx=Ctx(3))
+
+
+# --- reduced precision (issue 21) ----------------------------------------------------------------------------
+
+
+def test_int8_transformer_samples_and_translates_and_leaves_the_fp32_model_alone(tmp_path):
+    from engine.models.taming_sampling import PreparedLinearModule, reduced_precision
+    from engine.pipelines.taming import translate
+
+    _, model = official_folder(tmp_path)
+    model.eval()
+    gpt = model.transformer
+    before = {k: v.clone() for k, v in gpt.state_dict().items()}
+    int8 = reduced_precision(gpt, "int8")
+    assert reduced_precision(gpt, "fp32") is gpt and reduced_precision(gpt, "int8") is int8  # made once, kept
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.modules())
+    assert {m.prepared.precision for m in int8.modules() if isinstance(m, PreparedLinearModule)} == {"int8"}
+    cond = torch.randint(0, 128, (16, 20), generator=torch.Generator().manual_seed(2))
+    tokens = sample_fast(int8, cond, 2, generator=[torch.Generator().manual_seed(s) for s in (1, 2)], top_k=20)
+    assert tokens.shape == (2, 16, 20) and 0 <= int(tokens.min()) and int(tokens.max()) < 128
+    assert tokens.unique().numel() > 10
+    labels = np.full((96, 160), 156, np.uint8)
+    labels[60:] = 123
+    images, info = translate(model, labels, [1], precision="int8")
+    assert info["precision"] == "int8" and images[0].shape == (96, 160, 3)
+    assert list(gpt.state_dict()) == list(before)
+    assert all(torch.equal(gpt.state_dict()[k], v) for k, v in before.items())
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="precision"):
+        translate(model, labels, [1], precision="int3")
+
+
+def taming_step_agreement(reference, reduced, cond, monkeypatch) -> float:
+    """Share of token steps at which `reduced` ranks the same token first as `reference`, both on the
+    reference's greedy path: the reduced sampler's draws are replaced by the reference's tokens while its own
+    logits at every step are recorded."""
+    import engine.models.taming_sampling as sampling
+
+    path = sampling.sample_fast(reference, cond, 1, top_k=1, generator=[torch.Generator().manual_seed(0)])
+    path = path.reshape(-1)
+    top1 = []
+
+    def follow_the_reference(logits, top_k, temperature, generator):
+        top1.append(int(logits.argmax(-1)[0]))
+        return path[len(top1) - 1: len(top1)]
+
+    monkeypatch.setattr(sampling, "draw", follow_the_reference)
+    sampling.sample_fast(reduced, cond, 1, generator=[torch.Generator().manual_seed(0)])
+    return float((torch.tensor(top1) == path).float().mean())
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_a_reduced_precision_ranks_the_demo_transformers_fp32_token_first_at_99_percent_of_steps(
+        precision, monkeypatch):
+    from engine.model_store import find_model
+    from engine.models.taming_sampling import reduced_precision
+    from engine.pipelines.taming import load_taming
+    from engine.precision import supported
+
+    try:
+        folder = find_model("demo-taming-landscape", "taming").path
+    except Exception:
+        folder = None
+    if folder is None or not (folder / "model.safetensors").is_file():
+        pytest.skip("no trained demo-taming-landscape weights yet (assets/models/demo-taming-landscape)")
+    if precision not in supported("cpu"):
+        pytest.skip(f"this CPU's torch runs no {precision} kernels")
+    from engine.data.landscapes import generate_scene
+
+    model, _ = load_taming(folder)
+    labels = torch.from_numpy(np.asarray(generate_scene(7, (256, 384)).labels, np.int64))
+    cond = model.encode_labels(labels[None])[0]  # 16 x 24 tokens
+    agreement = taming_step_agreement(model.transformer, reduced_precision(model.transformer, precision), cond,
+                                      monkeypatch)
+    print(f"taming {precision} top-1 agreement with fp32: {agreement:.4f} of {cond.numel()} steps")
+    assert agreement >= 0.99

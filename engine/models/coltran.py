@@ -26,11 +26,14 @@ context is mean_ij w[i, j] z[r, j] instead of the training-time mean_ij w[i, j] 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.precision import PreparedLinear, prepare_linear
 
 NUM_SYMBOLS = 512  # 8 levels of each of R, G, B
 LN_EPS = 1e-3  # Keras LayerNormalization default
@@ -359,18 +362,18 @@ class ColTranCore(nn.Module):
         inner = self.inner_decoder(embeddings, upper, z)
         return self.auto_logits(self.final_norm(inner)), self.parallel_logits(z)
 
-    def parallel_preview(self, gray):
-        """The one-shot colouring of the auxiliary head: argmax symbols (B, H, W)."""
-        return self.parallel_logits(self.encoder(gray)).argmax(-1)
+    def parallel_preview(self, gray, encoded=None):
+        """The one-shot colouring of the auxiliary head: argmax symbols (B, H, W); `encoded` as in `sample`."""
+        return self.parallel_logits(self.encoder(gray) if encoded is None else encoded).argmax(-1)
 
     # -- sampling ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample_reference(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
-                         row_context_quirk=True, on_row=None, rows=None):
+                         row_context_quirk=True, on_row=None, rows=None, encoded=None):
         """The official procedure: the outer decoder over the whole canvas once per row, the inner decoder over
-        the whole row once per pixel. Slow; kept as the oracle for `sample`."""
-        z = self.encoder(gray)
+        the whole row once per pixel. Slow; kept as the oracle for `sample`. Arguments as `sample`."""
+        z = self.encoder(gray) if encoded is None else encoded
         batch, height, width, dim = z.shape
         canvas = torch.zeros_like(z)
         upper = torch.zeros_like(z)
@@ -394,89 +397,198 @@ class ColTranCore(nn.Module):
 
     @torch.no_grad()
     def sample(self, gray, *, uniforms=None, mode="sample", temperature=1.0, constraints=None,
-               row_context_quirk=True, on_row=None, rows=None):
+               row_context_quirk=True, on_row=None, rows=None, encoded=None):
         """Exact incremental decoding; the same symbols as `sample_reference` for the same uniforms.
 
-        gray (B, H, W) int; uniforms (B, H, W) in [0, 1) drive mode "sample"; constraints: optional bool (B, H, W, 512) of allowed symbols per pixel (colour hints);
-        on_row(done, total) is called after every row (progress and cancellation: it may raise); `rows` stops
-        after that many rows (benchmarks).
+        gray (B, H, W) int; uniforms (B, H, W) in [0, 1) drive mode "sample"; constraints: optional bool
+        (B, H, W, 512) of allowed symbols per pixel (colour hints); on_row(done, total) is called after every row
+        (progress and cancellation: it may raise); `rows` stops after that many rows (benchmarks); `encoded`:
+        the encoder's output for `gray` when the caller already has it (the pipeline runs that large parallel
+        pass on all threads and the pixel chain on one).
         Returns symbols (B, H, W).
         """
-        z = self.encoder(gray)
+        z = self.encoder(gray) if encoded is None else encoded
         batch, height, width, dim = z.shape
-        outer, inner = self.outer_decoder, self.inner_decoder
-        heads, head_dim = self.config.num_heads, dim // self.config.num_heads
-        outer_table, inner_table = outer.pos_embed.table(), inner.pos_embed.table()
-        # conditional layer norms of the outer decoder see all of z: one (scale, shift) per image and norm
-        outer_norms = [norm.scale_shift(z) for norm in outer.layer_norms]
-        if not row_context_quirk:
-            inner_norms = [norm.scale_shift(z) for norm in inner.layer_norms]
-        # causal column attention: per layer, keys and values of every generated row, (B * W, heads, rows, hd)
-        col_keys = [z.new_zeros(batch * width, heads, height, head_dim) for _ in range(outer.num_layers)]
-        col_values = [z.new_zeros(batch * width, heads, height, head_dim) for _ in range(outer.num_layers)]
-        upper_row = torch.zeros(batch, 1, width, dim, dtype=z.dtype, device=z.device)
+        image_z = _one_image(z)  # what depends on z alone: once when all candidates share one gray image
+        inner = _IncrementalInnerDecoder(self, z, image_z, row_context_quirk)
+        outer = _IncrementalOuterDecoder(self.outer_decoder, z, image_z, self.config.num_heads)
         symbols = torch.zeros(batch, height, width, dtype=torch.long, device=z.device)
-
+        upper_row = z.new_zeros(batch, width, dim)
         for r in range(rows or height):  # `rows` < height: only the first rows (benchmarks)
-            z_row = z[:, r: r + 1]  # (B, 1, W, D)
-            all_context = torch.cat((z_row, upper_row), dim=-1)
-            if row_context_quirk:
-                inner_norms = [norm.scale_shift(z_row) for norm in inner.layer_norms]
-            # everything that depends only on the row's context, for all of its pixels at once
-            base = inner_table[r: r + 1] + z_row + upper_row  # (B, 1, W, D)
-            row_cond = []
-            for i in range(inner.num_layers):
-                att, _, affine_c = inner.layer(i)
-                row_cond.append([layer(all_context).unflatten(-1, (heads, 2 * head_dim)).chunk(2, dim=-1)
-                                 for layer in (att.cond_q, att.cond_k, att.cond_v)] + [affine_c(all_context)])
-            row_keys = [z.new_zeros(batch, heads, width, head_dim) for _ in range(inner.num_layers)]
-            row_values = [z.new_zeros(batch, heads, width, head_dim) for _ in range(inner.num_layers)]
-            previous = torch.zeros(batch, dim, dtype=z.dtype, device=z.device)  # shift right: zeros at column 0
-            row_embeddings = torch.zeros(batch, width, dim, dtype=z.dtype, device=z.device)
-
+            inner.start_row(r, upper_row)
+            previous = z.new_zeros(batch, dim)  # shift right: column 0 sees no pixel
+            row_symbols, row_embeddings = [], []
             for c in range(width):
-                x = base[:, 0, c] + previous  # (B, D)
-                for i in range(inner.num_layers):
-                    att, ff, _ = inner.layer(i)
-                    (q_scale, q_shift), (k_scale, k_shift), (v_scale, v_shift), mlp = row_cond[i]
-                    q = att._split(att.q(x)) * q_scale[:, 0, c] + q_shift[:, 0, c]
-                    row_keys[i][:, :, c] = att._split(att.k(x)) * k_scale[:, 0, c] + k_shift[:, 0, c]
-                    row_values[i][:, :, c] = att._split(att.v(x)) * v_scale[:, 0, c] + v_shift[:, 0, c]
-                    attended = att.attend_one(q * head_dim**-0.5, row_keys[i][:, :, : c + 1],
-                                              row_values[i][:, :, : c + 1], c)
-                    x = _apply_norm(inner.layer_norms[2 * i], x + attended, inner_norms[2 * i])
-                    shift, scale = mlp[:, 0, c].chunk(2, dim=-1)
-                    x = _apply_norm(inner.layer_norms[2 * i + 1], x + ff(x) * scale + shift, inner_norms[2 * i + 1])
-                logits = self.auto_logits(self.final_norm(x))
-                chosen = choose(logits, mode, temperature, _uniform(uniforms, r, c), _constraint(constraints, r, c))
-                symbols[:, r, c] = chosen
+                chosen = choose(inner.logits(c, previous), mode, temperature, _uniform(uniforms, r, c),
+                                _constraint(constraints, r, c))
                 previous = self.embed(chosen)
-                row_embeddings[:, c] = previous
-
-            # the outer decoder on the finished row gives the upper context of the next one
-            x = row_embeddings[:, None] + outer_table[r: r + 1] + z_row  # (B, 1, W, D)
-            for i in range(outer.num_layers):
-                row_att, row_ff, affine_r, col_att, col_ff, affine_c = outer.layer(i)
-                norms = outer.layer_norms[4 * i: 4 * i + 4]
-                x = norms[0](x + row_att(x, z_row), scale_shift=outer_norms[4 * i])
-                x = norms[1](x + affine(row_ff(x), affine_r, z_row), scale_shift=outer_norms[4 * i + 1])
-                q, k, v = col_att.project(x, z_row)  # (B, 1, W, heads, hd)
-                col_keys[i][:, :, r] = k[:, 0].flatten(0, 1)
-                col_values[i][:, :, r] = v[:, 0].flatten(0, 1)
-                attended = col_att.attend_one(q[:, 0].flatten(0, 1), col_keys[i][:, :, : r + 1],
-                                              col_values[i][:, :, : r + 1], r)
-                x = norms[2](x + attended.unflatten(0, (batch, width))[:, None], scale_shift=outer_norms[4 * i + 2])
-                x = norms[3](x + affine(col_ff(x), affine_c, z_row), scale_shift=outer_norms[4 * i + 3])
-            upper_row = x
+                row_symbols.append(chosen)
+                row_embeddings.append(previous)
+            symbols[:, r] = torch.stack(row_symbols, dim=1)
+            upper_row = outer.next_upper_row(r, torch.stack(row_embeddings, dim=1))
             if on_row:
                 on_row(r + 1, height)
         return symbols
 
 
-def _apply_norm(norm: ConditionalLayerNorm, x, scale_shift):
-    """A conditional layer norm on one position per image: x (B, D), scale/shift (B, 1, 1, D)."""
-    scale, shift = scale_shift
-    return norm.normalize(x) * scale[:, 0, 0] + shift[:, 0, 0]
+def _one_image(z):
+    """z itself, or its first image when every candidate shares one gray image (an expanded tensor)."""
+    return z[:1] if z.shape[0] > 1 and z.stride(0) == 0 else z
+
+
+def _norm_scale_shift(norm: ConditionalLayerNorm, context, batch: int):
+    """A conditional layer norm's (scale, shift) for `context` (as the reference computes them), each (B, D)."""
+    return tuple(t[:, 0, 0].expand(batch, -1) for t in norm.scale_shift(context))
+
+
+class _IncrementalInnerDecoder:
+    """The inner decoder one pixel at a time. Per row: the conditioning of every pixel (q/k/v scale and shift,
+    the conditional MLP) from the row's context in one product each. Per pixel: only what depends on the new
+    pixel, i.e. the layers on one position, its key and value appended to the row's cache, and its query against
+    the cached keys (causal: the keys after it do not exist yet). Per-pixel slices are views made once (per call
+    or per row), so a pixel step indexes Python lists instead of slicing tensors."""
+
+    def __init__(self, core: "ColTranCore", z, image_z, row_context_quirk: bool):
+        decoder = core.inner_decoder
+        batch, height, width, dim = z.shape
+        self.core, self.z, self.image_z = core, z, image_z
+        self.layers = [decoder.layer(i) for i in range(decoder.num_layers)]
+        self.norms = decoder.layer_norms
+        self.heads, self.head_dim = core.config.num_heads, dim // core.config.num_heads
+        self.table = decoder.pos_embed.table()  # (H, W, D)
+        self.row_context_quirk = row_context_quirk
+        if not row_context_quirk:  # the training-time context: all of z, one (scale, shift) per image
+            self.row_norms = [_norm_scale_shift(norm, image_z, batch) for norm in self.norms]
+        # per layer and column c: the cache slot of c, the cached prefix 0..c, the relative bias of query c
+        self.key_slots, self.value_slots, self.key_prefixes, self.value_prefixes, self.biases = [], [], [], [], []
+        for att, _, _ in self.layers:
+            keys = z.new_empty(batch, self.heads, width, self.head_dim)
+            values = torch.empty_like(keys)
+            bias = relative_bias(att.bias_weight, width)  # (heads, W, W)
+            self.key_slots.append(keys.unbind(2))
+            self.value_slots.append(values.unbind(2))
+            self.key_prefixes.append([keys[:, :, : c + 1] for c in range(width)])
+            self.value_prefixes.append([values[:, :, : c + 1] for c in range(width)])
+            self.biases.append([bias[:, c, : c + 1] for c in range(width)])
+
+    def start_row(self, r: int, upper_row):
+        """upper_row (B, W, D): the outer decoder's context for row r."""
+        batch = upper_row.shape[0]
+        z_row = self.z[:, r]
+        context = torch.cat((z_row, upper_row), dim=-1)
+        self.base = (self.table[r] + z_row + upper_row).unbind(1)  # every pixel's input but its left neighbour
+        if self.row_context_quirk:  # the reference sampler's context: this row of z (module docstring)
+            self.row_norms = [_norm_scale_shift(norm, self.image_z[:, r: r + 1], batch) for norm in self.norms]
+        self.conditioning = []  # per layer: q, k, v (scale, shift) and the MLP's (shift, scale), each per column
+        for att, _, affine_c in self.layers:
+            parts = [t for layer in (att.cond_q, att.cond_k, att.cond_v)
+                     for t in layer(context).unflatten(-1, (self.heads, 2 * self.head_dim)).chunk(2, dim=-1)]
+            parts += affine_c(context).chunk(2, dim=-1)
+            self.conditioning.append([t.unbind(1) for t in parts])
+
+    def logits(self, c: int, previous):
+        """(B, 512) logits of pixel c; previous (B, D) is the embedding of pixel c - 1 (zeros at c = 0)."""
+        heads, head_dim = self.heads, self.head_dim
+        shape = (previous.shape[0], heads, head_dim)
+        x = self.base[c] + previous
+        for i, (att, ff, _) in enumerate(self.layers):
+            q_scale, q_shift, k_scale, k_shift, v_scale, v_shift, mlp_shift, mlp_scale = self.conditioning[i]
+            q = torch.addcmul(q_shift[c], att.q(x).view(shape), q_scale[c])
+            torch.addcmul(k_shift[c], att.k(x).view(shape), k_scale[c], out=self.key_slots[i][c])
+            torch.addcmul(v_shift[c], att.v(x).view(shape), v_scale[c], out=self.value_slots[i][c])
+            scores = torch.matmul(self.key_prefixes[i][c], (q * head_dim**-0.5).unsqueeze(-1)).squeeze(-1)
+            weights = torch.softmax(scores + self.biases[i][c], dim=-1)  # (B, heads, c + 1)
+            attended = torch.matmul(weights.unsqueeze(-2), self.value_prefixes[i][c]).flatten(1)  # (B, D)
+            x = self._norm(2 * i, x + att.output(attended))
+            x = self._norm(2 * i + 1, x + torch.addcmul(mlp_shift[c], ff(x), mlp_scale[c]))
+        return self.core.auto_logits(self.core.final_norm(x))
+
+    def _norm(self, index: int, x):
+        scale, shift = self.row_norms[index]
+        return torch.addcmul(shift, self.norms[index].normalize(x), scale)
+
+
+class _IncrementalOuterDecoder:
+    """The outer decoder one row at a time: its row attention and feed-forwards see only the new row, and its
+    causal column attention the new row's query against the cached keys and values of every earlier row."""
+
+    def __init__(self, decoder: OuterDecoder, z, image_z, heads: int):
+        batch, height, width, dim = z.shape
+        self.decoder, self.z = decoder, z
+        self.table = decoder.pos_embed.table()
+        # every outer norm sees all of z: one (scale, shift) per image, (B, 1, 1, D) to broadcast over a row
+        self.norm_scale_shift = [tuple(t[:, None, None] for t in _norm_scale_shift(norm, image_z, batch))
+                                 for norm in decoder.layer_norms]
+        # per layer, the keys and values of every generated row: (B * W, heads, H, hd)
+        self.keys = [z.new_empty(batch * width, heads, height, dim // heads) for _ in range(decoder.num_layers)]
+        self.values = [z.new_empty(batch * width, heads, height, dim // heads) for _ in range(decoder.num_layers)]
+
+    def next_upper_row(self, r: int, embeddings):
+        """embeddings (B, W, D) of the finished row r -> the upper context of row r + 1 (B, W, D)."""
+        batch, width = embeddings.shape[:2]
+        z_row = self.z[:, r: r + 1]  # (B, 1, W, D)
+        x = embeddings[:, None] + self.table[r: r + 1] + z_row
+        for i in range(self.decoder.num_layers):
+            row_att, row_ff, affine_r, col_att, col_ff, affine_c = self.decoder.layer(i)
+            norms = self.decoder.layer_norms[4 * i: 4 * i + 4]
+            scale_shift = self.norm_scale_shift[4 * i: 4 * i + 4]
+            x = norms[0](x + row_att(x, z_row), scale_shift=scale_shift[0])
+            x = norms[1](x + affine(row_ff(x), affine_r, z_row), scale_shift=scale_shift[1])
+            q, k, v = col_att.project(x, z_row)  # (B, 1, W, heads, hd)
+            self.keys[i][:, :, r] = k[:, 0].flatten(0, 1)
+            self.values[i][:, :, r] = v[:, 0].flatten(0, 1)
+            attended = col_att.attend_one(q[:, 0].flatten(0, 1), self.keys[i][:, :, : r + 1],
+                                          self.values[i][:, :, : r + 1], r)
+            x = norms[2](x + attended.unflatten(0, (batch, width))[:, None], scale_shift=scale_shift[2])
+            x = norms[3](x + affine(col_ff(x), affine_c, z_row), scale_shift=scale_shift[3])
+        return x[:, 0]
+
+
+class PreparedLinearModule(nn.Module):
+    """A linear layer run by an engine.precision kernel: fp32 in and out, its weights in another precision."""
+
+    def __init__(self, prepared: PreparedLinear):
+        super().__init__()
+        self.prepared = prepared
+
+    def forward(self, x):
+        return self.prepared(x)
+
+
+REDUCED_PARTS = ("outer_decoder", "inner_decoder", "auto_logits")  # what a pixel or row step streams
+
+
+def reduced_precision(core: ColTranCore, precision: str) -> ColTranCore:
+    """`core` for sampling with the linear layers of its decoders and logits in `precision`, a concrete one of
+    engine.precision (int8, bf16, fp16); the encoder (one pass per image), the embeddings and the norms stay
+    fp32. "fp32" is `core` itself, the exact path. A reduced copy is made once and kept on `core` (outside its
+    modules and state dict) until a weight changes."""
+    if precision == "fp32":
+        return core
+    weights = [p for name in REDUCED_PARTS for p in getattr(core, name).parameters()]
+    key = (precision, str(core.auto_logits.weight.device), tuple((p.data_ptr(), p._version) for p in weights))
+    held = core.__dict__.get("_reduced_precision")
+    if held is not None and held[0] == key:
+        return held[1]
+    variant = copy.copy(core)  # shares the fp32 parts; its own table of submodules
+    variant.__dict__.pop("_reduced_precision", None)
+    variant._modules = {name: _prepared(child, precision) if name in REDUCED_PARTS else child
+                        for name, child in core._modules.items()}
+    core.__dict__["_reduced_precision"] = (key, variant)
+    return variant
+
+
+def _prepared(module: nn.Module, precision: str) -> nn.Module:
+    """`module` with every nn.Linear replaced by its prepared kernel: the modules on the way are shallow
+    copies (their other parameters shared, no fp32 weight copied), the rest is `module`'s own."""
+    if isinstance(module, nn.Linear):
+        return PreparedLinearModule(prepare_linear(module, precision))
+    if not any(isinstance(m, nn.Linear) for m in module.modules()):
+        return module
+    clone = copy.copy(module)
+    clone._modules = {name: None if child is None else _prepared(child, precision)
+                      for name, child in module._modules.items()}
+    return clone
 
 
 def _uniform(uniforms, r, c):

@@ -31,13 +31,16 @@ depends only on its seed). Both paths draw in raster order.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from engine.errors import InputError
 from engine.models.asset_sampling import Generators, _Reporter, draw
 from engine.models.taming import GPT, KV
+from engine.precision import PreparedLinear, prepare_linear
 
 
 TICK = 8  # tokens between progress reports (each also checks for cancellation)
@@ -223,3 +226,48 @@ def forward_tokens(h: int, w: int, window: int = 16) -> dict[str, int]:
             need = n2 + li * window + lj
             windows[a, s] = max(windows.get((a, s), 0), need)
     return {"reference": reference, "fast": sum(windows.values()), "windows": len(windows)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reduced precision (engine.precision)
+
+
+class PreparedLinearModule(nn.Module):
+    """A linear layer run by an engine.precision kernel: fp32 in and out, its weights in another precision."""
+
+    def __init__(self, prepared: PreparedLinear):
+        super().__init__()
+        self.prepared = prepared
+
+    def forward(self, x):
+        return self.prepared(x)
+
+
+def reduced_precision(gpt: GPT, precision: str) -> GPT:
+    """`gpt` for sampling with every linear layer (attention, MLP, head) in `precision`, a concrete one of
+    engine.precision (int8, bf16, fp16); embeddings and norms stay fp32. "fp32" is `gpt` itself, the exact path
+    (the only one that reproduces sample_reference's tokens). The reduced copy shares every fp32 tensor it does
+    not convert, and is made once and kept on `gpt` (outside its modules and state dict) until a weight changes."""
+    if precision == "fp32":
+        return gpt
+    key = (precision, str(gpt.head.weight.device), tuple((p.data_ptr(), p._version) for p in gpt.parameters()))
+    held = gpt.__dict__.get("_reduced_precision")
+    if held is not None and held[0] == key:
+        return held[1]
+    variant = _prepared(gpt, precision)
+    variant.__dict__.pop("_reduced_precision", None)
+    gpt.__dict__["_reduced_precision"] = (key, variant)
+    return variant
+
+
+def _prepared(module: nn.Module, precision: str) -> nn.Module:
+    """`module` with every nn.Linear replaced by its prepared kernel: shallow copies on the way down (no fp32
+    weight copied), the rest shared."""
+    if isinstance(module, nn.Linear):
+        return PreparedLinearModule(prepare_linear(module, precision))
+    if not any(isinstance(m, nn.Linear) for m in module.modules()):
+        return module
+    clone = copy.copy(module)
+    clone._modules = {name: None if child is None else _prepared(child, precision)
+                      for name, child in module._modules.items()}
+    return clone

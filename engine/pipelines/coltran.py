@@ -32,7 +32,8 @@ import torch
 from engine.hints import Hint, parse_hints
 from engine.safe_io import finite
 from engine.errors import InputError
-from engine.models.coltran import ColTran, ColTranConfig, symbols_to_rgb, upsample_argmax
+from engine.models.coltran import ColTran, ColTranConfig, ColTranCore, reduced_precision, symbols_to_rgb, upsample_argmax
+from engine.precision import resolve_precision
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-coltran"
@@ -110,10 +111,18 @@ def uniforms(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
                         for s in seeds])
 
 
+def colorizer_at(model: ColTran, precision: str = "fp32", device: str | None = None, rows: int = 1) -> ColTranCore:
+    """The colorizer that samples at `precision` ("fp32", the exact default, "int8", "bf16", "fp16" or "auto",
+    engine.precision; `rows` = candidates per pixel step, what "auto" measures for): the model's own in fp32,
+    else a copy whose decoders run reduced-precision weights (engine.models.coltran.reduced_precision)."""
+    device = device or str(model.colorizer.auto_logits.weight.device)
+    return reduced_precision(model.colorizer, resolve_precision(precision, device, rows))
+
+
 @torch.no_grad()
 def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature: float = 1.0,
              hints: list[Hint] = (), hint_tolerance: int = 0, framing: str = "stretch", mode: str = "sample",
-             row_context_quirk: bool = True, device: str = "cpu",
+             row_context_quirk: bool = True, device: str = "cpu", precision: str = "fp32",
              on_row: Callable[[int, int], None] | None = None,
              on_stage: Callable[[str, float], None] | None = None,
              on_preview: Callable[[np.ndarray], None] | None = None,
@@ -122,7 +131,9 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     the centre square). `on_row(done, rows)` follows the autoregressive colorizer, `on_stage(stage, fraction)`
     the two upsamplers (one slice = one candidate's channel). The pixel-by-pixel sampling runs inside
     `sampling_threads()` (the runtime passes one intra-op thread: each pixel is a chain of tiny ops, and threads
-    only add synchronisation; the upsamplers are large parallel passes and keep every thread)."""
+    only add synchronisation; the grayscale encoder and the upsamplers are large parallel passes and keep every
+    thread). All candidates colour the same gray image, so it is encoded once. `precision`: the colorizer's
+    decoders in fp32 (exact, the default) or a reduced precision (`colorizer_at`); the upsamplers stay fp32."""
     from engine.composite import transfer_chroma
 
     coarse_size, fine_size = model.config.core.resolution[0], model.config.spatial_upsampler.resolution[0]
@@ -131,11 +142,12 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     gray_fine = area_resize(framed, fine_size, fine_size)
     gray_coarse = area_resize(gray_fine, coarse_size, coarse_size)
     batch = len(seeds)
+    colorizer = colorizer_at(model, precision, device, rows=batch)  # an unknown precision fails before any work
     fine = torch.from_numpy(gray_fine).long().to(device).expand(batch, -1, -1)
     coarse = torch.from_numpy(gray_coarse).long().to(device).expand(batch, -1, -1)
-    colorizer = model.colorizer
+    encoded = colorizer.encoder(coarse[:1]).expand(batch, -1, -1, -1)  # one gray image: a large parallel pass
     if on_preview is not None:
-        preview = symbols_to_rgb(colorizer.parallel_preview(coarse[:1]))[0].cpu().numpy() * 32 + 16
+        preview = symbols_to_rgb(colorizer.parallel_preview(coarse[:1], encoded[:1]))[0].cpu().numpy() * 32 + 16
         on_preview(transfer_chroma(gray_coarse.astype(np.uint8), preview.astype(np.uint8)))
     constraints = hint_constraints(list(hints), framed.shape if framing == "crop" else gray_full.shape, framing,
                                    hint_tolerance, coarse_size)
@@ -144,7 +156,7 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     with sampling_threads():
         symbols = colorizer.sample(coarse, uniforms=uniforms(seeds, (coarse_size, coarse_size)).to(device),
                                    mode=mode, temperature=temperature, constraints=constraints,
-                                   row_context_quirk=row_context_quirk, on_row=on_row)
+                                   row_context_quirk=row_context_quirk, on_row=on_row, encoded=encoded)
     # one candidate and channel at a time: the batched 256x256 logits and attention took 3.5 GB at k = 3
     rgb64 = upsample_argmax(model.color_upsampler, symbols_to_rgb(symbols), coarse,
                             on_slice=on_stage and (lambda i, n: on_stage(f"colour upsampler, slice {i}/{n}", i / n)))
@@ -171,7 +183,8 @@ def load_folder_model(path: Path, device: str = "cpu") -> ColTran:
 
 class ColTranBackend(Pipeline):
     """The "coltran" engine backend. params: temperature (default 1; 0 = most likely colours), hints,
-    hint_tolerance (coarse levels per channel, default 0), framing ("stretch" or "crop")."""
+    hint_tolerance (coarse levels per channel, default 0), framing ("stretch" or "crop"), precision of the
+    colorizer's decoders ("fp32", exact, the default; "int8", "bf16", "fp16" or "auto": see `colorizer_at`)."""
 
     name = "coltran"
     default_model = DEFAULT_MODEL
@@ -189,6 +202,7 @@ class ColTranBackend(Pipeline):
         params = thaw(request.params)
         temperature = finite(params.get("temperature", 1.0), "temperature", minimum=0.0)  # 0: most likely
         framing = params.get("framing", "stretch")
+        precision = resolve_precision(params.get("precision", "fp32"), ctx.device, rows=len(ctx.seeds))
         x0, y0, x1, y1 = region = request.region or full_region(request.photo)
         hints = [Hint(h.x - x0, h.y - y0, h.radius, h.rgb) for h in parse_hints(params.get("hints", []), "hints")
                  if x0 <= h.x < x1 and y0 <= h.y < y1]
@@ -205,7 +219,7 @@ class ColTranBackend(Pipeline):
         started = time.perf_counter()
         images = colorize(model, request.photo[y0:y1, x0:x1], ctx.seeds, temperature=temperature, hints=hints,
                           hint_tolerance=int(params.get("hint_tolerance", 0)), framing=framing,
-                          device=ctx.device, on_row=on_row, on_stage=on_stage,
+                          device=ctx.device, precision=precision, on_row=on_row, on_stage=on_stage,
                           on_preview=lambda image: ctx.progress(0.02, "ColTran: parallel-head preview", image),
                           sampling_threads=lambda: ctx.threads(1))
         if framing == "crop":
@@ -213,6 +227,6 @@ class ColTranBackend(Pipeline):
             top, left = y0 + (y1 - y0 - side) // 2, x0 + (x1 - x0 - side) // 2
             region = (left, top, left + side, top + side)
         seconds = (time.perf_counter() - started) / len(images)
-        info = {"temperature": temperature, "hints": len(hints), "framing": framing}
+        info = {"temperature": temperature, "hints": len(hints), "framing": framing, "precision": precision}
         return [Candidate(image=image, region=region, seed=seed, info=info, seconds=seconds)
                 for image, seed in zip(images, ctx.seeds)]

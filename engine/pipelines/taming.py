@@ -23,7 +23,8 @@ import torch
 from engine.errors import InputError
 from engine.model_store import find_model, load_model_dir
 from engine.models.taming import Net2NetTransformer, TamingConfig
-from engine.models.taming_sampling import sample_fast, sample_reference
+from engine.models.taming_sampling import reduced_precision, sample_fast, sample_reference
+from engine.precision import resolve_precision
 from engine.pipelines.base import Pipeline, load_folder, strict
 from engine.safe_io import finite
 
@@ -60,11 +61,15 @@ def working_size(width: int, height: int, factor: int, window: int, max_side: in
 @torch.no_grad()
 def translate(model: Net2NetTransformer, labels: np.ndarray, seeds: list[int], ctx=None, *, top_k: int | None = 100,
               temperature: float = 1.0, sampler: str = "fast", max_side: int = MAX_SIDE,
-              size: tuple[int, int] | None = None) -> tuple[list[np.ndarray], dict]:
-    """len(seeds) RGB images (H, W, 3) uint8 of label map `labels` (H, W), or of `size` = (width, height)."""
+              size: tuple[int, int] | None = None, precision: str = "fp32") -> tuple[list[np.ndarray], dict]:
+    """len(seeds) RGB images (H, W, 3) uint8 of label map `labels` (H, W), or of `size` = (width, height).
+    `precision`: the transformer's linear layers in fp32 (exact, the default), int8, bf16, fp16 or auto
+    (engine.precision; the VQGAN stages stay fp32)."""
     if sampler not in ("fast", "reference"):
         raise InputError(f"sampler must be 'fast' or 'reference', not {sampler!r}")
     device = model.transformer.pos_emb.device
+    precision = resolve_precision(precision, device, rows=len(seeds))
+    transformer = reduced_precision(model.transformer, precision)
     h, w = labels.shape
     out_w, out_h = size or (w, h)
     factor, window = model.first_stage_model.config.factor, model.window
@@ -75,7 +80,7 @@ def translate(model: Net2NetTransformer, labels: np.ndarray, seeds: list[int], c
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     run = sample_fast if sampler == "fast" else sample_reference
     started = time.perf_counter()
-    codes = run(model.transformer, cond, len(seeds), window=window, top_k=top_k, temperature=temperature,
+    codes = run(transformer, cond, len(seeds), window=window, top_k=top_k, temperature=temperature,
                 generator=gens, ctx=ctx, stage=f"sampling {cond.shape[1]}x{cond.shape[0]} tokens", span=(0.02, 0.9))
     sampled = time.perf_counter() - started
     images = []
@@ -90,7 +95,7 @@ def translate(model: Net2NetTransformer, labels: np.ndarray, seeds: list[int], c
             rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
         images.append(np.ascontiguousarray(rgb))
     info = {"tokens": [int(cond.shape[0]), int(cond.shape[1])], "working_size": [sw, sh], "sampler": sampler,
-            "sampling_seconds": round(sampled, 3)}
+            "precision": precision, "sampling_seconds": round(sampled, 3)}
     return images, info
 
 
@@ -133,7 +138,8 @@ class TamingBackend(Pipeline):
             model, np.asarray(request.labels_after), list(ctx.seeds), ctx,
             top_k=None if top_k in (None, 0) else int(top_k),
             temperature=finite(params.get("temperature", 1.0), "temperature", positive=True),
-            sampler=str(params.get("sampler", "fast")), max_side=max_side)
+            sampler=str(params.get("sampler", "fast")), max_side=max_side,
+            precision=params.get("precision", "fp32"))
         seconds = (time.perf_counter() - started) / len(images)
         h, w = request.labels_after.shape
         info = {**info, "model": Path(str(request.model or DEFAULT_MODEL)).name, "mode": "translate"}
