@@ -1,5 +1,5 @@
-"""Image metrics every engine reports: PSNR, SSIM, colourfulness, LPIPS, the grid-artefact score, label agreement
-and reflection consistency.
+"""Image metrics every engine reports: PSNR, SSIM, colourfulness, chroma PSNR, colour-hint progress, LPIPS, the
+grid-artefact score, label agreement and reflection consistency.
 
 Images are (H, W, 3) uint8 RGB arrays; label maps (H, W) COCO-Stuff 182 ids (engine.data.landscapes.LABEL_SET).
 
@@ -87,6 +87,36 @@ def colorfulness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     rg = rgb[:, 0] - rgb[:, 1]
     yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def lab_chroma(image: np.ndarray) -> np.ndarray:
+    """(H, W, 2) float64 CIELAB a*, b* of an (H, W, 3) uint8 sRGB image (D65; a gray pixel has 0, 0)."""
+    rgb = np.ascontiguousarray(image[..., :3], dtype=np.float32) / 255.0
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[..., 1:].astype(np.float64)
+
+
+def chroma_psnr(image: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR in dB of the CIELAB a*, b* channels of `image` against `truth`, with a peak of 255 (the a*b* span
+    of 8-bit Lab); inf when the chroma is identical. Lightness is left out: a colorizer keeps the photo's own.
+    The gray version of a photo (a* = b* = 0 everywhere) scores the "gray baseline"."""
+    _check_pair(image, truth)
+    mse = float(np.mean((lab_chroma(image) - lab_chroma(truth)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def hint_progress(before: np.ndarray, after: np.ndarray, hint_rgb, mask: np.ndarray) -> float:
+    """How far a colour hint moved a region's mean colour towards the hint: 1 - |after - hint| / |before - hint|
+    on the region's mean CIELAB a*, b* (1: the region took the hint's colour, 0: no closer, negative: further
+    away). Lightness is left out: both colorizers keep the photo's own, so a hint can only change hue and
+    saturation. NaN when the region already had the hint's colour (nothing to move)."""
+    _check_pair(before, after)
+    if mask.shape != before.shape[:2] or not mask.any():
+        raise InputError("the hint region must be a non-empty mask of the image's size")
+    hint = lab_chroma(np.array([[hint_rgb]], np.uint8))[0, 0]
+    start = lab_chroma(before)[mask].mean(axis=0)
+    end = lab_chroma(after)[mask].mean(axis=0)
+    distance = float(np.linalg.norm(start - hint))
+    return float("nan") if distance < 1e-6 else 1.0 - float(np.linalg.norm(end - hint)) / distance
 
 
 def _luminance(image: np.ndarray) -> np.ndarray:

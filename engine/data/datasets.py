@@ -52,6 +52,46 @@ class SeededStream(torch.utils.data.IterableDataset):
         return int(seeds[int(rng.integers(share)) * self.world + self.rank])
 
 
+class PhotoCrops(SeededStream):
+    """Endless random square crops of real colour photos, rescaled to `size` (the colorizer tasks' crop) and
+    flipped at random: by default the train split of the photo cache (engine.data.photos, `sgraffito data
+    photos`; never its held-out photos). A crop's side is a random fraction `scale` of the photo's short side, so
+    one photo gives crops at several scales. Each rank draws from its own share of the photos (every world-th
+    one), as SeededStream.train_seed does for scenes; seeded from (config seed, rank, worker, start step)."""
+
+    def __init__(self, size: int, photos: list[np.ndarray] | None = None, *, cache: str | Path | None = None,
+                 scale: tuple[float, float] = (0.6, 1.0), dtype: str = "float"):  # fmt: skip
+        if photos is None:
+            from engine.data.photos import load_photos
+
+            photos = [rgb for _, rgb in load_photos("train", Path(cache) if cache else None)]
+        if not photos:
+            raise InputError("no training photos: run `sgraffito data photos` first")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must be fractions 0 < low <= high <= 1 of the short side, not {scale}")
+        self.size, self.photos, self.scale, self.dtype = int(size), photos, scale, dtype
+
+    def draw(self, rng: np.random.Generator, owner: SeededStream | None = None) -> np.ndarray:
+        """One (size, size, 3) uint8 crop from `rng`, from the photos of `owner`'s rank (a stream that mixes
+        these crops into its own draws passes itself; default this stream)."""
+        owner = owner or self
+        if len(self.photos) < owner.world:
+            raise InputError(f"{len(self.photos)} training photos cannot give each of {owner.world} ranks its own")
+        photo = self.photos[owner.train_seed(rng, range(len(self.photos)))]
+        h, w = photo.shape[:2]
+        side = max(1, round(min(h, w) * rng.uniform(*self.scale)))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = photo[y: y + side, x: x + side]
+        crop = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA if side >= self.size
+                          else cv2.INTER_CUBIC)  # fmt: skip
+        return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+    def __iter__(self):
+        rng = self.rng()
+        while True:
+            yield to_item(self.draw(rng), None, self.dtype)
+
+
 def to_item(image: np.ndarray, labels: np.ndarray | None = None, dtype: str = "float") -> dict:
     """(H,W,3) uint8 and (H,W) ids -> the item dict described in the module docstring."""
     chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,5 +1,8 @@
 """Training task "coltran": the three ColTran stages, small enough for a CPU, on colour images we have offline:
-procedural landscapes (engine.data.landscapes) and random crops of the bundled sample photos.
+procedural landscapes (engine.data.landscapes) and random crops of the bundled sample photos; or, with
+`options.real_photo_fraction` > 0, landscapes and that share of crops of the real photos' train split
+(engine.data.photos, `sgraffito data photos`), without the sample photos (held out for evaluation). The default
+0 keeps the shipped config's data and draws.
 
 The stages share no parameters, so one model holding all three trained on the sum of their losses is the same as
 training them separately with one learning rate. Losses as the official code: the colorizer's cross-entropy over
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.data.datasets import PhotoCrops, SeededStream
 from engine.model_store import save_model_dir
 from engine.pipelines.coltran import COARSE, FINE, area_resize, colorize, to_gray
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
@@ -75,6 +79,24 @@ class ColourImages(torch.utils.data.Dataset):
         return stage_inputs(np.ascontiguousarray(image))
 
 
+class ScenesAndPhotos(SeededStream):
+    """Endless 256x256 colour images: a random training landscape, or with probability `photo_fraction` a crop of
+    a real photo (`photos`, this rank's share of them). Seeded from (config seed, rank, worker, start step) by
+    the loop (engine.data.datasets.SeededStream)."""
+
+    def __init__(self, photos: PhotoCrops, photo_fraction: float):
+        self.photos, self.photo_fraction = photos, float(photo_fraction)
+
+    def __iter__(self):
+        rng = self.rng()
+        while True:
+            if rng.random() < self.photo_fraction:
+                image = self.photos.draw(rng, self)
+            else:
+                image = generate_scene(self.train_seed(rng), FINE).image
+            yield stage_inputs(image)
+
+
 def architecture(options: dict) -> ColTranConfig:
     return ColTranConfig(
         CoreConfig(hidden_size=options.get("hidden", 64), ff_size=options.get("ff", 128),
@@ -114,13 +136,22 @@ def evaluate_colorizer(model: ColTran, images: list[np.ndarray], samples: int = 
 
 class ColTranTask(TrainTask):
     """options: hidden, ff, heads, encoder_layers, outer_layers, inner_layers, up_hidden, up_ff, up_layers,
-    spatial_crop, length (dataset size), eval_images."""
+    spatial_crop, length (dataset size), eval_images, real_photo_fraction (0: landscapes and sample photos as
+    shipped; above 0: landscapes and that share of real photo crops, `ScenesAndPhotos`), real_photo_cache
+    (the photos' cache folder, default the user's)."""
 
     def build_model(self):
         return ColTran(architecture(self.config.options))
 
     def train_dataset(self):
-        return ColourImages(int(self.config.options.get("length", 50_000)), training_photos())
+        options = self.config.options
+        fraction = float(options.get("real_photo_fraction", 0.0))
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"options.real_photo_fraction must be a fraction in [0, 1], not {fraction}")
+        if fraction == 0:
+            return ColourImages(int(options.get("length", 50_000)), training_photos())
+        # crops of 60-100 % of a photo's short side: sampling stretches a whole photo to the 256 px square
+        return ScenesAndPhotos(PhotoCrops(FINE, cache=options.get("real_photo_cache"), scale=(0.6, 1.0)), fraction)
 
     def loss(self, model, batch):
         coltran = model.module if hasattr(model, "module") else model

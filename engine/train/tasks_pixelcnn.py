@@ -1,7 +1,9 @@
 """Training task "pixelcnn-colorizer": the gated PixelCNN colorizer on colour images.
 
 Data: synthetic landscapes (engine.data.landscapes) rendered at the working size, plus crops of the colour
-photos in `options.photos` (default assets/samples) when that folder has any. Training uses crops of the
+photos in `options.photos` (default assets/samples) when that folder has any, and with
+`options.real_photo_fraction` > 0 that share of crops of the real photos' train split (engine.data.photos,
+`sgraffito data photos`; 0, the default, keeps the draws of the shipped config). Training uses crops of the
 working-scale image (`options.crop`, default 64 px: a 16x16 chroma grid), not whole 128 px images: the model is
 fully convolutional and sees the same scale as at inference, for a quarter of the compute. Half of the items
 carry random colour hints taken from the ground truth, so the embedding learns to use the hint channels.
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from engine.model_store import save_model_dir
 from engine.pipelines.pixelcnn import (DEFAULT_MODEL, apply_chroma, colorize, lab_to_rgb, luminance, paint_hints,
                                      rgb_to_lab, working_shape)
-from engine.data.datasets import IMAGE_SUFFIXES, SeededStream
+from engine.data.datasets import IMAGE_SUFFIXES, PhotoCrops, SeededStream
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
 from engine.models.pixelcnn import PixelCNNColorizer, PixelCNNConfig
 from engine.paths import assets_dir
@@ -46,17 +48,26 @@ def training_example(rgb: np.ndarray, rng: np.random.Generator, cfg: PixelCNNCon
 class ColourCrops(SeededStream):
     """An endless stream of crops: `crops_per_scene` from each random training landscape (rendering a scene
     costs more than a training step's share of it) and, with probability `photo_fraction`, one of a photo.
-    Seeded from (config seed, rank, worker, start step) by the loop (engine.data.datasets.SeededStream)."""
+    With probability `real_fraction`, `crops_per_scene` crops of `real_photos` (this rank's share of them) come
+    instead of a scene's. Seeded from (config seed, rank, worker, start step) by the loop
+    (engine.data.datasets.SeededStream)."""
 
     def __init__(self, cfg: PixelCNNConfig, crop: int, hint_prob: float, photos: list[np.ndarray],
-                 photo_fraction: float, crops_per_scene: int = 4):  # fmt: skip
+                 photo_fraction: float, crops_per_scene: int = 4, real_photos: PhotoCrops | None = None,
+                 real_fraction: float = 0.0):  # fmt: skip
         self.cfg, self.crop, self.hint_prob, self.crops_per_scene = cfg, crop, hint_prob, crops_per_scene
         self.photos, self.photo_fraction = photos, photo_fraction if photos else 0.0
+        self.real_photos, self.real_fraction = real_photos, real_fraction if real_photos else 0.0
 
     def __iter__(self):
         rng = self.rng()
         ds = self.cfg.downsample
         while True:
+            if self.real_fraction and rng.random() < self.real_fraction:  # no draw at 0: the old stream unchanged
+                for _ in range(self.crops_per_scene):
+                    rgb = self.real_photos.draw(rng, self)
+                    yield training_example(rgb, rng, self.cfg, self.hint_prob)
+                continue
             if rng.random() < self.photo_fraction:
                 # Photos at about the working scale (long side 128 for 4:3), jittered.
                 image = self.photos[int(rng.integers(len(self.photos)))]
@@ -174,7 +185,9 @@ def evaluate_backend(backend: str, model: str, scenes: int, size: int = 128, sam
 class PixelCNNColorizerTask(TrainTask):
     """options: model (PixelCNNConfig fields), crop (64), hint_prob (0.5), aux_weight (1.0, the feed-forward
     head's loss weight), photos (folder, default
-    assets/samples), photo_fraction (0.15), eval_scenes (16), name (the exported folder)."""
+    assets/samples), photo_fraction (0.15), real_photo_fraction (0: the share of crops from the real photos'
+    train split, engine.data.photos), real_photo_cache (their cache folder, default the user's), eval_scenes (16),
+    name (the exported folder)."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
@@ -187,6 +200,10 @@ class PixelCNNColorizerTask(TrainTask):
         self.aux_weight = float(opts.get("aux_weight", 1.0))
         self.photos_dir = Path(opts.get("photos", assets_dir() / "samples"))
         self.photo_fraction = float(opts.get("photo_fraction", 0.15))
+        self.real_photo_fraction = float(opts.get("real_photo_fraction", 0.0))
+        if not 0.0 <= self.real_photo_fraction <= 1.0:
+            raise ValueError(f"options.real_photo_fraction must be a fraction in [0, 1], not {self.real_photo_fraction}")
+        self.real_photo_cache = opts.get("real_photo_cache")
         self.eval_scenes = int(opts.get("eval_scenes", 16))
         self.name = opts.get("name", DEFAULT_MODEL)
         self._mean_ab = None
@@ -210,7 +227,11 @@ class PixelCNNColorizerTask(TrainTask):
         return PixelCNNColorizer(self.model_cfg)
 
     def train_dataset(self) -> ColourCrops:
-        return ColourCrops(self.model_cfg, self.crop, self.hint_prob, self.photos(), self.photo_fraction)
+        # real photo crops cover 40-80 % of a photo's short side: the scale a 128 px working image shows
+        real = (PhotoCrops(self.crop, cache=self.real_photo_cache, scale=(0.4, 0.8))
+                if self.real_photo_fraction > 0 else None)  # fmt: skip
+        return ColourCrops(self.model_cfg, self.crop, self.hint_prob, self.photos(), self.photo_fraction,
+                           real_photos=real, real_fraction=self.real_photo_fraction)
 
     def loss(self, model, batch):
         raw = model.module if hasattr(model, "module") else model
