@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.precision import PreparedLinear, prepare_linear, prepare_weight
+
 N_GUIDED = 3  # guided blocks per query block
 N_SLIDING = 3  # sliding blocks per query block (the block itself included)
 N_FULL_CAUSAL = N_GUIDED + N_SLIDING - 1  # causal rows 0..4 attend to all previous blocks
@@ -297,12 +299,11 @@ def sga_causal_core(q, k, v, guided, nb):
     return torch.cat([start_v, out.reshape(b, h, length, d)], 2)
 
 
-def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None, q_pos: torch.Tensor | None = None):
-    """Additive bias (R, nq, S*nt) from slot validity and the within-block causal rule of one slot.
-    q_pos: in-block positions of the queries (default 0..nt-1)."""
-    q_pos = torch.arange(nt, device=valid.device) if q_pos is None else q_pos
+def slot_bias(valid: torch.Tensor, nt: int, causal_slot: int | None):
+    """Additive bias (R, nt, S*nt) from slot validity and the within-block causal rule of one slot."""
+    q_pos = torch.arange(nt, device=valid.device)
     rows, slots = valid.shape
-    bias = torch.zeros(rows, q_pos.numel(), slots, nt, device=valid.device)
+    bias = torch.zeros(rows, nt, slots, nt, device=valid.device)
     bias.masked_fill_(~valid.view(rows, 1, slots, 1), float("-inf"))
     if causal_slot is not None:
         future = torch.arange(nt, device=valid.device).view(1, -1) > q_pos.view(-1, 1)
@@ -570,107 +571,234 @@ class ASSET(nn.Module):
 
 
 @dataclass
-class DecoderCache:
-    """Per-layer self-attention K/V of [START] and of every image token (strip order, kept apart so that
-    the image part reshapes into blocks without a copy), the encoder's K/V for cross-attention and the PEG
-    of the encoder output. Positions are written as they are fed."""
+class StepWeights:
+    """One decoder layer's linear layers as they run in a token step (engine.precision): q/k/v as one fused
+    projection. The cross-attention key/value projections are absent: the encoder's keys and values are
+    projected once per sampling run."""
 
-    start_k: list[torch.Tensor]
-    start_v: list[torch.Tensor]
-    self_k: list[torch.Tensor]
-    self_v: list[torch.Tensor]
-    cross_k: list[torch.Tensor]
-    cross_v: list[torch.Tensor]
+    qkv: PreparedLinear
+    out: PreparedLinear
+    cross_q: PreparedLinear
+    cross_out: PreparedLinear
+    fc1: PreparedLinear
+    fc2: PreparedLinear
+
+
+def prepare_step_weights(model: ASSET, precision: str = "fp32", rows: int = 1) -> tuple[list[StepWeights], PreparedLinear]:
+    """The decoder's per-step linears and lm_head in `precision` (a concrete one: fp32, int8, bf16, fp16) for
+    `rows` rows per step. Reduced precisions are kept on the model between sampling runs (one set, rebuilt
+    when a weight changes); fp32 is rebuilt per run (the fused q/k/v copy, and on CPU with rows > 1 a
+    oneDNN-packed copy of every weight), so fp32 holds no second copy of the weights between runs."""
+    params = list(model.decoder.layers.parameters()) + [model.lm_head.weight]
+    key = (precision, str(model.lm_head.weight.device), tuple((p.data_ptr(), p._version) for p in params))
+    held = model.__dict__.get("_step_weights")
+    if held is not None and held[0] == key:
+        return held[1]
+
+    def prep(linear):
+        return prepare_linear(linear, precision, rows)
+
+    def fused(attention):
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        return prepare_weight(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]),
+                              precision, rows)
+
+    layers = [StepWeights(fused(l.self_attn), prep(l.self_attn.out_proj), prep(l.encoder_attn.q_proj),
+                          prep(l.encoder_attn.out_proj), prep(l.fc1), prep(l.fc2)) for l in model.decoder.layers]
+    # lm_head stays fp32: its error lands directly on the logits (it doubled the top-1 flips of int8 and bf16
+    # on the demo model) and it is under 1 % of a step's bytes at official size
+    prepared = layers, prepare_linear(model.lm_head, "fp32", rows)
+    model.__dict__.pop("_step_weights", None)
+    if precision != "fp32":
+        model.__dict__["_step_weights"] = (key, prepared)
+    return prepared
+
+
+def step_weight_bytes(model: ASSET, precision: str = "fp32") -> int:
+    """Weight bytes one token step reads: every decoder linear except the cross-attention key/value
+    projections (their outputs are cached) in `precision`, plus lm_head (always fp32). Embeddings, norms and
+    PEG are negligible."""
+    per_value = {"fp32": 4, "int8": 1, "bf16": 2, "fp16": 2}[precision]
+    layer = model.decoder.layers[0]
+    linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
+               layer.encoder_attn.q_proj, layer.encoder_attn.out_proj, layer.fc1, layer.fc2]
+    per_layer = sum(m.weight.numel() for m in linears)
+    return per_value * per_layer * len(model.decoder.layers) + 4 * model.lm_head.weight.numel()
+
+
+@dataclass
+class DecoderCache:
+    """Incremental decoding state of B candidates.
+
+    self_kv (layers, 2, B, H, 1 + L, d): self-attention keys (0) and values (1) of [START] (position 0) and of
+    every image token in strip order. cross_kv (layers, 2, B, H, L, d): the encoder output's, projected once.
+    With guidance (SGA) the keys and values a query row (block) attends to are gathered once per row into
+    row_kv / cross_row_kv (only the valid key blocks, the row's own block last, at `row_own`); new tokens of
+    the row are written there only, and the row's own block is copied back into self_kv when the next row
+    starts. A row whose guided blocks include its own block (`regather_rows`) writes into self_kv and gathers
+    again for every piece instead."""
+
+    self_kv: torch.Tensor
+    cross_kv: torch.Tensor
     peg: dict[int, torch.Tensor]
     positions: torch.Tensor
     guidance: Guidance | None
     nb: int
     nt: int
-    tables: dict = field(default_factory=dict)
+    weights: list[StepWeights]
+    lm_head: PreparedLinear
+    causal_table: torch.Tensor | None = None  # (layers, B, H, nb, 6) key blocks of causal rows
+    causal_valid: torch.Tensor | None = None  # (nb, 6)
+    cross_table: torch.Tensor | None = None
+    cross_valid: torch.Tensor | None = None
+    regather_rows: frozenset = frozenset()
+    row: int = -1  # the row whose keys row_kv holds, its own block not yet copied back into self_kv
+    row_own: int = 0
+    row_index: torch.Tensor | None = None  # (layers, 2, B, H, K): rows of self_kv's flat view in row_kv
+    row_kv: torch.Tensor | None = None
+    cross_row_kv: torch.Tensor | None = None
+    row_layers: list = field(default_factory=list)  # per layer: views (row_kv, keys, values, cross keys, values)
 
 
 @torch.no_grad()
-def init_cache(model: ASSET, memory: torch.Tensor, guidance: Guidance | None) -> DecoderCache:
+def init_cache(model: ASSET, memory: torch.Tensor, guidance: Guidance | None, precision: str = "fp32") -> DecoderCache:
+    """Decoder state for `memory` (the encoder output of B candidates); `precision` as prepare_step_weights."""
     dec = model.decoder
     b, length, _ = memory.shape
-    tk, tv, sk, sv, ck, cv, peg = [], [], [], [], [], [], {}
+    first = dec.layers[0].self_attn
+    h, d, n_layers = first.num_heads, first.head_dim, len(dec.layers)
+    self_kv = memory.new_zeros(n_layers, 2, b, h, 1 + length, d)
+    cross_kv = memory.new_empty(n_layers, 2, b, h, length, d)
+    peg = {}
     for i, layer in enumerate(dec.layers):
-        att = layer.self_attn
-        tk.append(memory.new_zeros(b, att.num_heads, 1, att.head_dim))
-        tv.append(memory.new_zeros(b, att.num_heads, 1, att.head_dim))
-        sk.append(memory.new_zeros(b, att.num_heads, length, att.head_dim))
-        sv.append(memory.new_zeros(b, att.num_heads, length, att.head_dim))
-        ck.append(layer.encoder_attn.heads(layer.encoder_attn.k_proj(memory)))
-        cv.append(layer.encoder_attn.heads(layer.encoder_attn.v_proj(memory)))
+        cross_kv[i, 0] = layer.encoder_attn.heads(layer.encoder_attn.k_proj(memory))
+        cross_kv[i, 1] = layer.encoder_attn.heads(layer.encoder_attn.v_proj(memory))
         if hasattr(layer, "PEG_net"):
             peg[i] = layer.peg(memory)
     nb = model.cfg.num_blocks
-    return DecoderCache(tk, tv, sk, sv, ck, cv, peg, dec.positions(length, memory.device), guidance, nb, length // nb)
+    weights, lm_head = prepare_step_weights(model, precision, b)
+    cache = DecoderCache(self_kv, cross_kv, peg, dec.positions(length, memory.device), guidance, nb, length // nb,
+                         weights, lm_head)
+    if guidance is not None:
+        table, cache.causal_valid = causal_layout(guidance.causal.flatten(0, 1), nb)
+        cache.causal_table = table.view(n_layers, b, *table.shape[1:])
+        table, cache.cross_valid = full_layout(guidance.cross.flatten(0, 1), nb)
+        cache.cross_table = table.view(n_layers, b, *table.shape[1:])
+        cache.regather_rows = frozenset(guidance.own_block_rows())
+    return cache
 
 
-def _row_tables(cache: DecoderCache, layer: int, row: int):
-    key = (layer, row)
-    if key not in cache.tables:
-        g = cache.guidance
-        ct, cvalid = causal_layout(g.causal[layer], cache.nb)
-        ft, fvalid = full_layout(g.cross[layer], cache.nb)
-        cache.tables[key] = (ct[:, :, row : row + 1], cvalid[row : row + 1], ft[:, :, row : row + 1], fvalid[row : row + 1])
-    return cache.tables[key]
+def _token_index(table: torch.Tensor, valid: torch.Tensor, nt: int, span: int, offset: int) -> torch.Tensor:
+    """Rows of a (layers * 2 * B * H * span, d) view of a key/value cache holding the tokens of the valid key
+    blocks in `table` (layers, B, H, 6) of one query row, for keys and values; block j's tokens sit at
+    offset + j * nt .. + nt - 1 of each span. -> (layers, 2, B, H, S * nt)."""
+    blocks = table[..., valid][:, None]  # layers, 1, B, H, S
+    n_layers, _, b, h, _ = blocks.shape
+    heads = torch.arange(n_layers * 2 * b * h, device=table.device).view(n_layers, 2, b, h, 1, 1) * span
+    tokens = offset + blocks[..., None] * nt + torch.arange(nt, device=table.device)
+    return (heads + tokens).flatten(-2)
+
+
+def _gather(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """source (..., span, d), index (..., K) from _token_index -> (..., K, d)."""
+    d = source.shape[-1]
+    return source.view(-1, d).index_select(0, index.reshape(-1)).view(*index.shape, d)
+
+
+def _flush_row(cache: DecoderCache) -> None:
+    """Copy the buffered row's own block back into self_kv, where later rows gather it from."""
+    if cache.row >= 0:
+        nt, own = cache.nt, cache.row_own
+        first = 1 + cache.row * nt
+        cache.self_kv[..., first : first + nt, :] = cache.row_kv[..., own : own + nt, :]
+        cache.row = -1
+
+
+def _enter_row(cache: DecoderCache, row: int, buffered: bool) -> None:
+    """Find the key/value blocks the tokens of query block `row` attend to, gather the cross-attention ones
+    and, when `buffered`, the self-attention ones (all layers at once)."""
+    _flush_row(cache)
+    nt, span = cache.nt, cache.self_kv.shape[-2]
+    index = _token_index(cache.causal_table[:, :, :, row], cache.causal_valid[row], nt, span, 1)
+    starts = index[..., :1] - index[..., :1] % span  # each head's [START] keys (position 0), first
+    cache.row_index = torch.cat([starts, index], -1)
+    cache.row_own = cache.row_index.shape[-1] - nt
+    index = _token_index(cache.cross_table[:, :, :, row], cache.cross_valid[row], nt, cache.cross_kv.shape[-2], 0)
+    cache.cross_row_kv = _gather(cache.cross_kv, index)
+    if buffered:
+        cache.row_kv = _gather(cache.self_kv, cache.row_index)
+        cache.row = row
+        # per-layer views made once per row: a token step then only narrows them
+        cache.row_layers = [(kv, kv[0], kv[1], cross[0], cross[1])
+                            for kv, cross in zip(cache.row_kv.unbind(0), cache.cross_row_kv.unbind(0))]
+
+
+def _own_block_mask(n_keys: int, own: int, q_pos: torch.Tensor) -> torch.Tensor:
+    """(n, n_keys) True where a query at in-block position q_pos may attend: every key before the own block
+    (at `own`), and the own block's keys up to the query itself."""
+    keys = torch.arange(n_keys, device=q_pos.device)
+    return (keys.view(1, -1) < own) | (keys.view(1, -1) - own <= q_pos.view(-1, 1))
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 @torch.no_grad()
 def decode_step(model: ASSET, cache: DecoderCache, ids: torch.Tensor, start: int) -> torch.Tensor:
     """Feed decoder tokens `ids` (B, n) at decoder positions start .. start+n-1 and return their final
-    hidden states (B, n, C). Position 0 ([START]) is fed alone; other pieces stay inside one block and
-    every earlier position must already be in the cache. Sparse iff the cache holds guidance."""
+    hidden states (B, n, C) (logits: cache.lm_head). Position 0 ([START]) is fed alone; other pieces stay
+    inside one block and every earlier position must already be in the cache. Sparse iff the cache holds
+    guidance."""
     dec = model.decoder
-    n = ids.shape[1]
+    b, n = ids.shape
     x = dec.embed(ids, cache.positions[start : start + n])
-    nt, nb = cache.nt, cache.nb
-    sparse = cache.guidance is not None
+    nt = cache.nt
     row = (start - 1) // nt if start > 0 else -1
     if start > 0 and (start + n - 2) // nt != row:
         raise ValueError("a decoder piece must stay inside one block")
-    q_pos = torch.arange(start - 1 - row * nt, start - 1 - row * nt + n, device=ids.device)
+    q0 = start - 1 - row * nt  # in-block position of the first query
+    sparse = cache.guidance is not None and start > 0
+    regather = sparse and row in cache.regather_rows
+    if regather or (sparse and row != cache.row):
+        _enter_row(cache, row, buffered=not regather)
+    own, mask = cache.row_own, None
+    if sparse and (n > 1 or regather):
+        mask = _own_block_mask(own + nt, own, torch.arange(q0, q0 + n, device=ids.device))
+    elif not sparse and n > 1:
+        positions = torch.arange(start + n, device=ids.device)
+        mask = positions.view(1, -1) <= positions[start:].view(-1, 1)
+    heads, head_dim = cache.self_kv.shape[3], cache.self_kv.shape[-1]
+    channels = heads * head_dim
+    buffered = sparse and not regather
+    stop = own + q0 + n if mask is None else own + nt  # row_kv keys a single query may see
+
     for li, layer in enumerate(dec.layers):
+        w = cache.weights[li]
         if li in cache.peg and start > 0:
             x = x + cache.peg[li][:, start - 1 : start - 1 + n]
-        att = layer.self_attn
-        q, k, v = att.heads(att.q_proj(x)), att.heads(att.k_proj(x)), att.heads(att.v_proj(x))
-        if start == 0:  # [START] attends to itself only
-            cache.start_k[li][:], cache.start_v[li][:] = k, v
-            a = v
-        elif not sparse:
-            cache.self_k[li][:, :, start - 1 : start - 1 + n] = k
-            cache.self_v[li][:, :, start - 1 : start - 1 + n] = v
-            keys = torch.cat([cache.start_k[li], cache.self_k[li][:, :, : start - 1 + n]], 2)
-            values = torch.cat([cache.start_v[li], cache.self_v[li][:, :, : start - 1 + n]], 2)
-            mask = torch.arange(start + n, device=x.device).view(1, -1) <= torch.arange(start, start + n, device=x.device).view(-1, 1)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None, None])
+        qkv = w.qkv(x).view(b, n, 3, heads, head_dim)
+        q, kv = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # (B,H,n,d), (2,B,H,n,d)
+        if buffered:
+            row_kv, keys, values, cross_keys, cross_values = cache.row_layers[li]
+            row_kv.narrow(3, own + q0, n).copy_(kv)
+            keys, values = keys.narrow(2, 0, stop), values.narrow(2, 0, stop)
         else:
-            cache.self_k[li][:, :, start - 1 : start - 1 + n] = k
-            cache.self_v[li][:, :, start - 1 : start - 1 + n] = v
-            ct, cvalid, _, _ = _row_tables(cache, li, row)
-            b, h = q.shape[:2]
-            d = att.head_dim
-            kb = gather_blocks(cache.self_k[li].view(b, h, nb, nt, d), ct)[:, :, 0]
-            vb = gather_blocks(cache.self_v[li].view(b, h, nb, nt, d), ct)[:, :, 0]
-            kb = torch.cat([cache.start_k[li], kb], 2)
-            vb = torch.cat([cache.start_v[li], vb], 2)
-            bias = F.pad(slot_bias(cvalid, nt, 5, q_pos)[0], (1, 0))
-            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=bias[None, None])
-        x = layer.self_attn_layer_norm(x + att.merge(a))
-        att = layer.encoder_attn
-        q = att.heads(att.q_proj(x))
-        if start == 0 or not sparse:
-            a = F.scaled_dot_product_attention(q, cache.cross_k[li], cache.cross_v[li])
+            cache.self_kv[li, :, :, :, start : start + n] = kv
+            if start == 0:  # [START] attends to itself only
+                keys = values = None
+            elif regather:
+                keys, values = _gather(cache.self_kv, cache.row_index[li])  # after this piece's keys
+            else:
+                keys, values = cache.self_kv[li, 0, :, :, : start + n], cache.self_kv[li, 1, :, :, : start + n]
+        a = kv[1] if keys is None else F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        x = _layer_norm(x + w.out(a.transpose(1, 2).reshape(b, n, channels)), layer.self_attn_layer_norm)
+        q = w.cross_q(x).view(b, n, heads, head_dim).transpose(1, 2)
+        if buffered:
+            a = F.scaled_dot_product_attention(q, cross_keys, cross_values)
         else:
-            _, _, ft, fvalid = _row_tables(cache, li, row)
-            b, h = q.shape[:2]
-            d = att.head_dim
-            kb = gather_blocks(cache.cross_k[li].view(b, h, nb, nt, d), ft)[:, :, 0]
-            vb = gather_blocks(cache.cross_v[li].view(b, h, nb, nt, d), ft)[:, :, 0]
-            a = F.scaled_dot_product_attention(q, kb, vb, attn_mask=slot_bias(fvalid, nt, None, q_pos)[0][None, None])
-        x = layer.encoder_attn_layer_norm(x + att.merge(a))
-        x = layer.ffn(x)
+            cross = cache.cross_row_kv[li] if sparse else cache.cross_kv[li]
+            a = F.scaled_dot_product_attention(q, cross[0], cross[1])
+        x = _layer_norm(x + w.cross_out(a.transpose(1, 2).reshape(b, n, channels)), layer.encoder_attn_layer_norm)
+        x = _layer_norm(x + w.fc2(F.gelu(w.fc1(x))), layer.final_layer_norm)
     return x

@@ -15,9 +15,12 @@ reproduces the result.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from engine.models.asset import ASSET, Guidance, decode_step, init_cache, to_raster, to_strip
+from engine.precision import resolve_precision
 
 
 def top_k_logits(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -81,16 +84,24 @@ def sample_tokens(
     ctx=None,
     stage: str = "sampling",
     span: tuple[float, float] = (0.0, 1.0),
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """image_ids, cond_ids, token_mask: (L,) raster order (a square grid). Returns (num_samples, L) raster
     tokens equal to image_ids outside the mask. Dense attention when guidance is None (the guiding model
-    at 16x16), SGA otherwise. ctx: an engine.jobs.JobContext (progress + cancellation) or None."""
+    at 16x16), SGA otherwise. ctx: an engine.jobs.JobContext (progress + cancellation) or None.
+    precision: the token steps' linear layers in fp32 (exact, the default), int8, bf16, fp16 or auto
+    (engine.precision); on CUDA the encoder pass then runs under autocast in bf16/fp16."""
     cfg = model.cfg
     ids, cond, enc_in, mask_s = _prepare(model, image_ids, cond_ids, token_mask, num_samples)
+    device = model.lm_head.weight.device
+    precision = resolve_precision(precision, device, rows=num_samples)
     if guidance is not None:
         guidance = guidance.expand(num_samples)
-    memory, _ = model.encoder(enc_in, cond, guidance)
-    cache = init_cache(model, memory, guidance)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast("cuda", half) if half and device.type == "cuda" else contextlib.nullcontext()
+    with autocast:
+        memory, _ = model.encoder(enc_in, cond, guidance)
+        cache = init_cache(model, memory.float(), guidance, precision)
     dec = model.decoder_ids(ids)
     length = ids.shape[1]
     nt = cache.nt
@@ -102,7 +113,7 @@ def sample_tokens(
 
     def sample_at(s, hidden):
         nonlocal done
-        dec[:, 1 + s] = draw(model.lm_head(hidden), top_k, temperature, generator)
+        dec[:, 1 + s] = draw(cache.lm_head(hidden), top_k, temperature, generator)
         done += 1
 
     h = decode_step(model, cache, dec[:, :1], 0)[:, -1]  # output at position s predicts strip token s

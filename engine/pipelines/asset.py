@@ -10,6 +10,8 @@ Pipeline (the official test.py, reorganised for the runtime):
    over each sampled result gives that candidate's SGA guidance;
 4. the SGA transformer samples the hole at R with that guidance; decode the edited tokens plus a margin of
    context (params "decode_margin", "full" = the whole grid as the official code); Laplacian-blend into the photo.
+params "precision": the transformers' token steps in "fp32" (default; exact), "int8" (CPU), "bf16", "fp16" (GPU)
+or "auto" (the fastest on this device by measurement; engine.precision).
 Candidate i uses its own random generator seeded with ctx.seeds[i], so it does not depend on k.
 """
 
@@ -30,6 +32,7 @@ from engine.models.asset import ASSET, ASSETConfig
 from engine.models.asset_sampling import sample_tokens
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
+from engine.precision import resolve_precision
 from engine.safe_io import finite
 
 DEFAULT_MODEL = "demo-asset-landscape"
@@ -134,9 +137,12 @@ def decode_window(tokens: np.ndarray, margin: int | None) -> tuple[slice, slice]
 @torch.no_grad()
 def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask: np.ndarray, seeds: list[int],
          ctx=None, *, top_k: int = 100, temperature: float = 1.0, rule: str = "cover",
-         region=None, decode_margin: int | None = DECODE_MARGIN) -> tuple[list[np.ndarray], composite.Fit, list[float]]:
+         region=None, decode_margin: int | None = DECODE_MARGIN,
+         precision: str = "fp32") -> tuple[list[np.ndarray], composite.Fit, list[float]]:
     """Sample len(seeds) candidates. Returns the patches for fit.region (full resolution, blended), the
-    fit, and per-candidate seconds (the batch time split evenly). decode_margin: see decode_window."""
+    fit, and per-candidate seconds (the batch time split evenly). decode_margin: see decode_window.
+    precision: the transformers' token steps in fp32 (exact), int8 (CPU), bf16, fp16 (GPU) or auto
+    (engine.precision; a concrete name from resolve_precision is used as is)."""
     device = next(bundle.guiding.parameters()).device
     start = time.perf_counter()
     if not mask.any():
@@ -154,6 +160,7 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
     encoder_mask = small_mask if rule == "reference" else _pixel_mask(tokens)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     k = len(seeds)
+    precision = resolve_precision(precision, device, rows=k)
     have_sga = bundle.sga is not None and bundle.resolution > GUIDE_SIZE
 
     # guide: 256 px, 16x16 tokens, dense attention
@@ -168,7 +175,7 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
     guide_span = (0.0, 0.25) if have_sga else (0.0, 0.95)
     if g_mask.any():
         guide = sample_tokens(bundle.guiding, gz, gc, g_mask, k, top_k=top_k, temperature=temperature,
-                              generator=gens, ctx=ctx, stage="guide (256 px)", span=guide_span)
+                              generator=gens, ctx=ctx, stage="guide (256 px)", span=guide_span, precision=precision)
     else:
         guide = gz[None].expand(k, -1).clone()
     if have_sga:
@@ -177,7 +184,8 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
         guidance = bundle.guiding.guidance(guide_in, gc[None].expand(k, -1), guide, target=bundle.sga.cfg)
         mask_t = torch.from_numpy(tokens.reshape(-1)).to(device)
         out = sample_tokens(bundle.sga, z, c, mask_t, k, guidance=guidance, top_k=top_k, temperature=temperature,
-                            generator=gens, ctx=ctx, stage=f"ASSET ({bundle.resolution} px)", span=(0.25, 0.95))
+                            generator=gens, ctx=ctx, stage=f"ASSET ({bundle.resolution} px)", span=(0.25, 0.95),
+                            precision=precision)
         side = bundle.resolution // CELL
     else:
         out, side = guide, GUIDE_SIZE // CELL
@@ -229,12 +237,14 @@ class AssetBackend(Pipeline):
         from engine.jobs import Candidate
 
         params = request.params
+        device = next(bundle.guiding.parameters()).device
+        precision = resolve_precision(params.get("precision", "fp32"), device, rows=len(ctx.seeds))
         patches, fit, seconds = edit(
             bundle, request.photo, np.asarray(request.labels_after), request.edit_mask(), list(ctx.seeds), ctx,
             top_k=int(params.get("top_k", 100)),
             temperature=finite(params.get("temperature", 1.0), "temperature", positive=True),
             rule=str(params.get("token_mask", "cover")), region=request.region,
-            decode_margin=_decode_margin(params.get("decode_margin", DECODE_MARGIN)))
-        info = {"model": bundle.path.name, "resolution": bundle.resolution}
+            decode_margin=_decode_margin(params.get("decode_margin", DECODE_MARGIN)), precision=precision)
+        info = {"model": bundle.path.name, "resolution": bundle.resolution, "precision": precision}
         return [Candidate(image=p, region=fit.region, seed=s, info=info, seconds=t)
                 for p, s, t in zip(patches, ctx.seeds, seconds)]

@@ -13,6 +13,23 @@ tracemalloc does not see torch's allocations, so it is not used. Linux only.
 
 Sampler. A model of the demo's size at 32x32 tokens, 4 candidates, a 128-token hole; tokens/s counts sampled
 tokens of all candidates. Both paths run side by side in one process and must return identical tokens.
+
+Official size. ASSET at the published size (d_model 1024, 15 decoder layers, FFN 4096, vocab 1024; random
+weights, random guidance) at 32x32 tokens (a 512-px edit), one token step = decode_step of one token for every
+candidate + lm_head + drawing, in the middle of the grid, median of STEPS steps, after a warm-up. Every
+precision this CPU runs (engine.precision) with 1 and 4 candidates, side by side in one process with the
+memory bandwidth (tests/bench/bandwidth.py, measured just before). The floor of a step is the weight bytes it
+must read (asset.step_weight_bytes: every decoder linear but the cached cross-attention key/value projections,
+plus lm_head) / that bandwidth. One torch thread: the bandwidth figure is a single-threaded copy, and on this
+shared 2-core machine a second thread waits on whatever else runs (steps 5-10x slower under load). The
+4-vs-1-candidate target is the default fp32 path's; the fastest reduced precision's ratio is reported beside it
+without one (its step reads a quarter of the weight bytes but the same 24 MB of attention keys and values per
+candidate, so more candidates weigh more there).
+
+Agreement. The shipped demo model on a demo scene edit (a quarter of a 512-px landscape becomes sea): the fp32
+sampler draws the hole (seed 0), then fp32 and each reduced precision are fed that same token sequence one token
+at a time; the share of masked-token steps whose top-1 token agrees, for the SGA model (32x32) and the guiding
+model (16x16), and the share of masked tokens that differ when each precision samples with the same seed.
 """
 
 from __future__ import annotations
@@ -198,8 +215,215 @@ def _edit_rows() -> list[dict]:
              "note": note + ", --decode-margin full (the official whole-image decode)"}]
 
 
+STEPS = 24  # token steps timed per precision and candidate count
+
+
+def _official_guidance(cfg: ASSETConfig, gen) -> "Guidance":
+    from engine.models.asset import Guidance
+
+    nb, heads = cfg.num_blocks, cfg.decoder_attention_heads
+    causal = torch.stack([torch.stack([torch.stack([torch.randperm(i - 2, generator=gen)[:3]
+                                                    for i in range(N_FULL_CAUSAL, nb)]) for _ in range(heads)])
+                          for _ in range(cfg.decoder_layers)])[:, None]
+    encoder = torch.randint(0, nb, (cfg.encoder_layers, 1, cfg.encoder_attention_heads, nb, 3), generator=gen)
+    cross = torch.randint(0, nb, (cfg.decoder_layers, 1, heads, nb, 3), generator=gen)
+    return Guidance(encoder, causal, cross)
+
+
+def official_step_ms(model: ASSET, cache, steps: int = STEPS, first_row: int = 20) -> float:
+    """Median ms of one token step (all of the cache's candidates) from token row `first_row` on."""
+    from engine.models.asset import decode_step
+    from engine.models.asset_sampling import draw
+
+    k = cache.self_kv.shape[2]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(model.cfg.vocab_size, (k, 1 + 64 * cache.nt), generator=gen)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        position = 1 + first_row * cache.nt + i
+        started = time.perf_counter()
+        hidden = decode_step(model, cache, ids[:, position : position + 1], position)[:, -1]
+        draw(cache.lm_head(hidden), 100, 1.0, gen)
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times[2:]))
+
+
+def _official_rows() -> list[dict]:
+    from engine.models.asset import init_cache, prepare_step_weights, step_weight_bytes
+    from engine.precision import supported
+    from tests.bench.bandwidth import describe, floor_ms, measure_bandwidth_gbs
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = ASSET(ASSETConfig()).eval()
+    gen = torch.Generator().manual_seed(1)
+    guidance = _official_guidance(model.cfg, gen)
+    load = os.getloadavg()[0]
+    gbs = measure_bandwidth_gbs()
+    precisions = supported("cpu")
+    step = {}
+    with torch.no_grad():
+        for k in (1, 4):
+            memory = torch.randn(k, 1024, model.cfg.d_model, generator=gen)
+            cache = init_cache(model, memory, guidance.expand(k))
+            for precision in precisions:
+                cache.weights, cache.lm_head = prepare_step_weights(model, precision, k)
+                step[precision, k] = official_step_ms(model, cache)
+            del cache
+    model.__dict__.pop("_step_weights", None)
+    floor = {p: floor_ms(step_weight_bytes(model, p), gbs) for p in precisions}
+    # not in the floor: the attention keys and values a step reads per candidate (fp32 row buffers: [START] +
+    # 6 key blocks for self-attention, 6 for cross-attention, keys and values, every layer)
+    cfg, nt = model.cfg, 1024 // model.cfg.num_blocks
+    kv_mb = cfg.decoder_layers * 2 * 4 * cfg.d_model * ((1 + 6 * nt) + 6 * nt) / 1e6
+    common = (f"official-size ASSET (d 1024, 15 decoder layers, random weights), 32x32 tokens, 1 torch thread, "
+              f"median of {STEPS} steps; bandwidth {describe(gbs)}; load average {load:.2f} at the start; the "
+              f"floors count weights only, not the {kv_mb:.0f} MB of attention keys/values per candidate and step")
+    rows = []
+    for precision in precisions:
+        gb = step_weight_bytes(model, precision) / 1e9
+        for k in (1, 4):
+            rows.append({"name": f"asset_official_{precision}_step_ms_k{k}", "value": step[precision, k], "unit": "ms",
+                         "target": None, "note": f"{k} candidate(s) per step; floor {floor[precision]:.1f} ms "
+                                                 f"({gb:.2f} GB of {precision} weights per step); " + common})
+    rows.append({"name": "asset_official_fp32_floor_ratio", "value": step["fp32", 1] / floor["fp32"], "unit": "x",
+                 "target": "< 2", "note": f"fp32 step / fp32 weight-streaming floor ({floor['fp32']:.1f} ms), 1 "
+                                          "candidate; " + common})
+    reduced = [p for p in precisions if p != "fp32"]
+    fastest = min(reduced, key=lambda p: step[p, 1]) if reduced else None
+    if fastest:
+        rows.append({"name": "asset_official_reduced_floor_ratio", "value": step[fastest, 1] / floor[fastest],
+                     "unit": "x", "target": "< 2",
+                     "note": f"fastest reduced precision ({fastest}, {step[fastest, 1]:.1f} ms; "
+                             + ", ".join(f"{p} {step[p, 1]:.1f} ms" for p in reduced)
+                             + f") / its own floor ({floor[fastest]:.1f} ms), 1 candidate; " + common})
+        rows.append({"name": f"asset_official_{fastest}_speedup_over_fp32", "value": step["fp32", 1] / step[fastest, 1],
+                     "unit": "x", "target": None, "note": "1 candidate; " + common})
+    for precision in ["fp32"] + ([fastest] if fastest else []):
+        # the target is the default (exact) path's; the reduced one reads 4x the attention keys and values
+        # (24 MB per candidate and step) beside a quarter of the weight bytes, so its ratio is reported alone
+        rows.append({"name": f"asset_official_{precision}_4_vs_1_candidates", "value": step[precision, 4] / step[precision, 1],
+                     "unit": "x", "target": "< 2" if precision == "fp32" else None,
+                     "note": f"step with 4 candidates / step with 1 ({step[precision, 4]:.1f} / {step[precision, 1]:.1f} "
+                             f"ms); one weight read serves every candidate; " + common})
+    return rows
+
+
+def demo_edit_inputs():
+    """The shipped demo model and the token inputs of a demo scene edit (a quarter of a 512-px landscape
+    becomes sea), prepared as engine.pipelines.asset.edit does; guidance from the unedited tokens."""
+    import cv2
+
+    from engine import composite
+    from engine.data.landscapes import EVAL_SEEDS, generate_scene, ids
+    from engine.pipelines.asset import GUIDE_SIZE, _codes, _pixel_mask, load_bundle, token_mask
+
+    bundle = load_bundle()
+    scene = generate_scene(int(EVAL_SEEDS[0]), 512)
+    after = scene.labels.copy()
+    after[256:, 256:] = ids().sea
+    mask = scene.labels != after
+    region = composite.working_region(mask, bundle.geometry)
+    image, _ = composite.to_model(scene.image, region, bundle.geometry)
+    labels, _ = composite.to_model(after, region, bundle.geometry, kind="labels")
+    small_mask, _ = composite.to_model(mask, region, bundle.geometry, kind="mask")
+    tokens = token_mask(small_mask)
+    pixels = _pixel_mask(tokens)
+    z, c = _codes(bundle, image, labels, pixels, "cpu")
+    g_image = cv2.resize(image, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
+    g_labels = cv2.resize(labels.astype(np.int32), (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_NEAREST)
+    g_pixels = cv2.resize(pixels.astype(np.uint8), (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_NEAREST) > 0
+    gz, gc = _codes(bundle, g_image, g_labels, g_pixels, "cpu")
+    g_mask = torch.from_numpy(token_mask(g_pixels).reshape(-1))
+    guide_in = gz[None].masked_fill(g_mask, bundle.guiding.cfg.mask_token)
+    guidance = bundle.guiding.guidance(guide_in, gc[None], gz[None], target=bundle.sga.cfg)
+    return bundle, (gz, gc, g_mask, None), (z, c, torch.from_numpy(tokens.reshape(-1)), guidance)
+
+
+@torch.no_grad()
+def step_top1(model: ASSET, z, c, mask, guidance, strip_tokens, precision: str) -> torch.Tensor:
+    """Top-1 token of every masked step when the decoder is fed `strip_tokens` as the sampler feeds them: a
+    piece ends at each masked token's step (the output at decoder position p predicts strip token p)."""
+    from engine.models.asset import decode_step, init_cache, to_strip
+
+    cfg = model.cfg
+    enc_in = z[None].masked_fill(mask, cfg.mask_token)
+    memory, _ = model.encoder(enc_in, c[None], guidance)
+    cache = init_cache(model, memory, guidance, precision)
+    dec = torch.cat([torch.full((1, 1), cfg.start_token), strip_tokens[None]], 1)
+    masked = torch.nonzero(to_strip(mask[None], cfg.block_h, cfg.block_w)[0]).flatten().tolist()
+    top1, start = [], 0
+    for position in masked:
+        while start <= position:  # feed up to `position`, one block at most per piece
+            stop = position + 1 if start == 0 else min(position + 1, 1 + ((start - 1) // cache.nt + 1) * cache.nt)
+            stop = 1 if start == 0 else stop
+            hidden = decode_step(model, cache, dec[:, start:stop], start)[:, -1]
+            start = stop
+        top1.append(int(cache.lm_head(hidden).argmax(-1)))
+    return torch.tensor(top1)
+
+
+def demo_references(seeds=(0, 1, 2)) -> list[tuple]:
+    """fp32 trajectories of the demo model on the demo edit: (model name, model, inputs, strip tokens sampled
+    with the seed, fp32 top-1 of every masked step) per transformer and seed."""
+    from engine.models.asset import to_strip
+    from engine.models.asset_sampling import sample_tokens
+
+    bundle, guide_inputs, sga_inputs = demo_edit_inputs()
+    references = []
+    for name, model, inputs in (("guiding", bundle.guiding, guide_inputs), ("sga", bundle.sga, sga_inputs)):
+        z, c, mask, guidance = inputs
+        for seed in seeds:
+            tokens = sample_tokens(model, z, c, mask, 1, guidance=guidance,
+                                   generator=torch.Generator().manual_seed(seed))
+            strip = to_strip(tokens, model.cfg.block_h, model.cfg.block_w)[0]
+            references.append((name, model, inputs, seed, tokens[0], strip,
+                               step_top1(model, z, c, mask, guidance, strip, "fp32")))
+    return references
+
+
+def top1_agreement(references, precision: str) -> dict[str, tuple[int, int]]:
+    """{model name: (masked steps whose top-1 in `precision` equals fp32's, masked steps)}."""
+    counts = {}
+    for name, model, (z, c, mask, guidance), _, _, strip, exact in references:
+        same = int((step_top1(model, z, c, mask, guidance, strip, precision) == exact).sum())
+        agreed, steps = counts.get(name, (0, 0))
+        counts[name] = (agreed + same, steps + len(exact))
+    return counts
+
+
+def sampled_difference(references, precision: str) -> dict[str, float]:
+    """{model name: share of masked tokens that differ from fp32's when sampling with the same seed}."""
+    from engine.models.asset_sampling import sample_tokens
+
+    differ = {}
+    for name, model, (z, c, mask, guidance), seed, tokens, _, _ in references:
+        sampled = sample_tokens(model, z, c, mask, 1, guidance=guidance, precision=precision,
+                                generator=torch.Generator().manual_seed(seed))[0]
+        differ.setdefault(name, []).append((sampled != tokens)[mask])
+    return {name: torch.cat(d).float().mean().item() for name, d in differ.items()}
+
+
+def _agreement_rows() -> list[dict]:
+    from engine.precision import supported
+
+    torch.set_num_threads(1)
+    references = demo_references()
+    rows = []
+    for precision in [p for p in supported("cpu") if p != "fp32"]:
+        agreement, differ = top1_agreement(references, precision), sampled_difference(references, precision)
+        for name, (agreed, steps) in agreement.items():
+            rows.append({"name": f"asset_demo_{name}_{precision}_top1_agreement", "value": agreed / steps, "unit": "",
+                         "target": ">= 0.99",
+                         "note": f"top-1 of {precision} = fp32's on {agreed} of {steps} masked steps of the shipped demo "
+                                 f"{name} model (fed fp32's tokens of 3 seeds); sampling with the same seeds, "
+                                 f"{differ[name]:.1%} of the masked tokens differ (one different draw changes the "
+                                 "context of every later one)"})
+    return rows
+
+
 def run() -> list[dict]:
-    return _attention_rows() + _sampler_rows() + _edit_rows()
+    return _attention_rows() + _sampler_rows() + _official_rows() + _agreement_rows() + _edit_rows()
 
 
 if __name__ == "__main__":
