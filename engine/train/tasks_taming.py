@@ -241,6 +241,8 @@ def write_card(directory: Path, results: dict) -> None:
             lines.append(f"| {kind} | {name} | {value['label agreement']:.3f} | {value['LPIPS-alex']:.3f} | "
                          f"{value['grid-artefact median']:.2f} |")
     lines += [""] + [f"- {k}: {v}" for k, v in results.items() if not isinstance(v, dict)] + [""]
+    for title, text in config.get("notes", {}).items():  # the assessment, written by whoever trained it
+        lines += [f"## {title}", "", text, ""]
     (Path(directory) / "MODEL_CARD.md").write_text("\n".join(lines))
 
 
