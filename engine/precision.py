@@ -37,6 +37,7 @@ run, not per step. Callers must keep fp32 as their default: only fp32 reproduces
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from typing import Callable
@@ -230,3 +231,27 @@ def measure_precisions(device, rows: int = 1, in_features: int = 1024, out_featu
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PreparedLinearModule(nn.Module):
+    """A linear layer run by a PreparedLinear kernel: fp32 in and out, its weights in another precision."""
+
+    def __init__(self, prepared: PreparedLinear):
+        super().__init__()
+        self.prepared = prepared
+
+    def forward(self, x):
+        return self.prepared(x)
+
+
+def with_prepared_linears(module: nn.Module, precision: str) -> nn.Module:
+    """`module` with every nn.Linear replaced by its prepared kernel in `precision`: shallow copies of the modules
+    on the way down (their other parameters shared, no fp32 weight copied), everything else `module`'s own."""
+    if isinstance(module, nn.Linear):
+        return PreparedLinearModule(prepare_linear(module, precision))
+    if not any(isinstance(m, nn.Linear) for m in module.modules()):
+        return module
+    clone = copy.copy(module)
+    clone._modules = {name: None if child is None else with_prepared_linears(child, precision)
+                      for name, child in module._modules.items()}
+    return clone

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.imageio import load_photo
-from engine.models.coltran import PreparedLinearModule
+from engine.precision import PreparedLinearModule
 from engine.paths import assets_dir
 from engine.pipelines.coltran import area_resize, colorize, colorizer_at, load_model, to_gray
 from engine.precision import supported

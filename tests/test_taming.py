@@ -254,7 +254,8 @@ def test_sampler_reports_progress_and_cancels():
 
 
 def test_int8_transformer_samples_and_translates_and_leaves_the_fp32_model_alone(tmp_path):
-    from engine.models.taming_sampling import PreparedLinearModule, reduced_precision
+    from engine.models.taming_sampling import reduced_precision
+    from engine.precision import PreparedLinearModule
     from engine.pipelines.taming import translate
 
     _, model = official_folder(tmp_path)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.precision import PreparedLinear, prepare_linear
+from engine.precision import with_prepared_linears
 
 NUM_SYMBOLS = 512  # 8 levels of each of R, G, B
 LN_EPS = 1e-3  # Keras LayerNormalization default
@@ -544,16 +544,6 @@ class _IncrementalOuterDecoder:
         return x[:, 0]
 
 
-class PreparedLinearModule(nn.Module):
-    """A linear layer run by an engine.precision kernel: fp32 in and out, its weights in another precision."""
-
-    def __init__(self, prepared: PreparedLinear):
-        super().__init__()
-        self.prepared = prepared
-
-    def forward(self, x):
-        return self.prepared(x)
-
 
 REDUCED_PARTS = ("outer_decoder", "inner_decoder", "auto_logits")  # what a pixel or row step streams
 
@@ -572,23 +562,11 @@ def reduced_precision(core: ColTranCore, precision: str) -> ColTranCore:
         return held[1]
     variant = copy.copy(core)  # shares the fp32 parts; its own table of submodules
     variant.__dict__.pop("_reduced_precision", None)
-    variant._modules = {name: _prepared(child, precision) if name in REDUCED_PARTS else child
+    variant._modules = {name: with_prepared_linears(child, precision) if name in REDUCED_PARTS else child
                         for name, child in core._modules.items()}
     core.__dict__["_reduced_precision"] = (key, variant)
     return variant
 
-
-def _prepared(module: nn.Module, precision: str) -> nn.Module:
-    """`module` with every nn.Linear replaced by its prepared kernel: the modules on the way are shallow
-    copies (their other parameters shared, no fp32 weight copied), the rest is `module`'s own."""
-    if isinstance(module, nn.Linear):
-        return PreparedLinearModule(prepare_linear(module, precision))
-    if not any(isinstance(m, nn.Linear) for m in module.modules()):
-        return module
-    clone = copy.copy(module)
-    clone._modules = {name: None if child is None else _prepared(child, precision)
-                      for name, child in module._modules.items()}
-    return clone
 
 
 def _uniform(uniforms, r, c):

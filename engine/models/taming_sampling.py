@@ -31,16 +31,14 @@ depends only on its seed). Both paths draw in raster order.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from engine.errors import InputError
 from engine.models.asset_sampling import Generators, _Reporter, draw
 from engine.models.taming import GPT, KV
-from engine.precision import PreparedLinear, prepare_linear
+from engine.precision import with_prepared_linears
 
 
 TICK = 8  # tokens between progress reports (each also checks for cancellation)
@@ -232,16 +230,6 @@ def forward_tokens(h: int, w: int, window: int = 16) -> dict[str, int]:
 # Reduced precision (engine.precision)
 
 
-class PreparedLinearModule(nn.Module):
-    """A linear layer run by an engine.precision kernel: fp32 in and out, its weights in another precision."""
-
-    def __init__(self, prepared: PreparedLinear):
-        super().__init__()
-        self.prepared = prepared
-
-    def forward(self, x):
-        return self.prepared(x)
-
 
 def reduced_precision(gpt: GPT, precision: str) -> GPT:
     """`gpt` for sampling with every linear layer (attention, MLP, head) in `precision`, a concrete one of
@@ -254,20 +242,9 @@ def reduced_precision(gpt: GPT, precision: str) -> GPT:
     held = gpt.__dict__.get("_reduced_precision")
     if held is not None and held[0] == key:
         return held[1]
-    variant = _prepared(gpt, precision)
+    variant = with_prepared_linears(gpt, precision)
     variant.__dict__.pop("_reduced_precision", None)
     gpt.__dict__["_reduced_precision"] = (key, variant)
     return variant
 
 
-def _prepared(module: nn.Module, precision: str) -> nn.Module:
-    """`module` with every nn.Linear replaced by its prepared kernel: shallow copies on the way down (no fp32
-    weight copied), the rest shared."""
-    if isinstance(module, nn.Linear):
-        return PreparedLinearModule(prepare_linear(module, precision))
-    if not any(isinstance(m, nn.Linear) for m in module.modules()):
-        return module
-    clone = copy.copy(module)
-    clone._modules = {name: None if child is None else _prepared(child, precision)
-                      for name, child in module._modules.items()}
-    return clone
