@@ -157,7 +157,9 @@ def write_image(path: Path, image) -> None:
     fmt = export_format(path)
     try:
         with atomic_write(path) as handle:
-            Image.fromarray(image).save(handle, format=fmt)
+            # PNG level 1: 2-4x faster than Pillow's default 6 for ~20 % more bytes; writing four 1024x768
+            # candidates took longer than sampling them in a batch colorize (still lossless)
+            Image.fromarray(image).save(handle, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
     except (ValueError, TypeError) as error:
         raise InputError(f"{path}: cannot write ({error})") from None
 
