@@ -56,9 +56,17 @@ class WindowCrops(SeededStream):
             yield self.c[i, y:y + s, x:x + s].reshape(-1), self.z[i, y:y + s, x:x + s].reshape(-1)
 
 
-def window_loss(model: GPT, c: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the image codes given the seg codes and the image codes before them; also top-1."""
-    sequence = torch.cat((c, z), dim=1)
+def window_loss(model: GPT, c: torch.Tensor, z: torch.Tensor, pkeep: float = 1.0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the image codes given the seg codes and the image codes before them; also top-1.
+    pkeep < 1 (Net2NetTransformer's `pkeep`): each input image code is replaced by a random code with probability
+    1 - pkeep (the targets stay), so the model cannot lean on the codes above alone and must read the seg codes."""
+    inputs = z
+    if pkeep < 1.0:
+        keep = torch.rand(z.shape, generator=generator, device=z.device) < pkeep
+        noise = torch.randint(model.config.vocab_size, z.shape, generator=generator, device=z.device)
+        inputs = torch.where(keep, z, noise)
+    sequence = torch.cat((c, inputs), dim=1)
     logits = model(sequence[:, :-1])[:, c.shape[1] - 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), z.reshape(-1))
     accuracy = (logits.argmax(-1) == z).float().mean()
@@ -66,7 +74,8 @@ def window_loss(model: GPT, c: torch.Tensor, z: torch.Tensor) -> tuple[torch.Ten
 
 
 class TamingLandscapeTask(TrainTask):
-    """options: n_layer, n_head, n_embd (the GPT), window (16), scenes, scene_size, token_cache, eval_sequences,
+    """options: n_layer, n_head, n_embd (the GPT), window (16), pkeep (1.0: Net2NetTransformer's input-code
+    dropout), init_from (a taming folder to fine-tune), scenes, scene_size, token_cache, eval_sequences,
     stages_dir (the folder with the VQGANs), export_dir."""
 
     def __init__(self, config: TrainConfig):
@@ -103,7 +112,16 @@ class TamingLandscapeTask(TrainTask):
                          attn_pdrop=float(o.get("dropout", 0.0)))
 
     def build_model(self):
-        return GPT(self.gpt_config())
+        model = GPT(self.gpt_config())
+        if self.options.get("init_from"):  # a taming model folder whose transformer this run fine-tunes
+            from engine.importers.state_dicts import load_state_dict_strict
+            from engine.model_store import read_safetensors
+
+            path = Path(self.options["init_from"]) / "model.safetensors"
+            state = {k[len("transformer."):]: v.float() for k, v in read_safetensors(path).items()
+                     if k.startswith("transformer.")}
+            load_state_dict_strict(model, state, str(path))
+        return model
 
     def train_dataset(self):
         return WindowCrops(self.train_z, self.train_c, self.window, self.config.seed)
@@ -113,7 +131,7 @@ class TamingLandscapeTask(TrainTask):
 
     def loss(self, model, batch):
         c, z = batch
-        loss, accuracy = window_loss(model, c, z)
+        loss, accuracy = window_loss(model, c, z, float(self.options.get("pkeep", 1.0)))
         return loss, {"ce": loss.item(), "accuracy": accuracy.item()}
 
     @torch.no_grad()
@@ -125,7 +143,12 @@ class TamingLandscapeTask(TrainTask):
             losses.append(float(loss) * len(self.eval_z[i:i + 8]))
             hits.append(float(accuracy) * len(self.eval_z[i:i + 8]))
         n = len(self.eval_z)
-        self.metrics = {"eval_ce": sum(losses) / n, "eval_top1": sum(hits) / n, "eval_windows": float(n)}
+        # how much the label map matters: the same windows with another held-out window's seg codes
+        wrong = sum(float(window_loss(model, self.eval_c.roll(1, 0)[i:i + 8].to(device),
+                                      self.eval_z[i:i + 8].to(device))[0]) * len(self.eval_z[i:i + 8])
+                    for i in range(0, n, 8))
+        self.metrics = {"eval_ce": sum(losses) / n, "eval_top1": sum(hits) / n,
+                        "eval_ce_with_another_map": wrong / n, "eval_windows": float(n)}
         return self.metrics
 
     def export(self, model, out_dir: Path) -> Path:
