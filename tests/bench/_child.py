@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
+import sys
 
 
 def run_child(command: list[str], **kwargs) -> str:
@@ -17,3 +19,16 @@ def run_child(command: list[str], **kwargs) -> str:
 
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set (VmHWM). Not ru_maxrss: on Linux a forked child starts with its
+    parent's high-water mark, so after an official-size benchmark every child would report the parent's gigabytes."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)

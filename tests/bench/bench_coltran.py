@@ -197,14 +197,13 @@ PEAK_SIZE = (548, 342)  # the small photo of issue 17's walk
 
 def peak_child(photo: str, out: str) -> dict:
     """`sgraffito colorize --model demo-coltran` in this (fresh) process; its peak RSS."""
-    import resource
-
     from app.cli import main
+    from tests.bench._child import peak_rss_bytes
 
     started = time.perf_counter()
     code = main(["colorize", photo, "--model", "demo-coltran", "--samples", "3", "--out", out])
     return {"code": code, "seconds": time.perf_counter() - started,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": peak_rss_bytes()}
 
 
 def peak_rows() -> list[dict]:

@@ -33,7 +33,6 @@ def rss() -> int:
 
 def child(photo: str) -> dict:
     import gc
-    import resource
 
     steps = {"python": rss()}
     from PySide6.QtCore import QPointF, QRectF, Qt
@@ -110,8 +109,9 @@ def child(photo: str) -> dict:
     start = time.perf_counter()
     smart.GrabCut(doc.image, 2000, 1000, 3500, 2000).result()
     results["grabcut_s"] = time.perf_counter() - start
-    scale = 1 if sys.platform == "darwin" else 1024
-    results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    from tests.bench._child import peak_rss_bytes
+
+    results["peak_rss"] = peak_rss_bytes()
     steps["after superpixels and GrabCut"] = rss()
     results["rss_steps"] = steps
     results["undo_bytes"] = sum(doc.undo_stack.command(i).nbytes() for i in range(doc.undo_stack.count()))

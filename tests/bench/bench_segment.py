@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
+from tests.bench._child import peak_rss_bytes
 from app.cli import run_command
 import cv2, torch, PIL.Image  # the libraries every command pays for once per process, timed apart
 import engine.commands.segment, engine.jobs, engine.pipelines.segment
@@ -31,7 +32,7 @@ imported = time.perf_counter()
 rc = run_command(["segment", sys.argv[1], "--out", sys.argv[2], "--model", sys.argv[3], "--device", "cpu"])
 done = time.perf_counter()
 print(json.dumps({"rc": rc, "import_s": imported - started, "command_s": done - imported,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mib": peak_rss_bytes() / 2 ** 20}))
 """
 
 
