@@ -26,25 +26,12 @@ SIZE = (6000, 4000)
 RUNS = 5
 
 _RSS_SCRIPT = """
-import json, resource, sys
+import json, sys
 from engine.imageio import load_photo
-
-
-def peak_bytes():
-    # VmHWM belongs to this program's memory map; ru_maxrss on Linux also carries the high-water mark of the
-    # parent that forked us, which would report the benchmark's own memory
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
+from tests.bench._child import peak_rss_bytes
 
 photo = load_photo(sys.argv[1]) if sys.argv[1] != "-" else None
-print(json.dumps({"peak": peak_bytes()}))
+print(json.dumps({"peak": peak_rss_bytes()}))
 """
 
 
