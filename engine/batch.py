@@ -443,22 +443,6 @@ class ItemContext:
         return write_candidates(folder, job, self.device, started, echo=False)
 
 
-def _prepare_out(path: str | Path) -> Path:
-    from engine.safe_io import remove_stale_temps
-
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {path} is a file; in batch mode --out names a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"--out {path}: cannot create the folder: {error.strerror or error}") from None
-    if not os.access(out, os.W_OK):
-        raise InputError(f"--out {path}: the folder is not writable")
-    remove_stale_temps(out)
-    return out
-
-
 def run_batch(args, *, command: str, items: list[Item], options: dict, engine: str, model: str,
               process: Callable[[ItemContext], list[Path]]) -> int:
     """Run `process` for every item not finished yet (see the module docstring); the exit status."""
@@ -467,7 +451,9 @@ def run_batch(args, *, command: str, items: list[Item], options: dict, engine: s
     from engine.jobs import Runtime
 
     check_backend(engine)
-    out = _prepare_out(args.out)
+    from engine.commands._runner import prepare_out
+
+    out = prepare_out(args.out)
     ranks = Ranks.start(getattr(args, "device", None))
     digest = options_hash(command, options)
     try:

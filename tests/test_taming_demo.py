@@ -15,16 +15,9 @@ from engine import catalogue, downloads
 from engine.errors import CheckpointError
 from engine.model_store import find_model, read_safetensors, user_models_dir
 from engine.pipelines.taming import load_taming, translate
-from tests.model_server import entry, start_server, write_catalogue
+from tests.model_server import entry, write_catalogue
+from tests.test_models_get import server  # noqa: F401  (the local download server fixture)
 from tests.test_taming import official_folder
-
-
-@pytest.fixture(scope="module")
-def server():
-    state, httpd = start_server()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_models_get_downloads_config_and_checkpoint_and_imports_strictly(tmp_path, monkeypatch, server):

@@ -128,7 +128,9 @@ def _build_request(backend_name: str, request, args):
     return Request(backend=backend_name, k=args.samples, seed=args.seed, **dict(request))
 
 
-def _prepare_out(path: str, inputs=()) -> Path:
+def prepare_out(path: str, inputs=()) -> Path:
+    """The --out folder, created and writable, with no leftover temporary files; none of `inputs` may be
+    overwritten by the candidates written there."""
     from engine.safe_io import refuse_input, remove_stale_temps
 
     out = Path(path)
@@ -217,7 +219,7 @@ def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args:
     check_backend(backend_name)
     request = _build_request(backend_name, request, args)
     device = resolve_device(args.device)
-    out = _prepare_out(args.out, getattr(args, "inputs", ()))
+    out = prepare_out(args.out, getattr(args, "inputs", ()))
     started = time.perf_counter()
     try:
         job = run_job(request, device, nothing_written=f"no candidates written to {out}")
