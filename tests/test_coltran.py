@@ -294,6 +294,32 @@ def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
     assert all(int(symbols[0, r, c]) == expected for r, c in cells)
 
 
+def test_the_upsamplers_keep_a_hinted_cell_inside_its_coarse_colour_and_leave_the_rest_alone():
+    """A hint fixes the colorizer's coarse level; the colour and spatial upsamplers then refine inside that level
+    in the hinted cells (random weights would drift anywhere), and elsewhere give the unhinted argmax."""
+    from engine.pipelines.coltran import hinted_value_range
+    from engine.models.coltran import upsample_argmax
+
+    model = tiny_coltran().eval()
+    gray = torch.from_numpy(area_resize(gradient_photo(), 16, 16)).long()[None]
+    bins = torch.randint(0, 8, (1, 16, 16, 3), generator=torch.Generator().manual_seed(5))
+    allowed = torch.ones(1, 16, 16, 512, dtype=torch.bool)
+    allowed[:, 2:5, 3:7] = False  # a hinted patch: one allowed symbol each
+    allowed[:, 2:5, 3:7, 7] = True
+    free = upsample_argmax(model.color_upsampler, bins, gray)
+    low, high = hinted_value_range(bins, allowed)
+    hinted = upsample_argmax(model.color_upsampler, bins, gray, value_range=(low, high))
+    patch = hinted[:, 2:5, 3:7]
+    assert ((patch // 32) == bins[:, 2:5, 3:7]).all()
+    assert not ((free[:, 2:5, 3:7] // 32) == bins[:, 2:5, 3:7]).all()  # without the range they drift
+    outside = torch.ones(16, 16, dtype=torch.bool)
+    outside[2:5, 3:7] = False
+    assert torch.equal(hinted[0][outside], free[0][outside])
+    assert hinted_value_range(bins, None) is None
+    low, high = hinted_value_range(bins, allowed, tolerance=1)
+    assert int(low[0, 2, 3].min()) == max(0, int(bins[0, 2, 3].min()) - 1) * 32
+
+
 def test_sepia_photos_are_colorized_from_their_luma():
     sepia = np.stack([gradient_photo() * 1.0, gradient_photo() * 0.85, gradient_photo() * 0.6], -1).astype(np.uint8)
     gray = to_gray(sepia)

@@ -223,8 +223,16 @@ def test_translate_writes_k_candidates(tmp_path, capsys):
     assert images[0].shape == (200, 300, 3) and not np.array_equal(images[0], images[1])
     info = meta["candidates"][0]["info"]
     assert info["tokens"] == [16, 24] and info["sampler"] == "fast"  # short side scaled up to one window
-    # ASAPNet keeps its one-image form and refuses --samples
+    assert info["precision"] == "fp32"  # the exact path is the default
+    # --precision reaches the transformer
+    assert main(["translate", str(tmp_path / "map.png"), "--model", "tiny-taming", "--samples", "1",
+                 "--size", "300x200", "--out", str(tmp_path / "int8"), "--device", "cpu", "--precision", "int8"]) == 0
+    meta8 = json.loads((tmp_path / "int8" / "candidates.json").read_text())
+    assert meta8["candidates"][0]["info"]["precision"] == "int8"
+    # ASAPNet keeps its one-image form and refuses --samples and --precision
     assert main(["translate", str(tmp_path / "map.png"), "--samples", "3", "--out", str(tmp_path / "a.png")]) == 2
+    assert main(["translate", str(tmp_path / "map.png"), "--precision", "int8", "--out", str(tmp_path / "a.png")]) == 2
+    assert "--precision applies to sampling engines" in capsys.readouterr().err
 
 
 def test_sampler_reports_progress_and_cancels():

@@ -635,11 +635,12 @@ class SpatialUpsampler(nn.Module):
         return _upsample(self, self.channel_embedding, colour, gray, 256, offset)
 
 
-def upsample_argmax(model, values, gray, offset=(0, 0), on_slice=None):
+def upsample_argmax(model, values, gray, offset=(0, 0), on_slice=None, value_range=None):
     """The most likely 8-bit value per pixel and channel (B, H, W, 3) of a ColorUpsampler or SpatialUpsampler,
     one (candidate, channel) slice at a time: the same values as `model(values, gray).argmax(-1)` (the slices
     never see each other), with a ninth of the peak memory at batch 3 (at 256x256 the batched logits alone are
-    600 MB and the row attention twice that)."""
+    600 MB and the row attention twice that). `value_range` (low, high), two (B, H, W, 3) tensors: the argmax
+    only among values low..high (inclusive) per pixel and channel (colour hints; None: all 256)."""
     embedding, levels = ((model.bit_embedding, 8) if isinstance(model, ColorUpsampler)
                          else (model.channel_embedding, 256))
     out = torch.empty(values.shape, dtype=torch.long, device=values.device)
@@ -648,7 +649,12 @@ def upsample_argmax(model, values, gray, offset=(0, 0), on_slice=None):
         for c in range(3):
             channel_embed = embedding.weight.t()[values[b:b + 1, ..., c] + c * levels]  # (1, H, W, D)
             x = model.input_dense(torch.cat((channel_embed, gray_embed), dim=-1))
-            out[b, ..., c] = model.final_dense(model.encoder(x, offset)).argmax(-1)[0]
+            logits = model.final_dense(model.encoder(x, offset))[0]  # (H, W, 256)
+            if value_range is not None:
+                low, high = value_range[0][b, ..., c, None], value_range[1][b, ..., c, None]
+                levels_ = torch.arange(logits.shape[-1], device=logits.device)
+                logits = logits.masked_fill((levels_ < low) | (levels_ > high), float("-inf"))
+            out[b, ..., c] = logits.argmax(-1)
             if on_slice is not None:
                 on_slice(3 * b + c + 1, 3 * values.shape[0])
     return out

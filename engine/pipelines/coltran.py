@@ -15,9 +15,10 @@ Colour hints (beyond ColTran; {x, y, radius, rgb} in photo pixels, the same form
 every 64x64 cell a hint's disk covers may only take the hint's coarse colour bin (or bins within
 `hint_tolerance` levels per channel), by masking the colorizer's logits before sampling. The autoregressive
 decoder then sees the hinted colour as context for the pixels after it, so hints also steer their
-surroundings. Limits: a hint fixes 3-bit colour (8 levels per channel), the upsamplers are not constrained
-(their output is conditioned on the coarse colours, so they follow), and the final luminance is always the
-photo's own, so a hint changes hue and saturation, not brightness.
+surroundings. In the hinted cells the two upsamplers then choose only 8-bit values inside the sampled coarse
+level (`hinted_value_range`), so their refinement cannot drift back from the hint; elsewhere they run as the
+official argmax. Limits: a hint fixes 3-bit colour (8 levels per channel), and the final luminance is always
+the photo's own, so a hint changes hue and saturation, not brightness.
 """
 
 from __future__ import annotations
@@ -105,6 +106,19 @@ def hint_constraints(hints: list[Hint], photo_hw: tuple[int, int], framing: str,
     return allowed
 
 
+def hinted_value_range(bins: torch.Tensor, constraints: torch.Tensor | None, tolerance: int = 0):
+    """(low, high) 8-bit values per cell and channel that the upsamplers may choose, or None without hints:
+    in a hinted cell the values of its sampled coarse level +- `tolerance` levels (so the upsamplers refine the
+    hinted colour instead of drifting from it), elsewhere all of 0..255 (the official, unconstrained argmax).
+    `bins` (B, h, w, 3) coarse levels 0..7; `constraints` (B, h, w, 512) allowed symbols."""
+    if constraints is None:
+        return None
+    hinted = (~constraints).any(-1, keepdim=True)  # a cell whose symbols were restricted
+    low = torch.where(hinted, (bins - tolerance).clamp(0, 7) * 32, torch.zeros_like(bins))
+    high = torch.where(hinted, (bins + tolerance).clamp(0, 7) * 32 + 31, torch.full_like(bins, 255))
+    return low, high
+
+
 def uniforms(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """Per-candidate uniforms, each drawn from its own seed: candidate i does not depend on the batch."""
     return torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
@@ -158,10 +172,15 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
                                    mode=mode, temperature=temperature, constraints=constraints,
                                    row_context_quirk=row_context_quirk, on_row=on_row, encoded=encoded)
     # one candidate and channel at a time: the batched 256x256 logits and attention took 3.5 GB at k = 3
-    rgb64 = upsample_argmax(model.color_upsampler, symbols_to_rgb(symbols), coarse,
+    bins = symbols_to_rgb(symbols)
+    coarse_range = hinted_value_range(bins, constraints, hint_tolerance)
+    rgb64 = upsample_argmax(model.color_upsampler, bins, coarse, value_range=coarse_range,
                             on_slice=on_stage and (lambda i, n: on_stage(f"colour upsampler, slice {i}/{n}", i / n)))
-    blurry = rgb64.repeat_interleave(fine_size // coarse_size, dim=1).repeat_interleave(fine_size // coarse_size, dim=2)
-    rgb256 = upsample_argmax(model.spatial_upsampler, blurry, fine, on_slice=on_stage and (
+    scale = fine_size // coarse_size
+    blurry = rgb64.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    fine_range = None if coarse_range is None else tuple(
+        v.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2) for v in coarse_range)
+    rgb256 = upsample_argmax(model.spatial_upsampler, blurry, fine, value_range=fine_range, on_slice=on_stage and (
         lambda i, n: on_stage(f"spatial upsampler ({fine_size}x{fine_size}), slice {i}/{n}", i / n)))
     rgb256 = rgb256.to(torch.uint8).cpu().numpy()
     base = framed if framing == "crop" else photo

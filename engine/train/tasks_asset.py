@@ -315,47 +315,173 @@ def water_under_mountains(scene):
     return after
 
 
+def regenerate_water(scene):
+    """The held-out edit with a ground truth: a scene's own water (with what it reflects) is masked and sampled
+    again under the same label map, so the scene itself is the reference rendering. None without water."""
+    from engine.data.landscapes import water_ids
+
+    water = np.isin(scene.labels, water_ids())
+    if water.mean() < 0.05:  # too little to judge a grid or a reflection
+        return None
+    return water
+
+
+def _scene(seed: int, size: int, textured: bool):
+    if not textured:
+        return generate_scene(seed, size)
+    from engine.data.textures import generate_textured_scene
+
+    return generate_textured_scene(seed, size)
+
+
 @torch.no_grad()
-def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512) -> dict:
-    """Label agreement in the edited region and the reflection score of water-under-mountains edits on
-    held-out scenes, for the demo model and for the naive per-class colour fill."""
+def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512, textured: bool = False,
+                   lpips_net: str | None = "alex") -> dict:
+    """Held-out edits (EVAL_SEEDS, never trained on; photo-textured when `textured`) by the demo model and by the
+    naive per-class colour fill:
+    - "sea" edits (water_under_mountains: no ground truth): label agreement in the edit, reflection score;
+    - "water" edits (regenerate_water: the scene is the reference rendering): LPIPS (AlexNet) to it inside the
+      edit (`lpips_net`; None leaves LPIPS out), the 16-px grid-artefact score of the edit against it, label
+      agreement, reflection score."""
     from engine.pipelines.asset import edit, load_bundle
-    from engine.metrics import label_agreement, reflection_score
+    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
 
     bundle = load_bundle(str(directory))
     stats = class_colour_stats()
     rng = np.random.default_rng(0)
-    ours_agree, ours_refl, base_agree, base_refl, seconds = [], [], [], [], []
-    used = 0
+    scores: dict[str, list[float]] = {}
+    used, seconds = {"sea": 0, "water": 0}, []
+
+    def add(key: str, value: float) -> None:
+        scores.setdefault(key, []).append(value)
+
     for seed in EVAL_SEEDS:
-        if used == count:
+        if min(used.values()) == count:
             break
-        scene = generate_scene(int(seed), size)
-        after = water_under_mountains(scene)
-        if after is None:
+        scene = _scene(int(seed), size, textured)
+        edits = {"sea": water_under_mountains(scene), "water": None}
+        water = regenerate_water(scene)
+        if water is not None:
+            edits["water"] = scene.labels
+        for kind, after in edits.items():
+            if after is None or used[kind] == count:
+                continue
+            used[kind] += 1
+            mask = after != scene.labels if kind == "sea" else water
+            started = time.perf_counter()
+            patches, fit, _ = edit(bundle, scene.image, after, mask, list(range(k)))
+            seconds.append(time.perf_counter() - started)
+            x0, y0, x1, y1 = fit.region
+            outputs = []
+            for patch in patches:
+                image = scene.image.copy()
+                image[y0:y1, x0:x1] = patch
+                outputs.append(("ours", image))
+            outputs.append(("naive", naive_fill(scene.image, after, mask, stats, rng)))
+            for who, image in outputs:
+                add(f"{kind} {who} agreement", label_agreement(image, after, mask))
+                add(f"{kind} {who} reflection", reflection_score(image, after))
+                if kind == "water" and lpips_net:
+                    add(f"{kind} {who} lpips", lpips(image, scene.image, net=lpips_net, mask=mask))
+                if kind == "water":
+                    add(f"{kind} {who} grid", grid_artefact_score(image, scene.image, mask))
+    mean = {key: float(np.nanmean(v)) for key, v in scores.items()}
+    median = {key: float(np.nanmedian(v)) for key, v in scores.items()}
+    out = {"held-out scenes": f"{used['sea']} sea edits, {used['water']} water edits",
+           "scenes": "photo-textured" if textured else "procedural", "candidates per scene": k, "size": f"{size} px"}
+    for kind, title in (("sea", "everything below the mountains becomes sea"),
+                        ("water", "the scene's water sampled again")):
+        for metric in ("agreement", "reflection", "lpips", "grid"):
+            if f"{kind} ours {metric}" not in mean:
+                continue
+            name = {"agreement": "label agreement in the edit", "reflection": "reflection score",
+                    "lpips": f"LPIPS-{lpips_net} to the scene in the edit", "grid": "grid-artefact score (median)"}[metric]
+            pick = median if metric == "grid" else mean
+            for who in ("ours", "naive"):
+                out[f"{title}: {name} ({'ours' if who == 'ours' else 'naive fill'})"] = pick[f"{kind} {who} {metric}"]
+    out["seconds per edit (k candidates, this CPU)"] = float(np.mean(seconds))
+    return out
+
+
+MATE_LANDSCAPES = ("Dune.jpg", "GreenMeadow.jpg", "Storm.jpg")  # the set's other photos are close-ups
+
+
+def held_out_photos(side: int = 512) -> dict[str, np.ndarray]:
+    """The real photos no model trained on: the photo cache's held-out split (`sgraffito data photos`) and the
+    landscapes of Debian's mate-backgrounds nature set when installed (MATE_LANDSCAPES), centre-cropped to 4:3 and resized to `side` x 3/4 side."""
+    from engine.data.photos import load_photos
+    from engine.imageio import load_photo
+
+    sources = load_photos("held-out")
+    mate = Path("/usr/share/backgrounds/mate/nature")
+    if mate.is_dir():
+        sources += [(f"mate/{n}", load_photo(mate / n).rgb) for n in MATE_LANDSCAPES if (mate / n).is_file()]
+    photos = {}
+    for name, rgb in sources:
+        h, w = rgb.shape[:2]
+        ch, cw = (h, h * 4 // 3) if w * 3 > h * 4 else (w * 3 // 4, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        photos[name] = cv2.resize(rgb[top : top + ch, left : left + cw],
+                                                               (side, side * 3 // 4), interpolation=cv2.INTER_AREA)
+    return photos
+
+
+@torch.no_grad()
+def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int = 2,
+                         lpips_net: str | None = "alex") -> dict:
+    """Edits of real photos labelled by the demo segmenter, by the demo model and by the naive fill:
+    - "band": the photo's own lower band (rows 55-85 %, the middle 80 % of columns) sampled again under its own
+      labels, the photo being the ground truth: LPIPS to it in the band, the grid-artefact score against it;
+    - "sea": everything below 65 % of the height becomes sea: label agreement in the edit, reflection score."""
+    from engine.data.landscapes import ids
+    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
+    from engine.pipelines.asset import edit, load_bundle
+    from engine.pipelines.segment import DemoSegmenterModel, segment
+
+    bundle = load_bundle(str(directory))
+    segmenter = DemoSegmenterModel.from_folder(assets_dir() / "models" / "demo-segmenter-landscape")
+    stats = class_colour_stats()
+    rng = np.random.default_rng(0)
+    scores: dict[str, list[float]] = {}
+    for name, photo in photos.items():
+        labels = segment(segmenter, photo).astype(np.uint8)
+        h, w = labels.shape
+        band = np.zeros((h, w), bool)
+        band[int(h * 0.55) : int(h * 0.85), w // 10 : w - w // 10] = True
+        sea = labels.copy()
+        sea[int(h * 0.65) :] = ids().sea
+        for kind, after, mask in (("band", labels, band), ("sea", sea, sea != labels)):
+            if not mask.any():
+                continue
+            patches, fit, _ = edit(bundle, photo, after, mask, list(range(k)))
+            x0, y0, x1, y1 = fit.region
+            outputs = []
+            for patch in patches:
+                image = photo.copy()
+                image[y0:y1, x0:x1] = patch
+                outputs.append(("ours", image))
+            outputs.append(("naive", naive_fill(photo, after, mask, stats, rng)))
+            for who, image in outputs:
+                if kind == "band":
+                    if lpips_net:
+                        scores.setdefault(f"band {who} lpips", []).append(lpips(image, photo, net=lpips_net, mask=mask))
+                    scores.setdefault(f"band {who} grid", []).append(grid_artefact_score(image, photo, mask))
+                else:
+                    scores.setdefault(f"sea {who} agreement", []).append(label_agreement(image, after, mask))
+                    scores.setdefault(f"sea {who} reflection", []).append(reflection_score(image, after))
+    names = {"lpips": f"the lower band sampled again: LPIPS-{lpips_net} to the photo in the band",
+             "grid": "the lower band sampled again: grid-artefact score (median)",
+             "agreement": "the lower third becomes sea: label agreement in the edit",
+             "reflection": "the lower third becomes sea: reflection score"}
+    out = {"photos": ", ".join(photos), "candidates per photo": k,
+           "size": "x".join(map(str, next(iter(photos.values())).shape[1::-1])) + " px"}
+    for key in ("band {} lpips", "band {} grid", "sea {} agreement", "sea {} reflection"):
+        if key.format("ours") not in scores:
             continue
-        used += 1
-        mask = after != scene.labels
-        started = time.perf_counter()
-        patches, fit, _ = edit(bundle, scene.image, after, mask, list(range(k)))
-        seconds.append(time.perf_counter() - started)
-        x0, y0, x1, y1 = fit.region
-        for patch in patches:
-            image = scene.image.copy()
-            image[y0:y1, x0:x1] = patch
-            ours_agree.append(label_agreement(image, after, mask))
-            ours_refl.append(reflection_score(image, after))
-        baseline = naive_fill(scene.image, after, mask, stats, rng)
-        base_agree.append(label_agreement(baseline, after, mask))
-        base_refl.append(reflection_score(baseline, after))
-    return {
-        "held-out scenes": used, "candidates per scene": k, "size": f"{size} px",
-        "label agreement in the edit (ours)": float(np.nanmean(ours_agree)),
-        "label agreement in the edit (naive fill)": float(np.nanmean(base_agree)),
-        "reflection score (ours)": float(np.nanmean(ours_refl)),
-        "reflection score (naive fill)": float(np.nanmean(base_refl)),
-        "seconds per edit (k candidates, this CPU)": float(np.mean(seconds)),
-    }
+        pick = np.nanmedian if key.endswith("grid") else np.nanmean
+        for who in ("ours", "naive"):
+            out[f"{names[key.split()[-1]]} ({'ours' if who == 'ours' else 'naive fill'})"] = float(pick(scores[key.format(who)]))
+    return out
 
 
 def write_card_section(directory: Path, edits: dict) -> None:
@@ -376,10 +502,19 @@ def write_card_section(directory: Path, edits: dict) -> None:
         if stem in training:
             lines += [f"### {stem}.safetensors", ""] + [f"- {k}: {v}" for k, v in training[stem].items()] + [""]
     lines += ["### Edits on held-out scenes (EVAL_SEEDS)", "",
-              "Edit: everything below the mountains becomes sea. Naive baseline: each edited pixel gets its new "
-              "class's mean training colour plus Gaussian noise of the class's standard deviation. Metrics: "
-              "engine.metrics.label_agreement (edited region) and engine.metrics.reflection_score.", ""]
-    lines += [f"- {k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in edits.items()]
+              "Two edits (engine.train.tasks_asset.evaluate_edits): everything below the mountains becomes sea (no "
+              "ground truth), and the scene's own water sampled again under the same labels (the scene is the "
+              "reference rendering). Naive baseline: each edited pixel gets its new class's mean training colour "
+              "plus Gaussian noise of the class's standard deviation. Metrics (engine.metrics): label_agreement "
+              "(edited region), reflection_score, lpips (AlexNet, edited region), grid_artefact_score (the edit's "
+              "16-px grid spectrum over the scene's). Held-out real photos (evaluate_photo_edits; labelled by the "
+              "demo segmenter): the photo's own lower band sampled again (the photo is the reference) and the lower "
+              "third turned into sea.", ""]
+    groups = edits if all(isinstance(v, dict) for v in edits.values()) else {"": edits}
+    for group, results in groups.items():
+        if group:
+            lines += [f"#### {group.capitalize()}", ""]
+        lines += [f"- {k}: {round(v, 4) if isinstance(v, float) else v}" for k, v in results.items()] + [""]
     from engine.train.tasks_vqgan import write_card_section as write_between_markers
 
     write_between_markers(directory, "\n".join(lines), CARD_BEGIN, CARD_END)
@@ -390,6 +525,7 @@ if __name__ == "__main__":  # python -m engine.train.tasks_asset [FOLDER]: evalu
 
     torch.set_num_threads(1)
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else assets_dir() / "models" / DEMO_DIR
-    results = evaluate_edits(folder)
+    results = {"procedural scenes": evaluate_edits(folder), "photo-textured scenes": evaluate_edits(folder, textured=True),
+               "held-out real photos": evaluate_photo_edits(folder, held_out_photos())}
     print(results)
     write_card_section(folder, results)

@@ -366,8 +366,14 @@ class _VQGANTaskBase(TrainTask):
         if self._finetuning_decoder():  # the tokenizer's own training stays on record; add this stage to it
             previous = dict(read_model_config(directory).get("training", {}).get(self.stem, {})) \
                 if (directory / "config.json").is_file() else {}
-            losses = f"L1 + {self.options.get('gradient_weight', 1.0)} x gradient L1" + (
-                f" + {self.options['texture_weight']} x texture" if self.options.get("texture_weight") else "")
+            o = self.options
+            losses = "L1" + "".join(f" + {w} x {name}" for w, name in (
+                (o.get("gradient_weight", 1.0), "gradient L1"), (o.get("texture_weight", 0.0), "texture"),
+                (o.get("perceptual_weight", 0.0), f"LPIPS-{o.get('perceptual_net', 'vgg')}"),
+                (o.get("disc_weight", 0.0), f"patch-discriminator hinge loss (adaptive weight, from step "
+                                            f"{o.get('disc_start', 0)})")) if w)
+            if o.get("textured"):
+                losses += f", {o['textured']:.0%} of the scenes photo-textured"
             stage = (f"{entry['steps']} steps of {entry['batch']}, {entry['wall time']}, {losses}, encoder and codebook "
                      "frozen (same tokens)")
             stages = [previous["decoder fine-tune"], stage] if "decoder fine-tune" in previous else [stage]
