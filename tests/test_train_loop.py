@@ -304,3 +304,17 @@ def test_vqgan_codebook_care_resumes_bit_identical(tmp_path):
     resumed, task = run("cut", 6, resume=True)
     assert task.codebook.initialised  # the k-means state came back with the checkpoint
     assert _same(resumed.model, whole.model)
+
+
+def test_a_logged_term_that_starts_later_widens_the_csv_instead_of_being_dropped(tmp_path):
+    """A discriminator's losses appear only after disc_start: their column is added, earlier rows kept."""
+    import csv
+
+    log = loop._Log(tmp_path, enabled=True)
+    log.write("train", {"step": 1, "loss": 0.5})
+    log.write("train", {"step": 2, "loss": 0.4, "d": 1.9})
+    log.write("train", {"step": 3, "loss": 0.3, "d": 1.7})
+    log.close()
+    rows = list(csv.DictReader((tmp_path / "train.csv").open()))
+    assert [(r["step"], r["loss"], r["d"]) for r in rows] == [("1", "0.5", ""), ("2", "0.4", "1.9"), ("3", "0.3", "1.7")]
+    assert not list(tmp_path.glob("*.tmp"))

@@ -268,8 +268,19 @@ class _Log:
                 self.fields[name] = list(row)
                 with path.open("w", newline="") as f:
                     csv.writer(f).writerow(self.fields[name])
+        new = [key for key in row if key not in self.fields[name]]
+        if new:  # a term that starts later (a discriminator after disc_start): widen the file, keep its rows
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields[name] += new
+            temp = path.with_suffix(".csv.tmp")
+            with temp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, self.fields[name], restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+            temp.replace(path)
         with path.open("a", newline="") as f:
-            csv.DictWriter(f, self.fields[name], restval="", extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, self.fields[name], restval="").writerow(row)
         if self.tb is not None:
             for key, value in row.items():
                 if key != "step":

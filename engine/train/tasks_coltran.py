@@ -1,8 +1,7 @@
 """Training task "coltran": the three ColTran stages, small enough for a CPU, on colour images we have offline:
-procedural landscapes (engine.data.landscapes) and random crops of the bundled sample photos; or, with
-`options.real_photo_fraction` > 0, landscapes and that share of crops of the real photos' train split
-(engine.data.photos, `sgraffito data photos`), without the sample photos (held out for evaluation). The default
-0 keeps the shipped config's data and draws.
+procedural landscapes (engine.data.landscapes) and, with `options.real_photo_fraction` > 0, that share of crops
+of the real photos' train split (engine.data.photos, `sgraffito data photos`). Never the sample photos in
+assets/samples nor the photos' held-out split: they are held out for evaluation.
 
 The stages share no parameters, so one model holding all three trained on the sum of their losses is the same as
 training them separately with one learning rate. Losses as the official code: the colorizer's cross-entropy over
@@ -18,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,26 +24,13 @@ import torch.nn.functional as F
 from engine.data.datasets import PhotoCrops, SeededStream
 from engine.model_store import save_model_dir
 from engine.pipelines.coltran import COARSE, FINE, area_resize, colorize, to_gray
-from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.data.landscapes import EVAL_SEEDS, generate_scene
 from engine.models.coltran import (ColTran, ColTranConfig, CoreConfig, UpsamplerConfig, rgb_to_symbols,
                                    symbols_to_rgb)
-from engine.paths import assets_dir
 from engine.train.task import TrainTask
 from engine.train.tasks_pixelcnn import psnr_ab  # the same chroma PSNR as the PixelCNN card
 
 MODEL_NAME = "demo-coltran"
-
-
-def training_photos() -> list[np.ndarray]:
-    """The colour sample photos shipped in assets/samples (grayscale ones cannot teach colour)."""
-    from engine.imageio import load_photo
-
-    photos = []
-    for path in sorted((assets_dir() / "samples").glob("*.jpg")):
-        photo = load_photo(path)
-        if not photo.is_grayscale:
-            photos.append(photo.rgb)
-    return photos
 
 
 def stage_inputs(rgb256: np.ndarray) -> dict[str, torch.Tensor]:
@@ -56,35 +41,12 @@ def stage_inputs(rgb256: np.ndarray) -> dict[str, torch.Tensor]:
             "rgb64": torch.from_numpy(rgb64).long(), "rgb256": torch.from_numpy(rgb256.astype(np.int64))}
 
 
-class ColourImages(torch.utils.data.Dataset):
-    """Item i: a landscape scene (three in four) or a random crop of a sample photo, 256x256."""
-
-    def __init__(self, length: int, photos: list[np.ndarray], seeds=TRAIN_SEEDS):
-        self.length, self.photos, self.seeds = length, photos, seeds
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([index, 17])
-        if not self.photos or index % 4:
-            image = generate_scene(int(self.seeds[index]), FINE).image
-        else:
-            photo = self.photos[rng.integers(len(self.photos))]
-            side = int(rng.integers(FINE, min(photo.shape[:2]) + 1))
-            top, left = (int(rng.integers(s - side + 1)) for s in photo.shape[:2])
-            image = cv2.resize(photo[top: top + side, left: left + side], (FINE, FINE), interpolation=cv2.INTER_AREA)
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
-        return stage_inputs(np.ascontiguousarray(image))
-
-
 class ScenesAndPhotos(SeededStream):
     """Endless 256x256 colour images: a random training landscape, or with probability `photo_fraction` a crop of
     a real photo (`photos`, this rank's share of them). Seeded from (config seed, rank, worker, start step) by
     the loop (engine.data.datasets.SeededStream)."""
 
-    def __init__(self, photos: PhotoCrops, photo_fraction: float):
+    def __init__(self, photos: PhotoCrops | None, photo_fraction: float):
         self.photos, self.photo_fraction = photos, float(photo_fraction)
 
     def __iter__(self):
@@ -136,9 +98,8 @@ def evaluate_colorizer(model: ColTran, images: list[np.ndarray], samples: int = 
 
 class ColTranTask(TrainTask):
     """options: hidden, ff, heads, encoder_layers, outer_layers, inner_layers, up_hidden, up_ff, up_layers,
-    spatial_crop, length (dataset size), eval_images, real_photo_fraction (0: landscapes and sample photos as
-    shipped; above 0: landscapes and that share of real photo crops, `ScenesAndPhotos`), real_photo_cache
-    (the photos' cache folder, default the user's)."""
+    spatial_crop, eval_images, real_photo_fraction (the share of real photo crops among the landscapes,
+    `ScenesAndPhotos`; 0: landscapes only), real_photo_cache (the photos' cache folder, default the user's)."""
 
     def build_model(self):
         return ColTran(architecture(self.config.options))
@@ -148,10 +109,9 @@ class ColTranTask(TrainTask):
         fraction = float(options.get("real_photo_fraction", 0.0))
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"options.real_photo_fraction must be a fraction in [0, 1], not {fraction}")
-        if fraction == 0:
-            return ColourImages(int(options.get("length", 50_000)), training_photos())
         # crops of 60-100 % of a photo's short side: sampling stretches a whole photo to the 256 px square
-        return ScenesAndPhotos(PhotoCrops(FINE, cache=options.get("real_photo_cache"), scale=(0.6, 1.0)), fraction)
+        photos = PhotoCrops(FINE, cache=options.get("real_photo_cache"), scale=(0.6, 1.0)) if fraction else None
+        return ScenesAndPhotos(photos, fraction)
 
     def loss(self, model, batch):
         coltran = model.module if hasattr(model, "module") else model
@@ -196,19 +156,33 @@ class ColTranTask(TrainTask):
             "architecture": config.to_dict()})
 
 
-def write_model_card(model_dir: Path, run_dir: Path, scenes: int = 16, size: int = 128) -> str:
+PHOTO_SOURCES = (
+    "plasma-workspace-wallpapers 4:5.27.5-2 (9 photos; Debian GPL-2+, each wallpaper's metadata LGPLv3 with its "
+    "author), lomiri-wallpapers-16.04 20.04.0-2 (13; per file CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0, authors in the "
+    "package's copyright file), lomiri-wallpapers-20.04 (1; CC-BY-SA-3.0), stellarium-data 0.22.2-1 (6 landscape "
+    "panorama bands; GPL-2+)")
+
+
+def write_model_card(model_dir: Path, run_dir: Path, config_path: Path, photo_eval: Path | None = None,
+                     scenes: int = 16, size: int = 128) -> str:
     """Evaluate the exported model on held-out scenes (the PixelCNN card's scenes and size, so the two cards
-    compare) and write MODEL_CARD.md from the run's log."""
+    compare) and write MODEL_CARD.md from the run's log, its training config and, when given, the JSON of
+    `python -m engine.train.eval_colorize MODEL --json F` (the held-out real photos)."""
     import csv
     import json
 
+    import yaml
+
     from engine.pipelines.coltran import load_model
     from engine.device import describe_device
+    from engine.train.eval_colorize import markdown
     from engine.train.tasks_pixelcnn import evaluate_backend
 
     model = load_model(str(model_dir))
     rows = list(csv.DictReader(open(run_dir / "train.csv")))
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    train = yaml.safe_load(Path(config_path).read_text())
+    fraction = float(train.get("options", {}).get("real_photo_fraction", 0.0))
     config = json.loads((model_dir / "config.json").read_text())["architecture"]
     images = [generate_scene(int(seed), size).image for seed in EVAL_SEEDS[:scenes]]
     own = evaluate_colorizer(model, images)
@@ -216,6 +190,10 @@ def write_model_card(model_dir: Path, run_dir: Path, scenes: int = 16, size: int
     params = {stage: sum(p.numel() for p in getattr(model, stage).parameters())
               for stage in ("colorizer", "color_upsampler", "spatial_upsampler")}
     last = rows[-1]
+    photos = (f"and, with probability {fraction:.0%}, crops (60-100 % of the short side) of the real photos' train "
+              f"split (`sgraffito data photos`, engine/data/photos.py; 25 photos). Sources and licences: "
+              f"{PHOTO_SOURCES}. " if fraction else "only. ")
+    real = markdown(json.loads(Path(photo_eval).read_text())) if photo_eval else ""
     card = f"""# ColTran (demo)
 
 The three ColTran stages (engine/models/coltran.py), built exactly as the official code builds them but small:
@@ -225,16 +203,16 @@ colorizer {params["colorizer"] / 1e3:.0f} k parameters (hidden {config["core"]["
 models are about 46 M, 13.5 M and 10.9 M parameters; import them with `sgraffito import coltran coltran.zip`.
 
 ## Data
-256x256 colour images: procedural landscapes (engine.data.landscapes, TRAIN_SEEDS; three in four) and random
-crops of the colour photos in assets/samples (one in four), prepared as at sampling time (BT.601 luma, TF AREA
-resizing with half-to-even rounding). The spatial upsampler trains on random 64x64 crops of the 256x256 grid.
+256x256 colour images: procedural landscapes (engine.data.landscapes, TRAIN_SEEDS) {photos}Prepared as at
+sampling time (BT.601 luma, TF AREA resizing with half-to-even rounding); the spatial upsampler trains on random
+64x64 crops of the 256x256 grid. Held out and never trained on: the photo cache's held-out split (held_out.txt),
+Debian's mate-backgrounds and opencv-doc images, and assets/samples.
 
 ## Training
-`sgraffito train coltran --config assets/models/demo-coltran/train.yaml --max-minutes 60`: {summary.get("step", last["step"])} steps of
-batch 4, {float(summary.get("minutes", last["minutes"])):.1f} minutes wall time on {describe_device("cpu")}, one thread, on a machine shared with
-about ten other training and test jobs (load average 10-20), so this is a short, unconverged run. Losses
-at the end, bits per symbol: colorizer {float(last["colorizer_bits"]):.2f} (started at 9.0; log2 512 = 9), parallel head
-{float(last["parallel_bits"]):.2f}, colour upsampler {float(last["color_up_bits"]):.2f}, spatial upsampler {float(last["spatial_up_bits"]):.2f} (log2 256 = 8).
+`sgraffito train coltran --config {config_path}`: {summary.get("step", last["step"])} steps of batch
+{train.get("batch_size", 4)}, {float(summary.get("minutes", last["minutes"])):.1f} minutes wall time on {describe_device("cpu")}, one torch
+thread at nice 19. Losses at the end, bits per symbol: colorizer {float(last["colorizer_bits"]):.2f} (log2 512 = 9), parallel
+head {float(last["parallel_bits"]):.2f}, colour upsampler {float(last["color_up_bits"]):.2f}, spatial upsampler {float(last["spatial_up_bits"]):.2f} (log2 256 = 8).
 {("Summary: " + json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict) and k != "exported"})) if summary else ""}
 
 ## Held-out metrics
@@ -249,14 +227,13 @@ peak 255. Colourfulness: Hasler and Suesstrunk. The true images score {own["colo
 | ColTran, one sample (T=1), mean of 4 | {sampled["psnr_ab_sample"]:.2f} | {sampled["colorfulness_sample"]:.1f} |
 | ColTran, best of 4 samples | {sampled["psnr_ab_best_of_4"]:.2f} | |
 
-Sampling time through the runtime: {sampled["seconds_per_image"]:.1f} s for 4 candidates of a {size} px image
-(on the shared CPU; in the 1024x768 end-to-end benchmark the spatial upsampler takes
-three quarters of the time, the autoregressive colorizer a fifth).
+Sampling time through the runtime: {sampled["seconds_per_image"]:.1f} s for 4 candidates of a {size} px image.
 
+{real}
 ## Limits
-A demonstration of the engine, not a colorizer to rely on: trained for an hour of one shared CPU core on landscapes and five photos,
-it colours other subjects with landscape colours. Its samples are as the model is: a short run that learned the
-common colours of gray levels and regions; use colour hints to steer it, or import the official weights.
+A demonstration of the engine, not a colorizer to rely on: about an hour of one CPU core on landscapes and 25
+photos. Its samples are as the model is: a short run that learned the common colours of gray levels and regions;
+use colour hints to steer it, or import the official weights.
 """
     (model_dir / "MODEL_CARD.md").write_text(card)
     return card
@@ -265,4 +242,6 @@ common colours of gray levels and regions; use colour hints to steer it, or impo
 if __name__ == "__main__":
     import sys
 
-    print(write_model_card(Path(sys.argv[1]), Path(sys.argv[2])))
+    # python -m engine.train.tasks_coltran MODEL_DIR RUN_DIR TRAIN.yaml [EVAL_COLORIZE.json]
+    print(write_model_card(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+                           Path(sys.argv[4]) if len(sys.argv) > 4 else None))
