@@ -295,8 +295,8 @@ def test_hints_fix_the_coarse_colour_of_the_cells_they_cover():
 
 
 def test_the_upsamplers_keep_a_hinted_cell_inside_its_coarse_colour_and_leave_the_rest_alone():
-    """A hint fixes the colorizer's coarse level; the colour and spatial upsamplers then refine inside that level
-    in the hinted cells (random weights would drift anywhere), and elsewhere give the unhinted argmax."""
+    """A hint fixes the colorizer's coarse level; the colour upsampler then refines inside that level in the
+    hinted cells (random weights would drift anywhere), and elsewhere gives the unhinted argmax."""
     from engine.pipelines.coltran import hinted_value_range
     from engine.models.coltran import upsample_argmax
 
@@ -307,7 +307,7 @@ def test_the_upsamplers_keep_a_hinted_cell_inside_its_coarse_colour_and_leave_th
     allowed[:, 2:5, 3:7] = False  # a hinted patch: one allowed symbol each
     allowed[:, 2:5, 3:7, 7] = True
     free = upsample_argmax(model.color_upsampler, bins, gray)
-    low, high = hinted_value_range(bins, allowed)
+    low, high = hinted_value_range(bins, (~allowed).any(-1))
     hinted = upsample_argmax(model.color_upsampler, bins, gray, value_range=(low, high))
     patch = hinted[:, 2:5, 3:7]
     assert ((patch // 32) == bins[:, 2:5, 3:7]).all()
@@ -316,8 +316,33 @@ def test_the_upsamplers_keep_a_hinted_cell_inside_its_coarse_colour_and_leave_th
     outside[2:5, 3:7] = False
     assert torch.equal(hinted[0][outside], free[0][outside])
     assert hinted_value_range(bins, None) is None
-    low, high = hinted_value_range(bins, allowed, tolerance=1)
+    low, high = hinted_value_range(bins, (~allowed).any(-1), tolerance=1)
     assert int(low[0, 2, 3].min()) == max(0, int(bins[0, 2, 3].min()) - 1) * 32
+
+
+def test_a_hint_colours_its_disk_round_and_leaves_the_photo_outside_it_as_without_hints():
+    """Through the whole pipeline (tiny random model): every pixel well inside the hint's disk ends in the hint's
+    coarse colour level before the photo's luma is put back, so its chroma follows the hint; pixels far from it
+    are the unhinted colouring's."""
+    from engine.pipelines.coltran import hint_cells
+
+    model = tiny_coltran().eval()
+    gray = gradient_photo(64, 64)
+    hint = Hint(x=32, y=32, radius=12, rgb=(220, 60, 40))
+    plain = colorize(model, gray, [4])[0]
+    hinted = colorize(model, gray, [4], hints=[hint])[0]
+    disk = hint_cells(hint, (64, 64), "stretch", 64)
+    assert 300 < disk.sum() < 600  # round: about pi r^2 pixels, not whole 4x4 cells of the coarse grid
+    from engine.metrics import lab_chroma
+
+    hint_ab = lab_chroma(np.array([[hint.rgb]], np.uint8))[0, 0]
+    inner = hint_cells(Hint(32, 32, 8, hint.rgb), (64, 64), "stretch", 64)
+    ab = lab_chroma(hinted)[inner].mean(0)
+    plain_ab = lab_chroma(plain)[inner].mean(0)
+    assert np.linalg.norm(ab - hint_ab) < 0.5 * np.linalg.norm(plain_ab - hint_ab)
+    far = np.ones((64, 64), bool)
+    far[8:56, 8:56] = False
+    assert np.abs(hinted[far].astype(int) - plain[far].astype(int)).mean() < 12
 
 
 def test_sepia_photos_are_colorized_from_their_luma():

@@ -16,8 +16,8 @@ every 64x64 cell a hint's disk covers may only take the hint's coarse colour bin
 `hint_tolerance` levels per channel), by masking the colorizer's logits before sampling. The autoregressive
 decoder then sees the hinted colour as context for the pixels after it, so hints also steer their
 surroundings. In the hinted cells the two upsamplers then choose only 8-bit values inside the sampled coarse
-level (`hinted_value_range`), so their refinement cannot drift back from the hint; elsewhere they run as the
-official argmax. Limits: a hint fixes 3-bit colour (8 levels per channel), and the final luminance is always
+level (`hinted_value_range`; the spatial upsampler inside the hints' disks), so their refinement cannot drift
+back from the hint; elsewhere they run as the official argmax. Limits: a hint fixes 3-bit colour (8 levels per channel), and the final luminance is always
 the photo's own, so a hint changes hue and saturation, not brightness.
 """
 
@@ -80,40 +80,48 @@ def frame(gray: np.ndarray, framing: str) -> np.ndarray:
     return gray
 
 
+def _framing(photo_hw: tuple[int, int], framing: str, size: int) -> tuple[float, float, float, float]:
+    """(top, left, sy, sx): photo pixel (y, x) lies in cell ((y - top) * sy, (x - left) * sx) of a size x size grid."""
+    height, width = photo_hw
+    if framing == "crop":
+        side = min(height, width)
+        return (height - side) / 2, (width - side) / 2, size / side, size / side
+    return 0.0, 0.0, size / height, size / width
+
+
+def hint_cells(hint: Hint, photo_hw: tuple[int, int], framing: str, size: int) -> np.ndarray:
+    """(size, size) bool: the cells of a size x size grid over the framed photo whose centre lies in the hint's disk,
+    and always the cell under the hint's centre."""
+    top, left, sy, sx = _framing(photo_hw, framing, size)
+    cy, cx = np.mgrid[0:size, 0:size] + 0.5
+    inside = ((cy / sy + top - hint.y) ** 2 + (cx / sx + left - hint.x) ** 2) <= hint.radius ** 2
+    row, col = int((hint.y - top) * sy), int((hint.x - left) * sx)
+    if 0 <= row < size and 0 <= col < size:
+        inside[row, col] = True
+    return inside
+
+
 def hint_constraints(hints: list[Hint], photo_hw: tuple[int, int], framing: str, tolerance: int = 0,
                      coarse: int = COARSE) -> np.ndarray | None:
     """(coarse, coarse, 512) bool of allowed coarse symbols per cell, or None without hints."""
     if not hints:
         return None
-    height, width = photo_hw
-    if framing == "crop":
-        side = min(height, width)
-        top, left, sy, sx = (height - side) / 2, (width - side) / 2, coarse / side, coarse / side
-    else:
-        top, left, sy, sx = 0.0, 0.0, coarse / height, coarse / width
     allowed = np.ones((coarse, coarse, 512), bool)
     levels = np.stack(np.meshgrid(np.arange(8), np.arange(8), np.arange(8), indexing="ij"), -1).reshape(512, 3)
-    cy, cx = np.mgrid[0:coarse, 0:coarse] + 0.5
     for hint in hints:
         bins = np.array(hint.rgb) // 32
-        symbols_ok = (np.abs(levels - bins) <= tolerance).all(-1)
-        # cells whose centre lies in the disk, and always the cell under the hint's centre
-        inside = ((cy / sy + top - hint.y) ** 2 + (cx / sx + left - hint.x) ** 2) <= hint.radius ** 2
-        row, col = int((hint.y - top) * sy), int((hint.x - left) * sx)
-        if 0 <= row < coarse and 0 <= col < coarse:
-            inside[row, col] = True
-        allowed[inside] = symbols_ok
+        allowed[hint_cells(hint, photo_hw, framing, coarse)] = (np.abs(levels - bins) <= tolerance).all(-1)
     return allowed
 
 
-def hinted_value_range(bins: torch.Tensor, constraints: torch.Tensor | None, tolerance: int = 0):
-    """(low, high) 8-bit values per cell and channel that the upsamplers may choose, or None without hints:
-    in a hinted cell the values of its sampled coarse level +- `tolerance` levels (so the upsamplers refine the
-    hinted colour instead of drifting from it), elsewhere all of 0..255 (the official, unconstrained argmax).
-    `bins` (B, h, w, 3) coarse levels 0..7; `constraints` (B, h, w, 512) allowed symbols."""
-    if constraints is None:
+def hinted_value_range(bins: torch.Tensor, hinted: torch.Tensor | None, tolerance: int = 0):
+    """(low, high) 8-bit values per cell and channel that an upsampler may choose, or None without hints: in a
+    hinted cell the values of its coarse level +- `tolerance` levels (so the upsampler refines the hinted colour
+    instead of drifting from it), elsewhere all of 0..255 (the official, unconstrained argmax).
+    `bins` (B, h, w, 3) coarse levels 0..7 at the upsampler's resolution; `hinted` (B, h, w) bool."""
+    if hinted is None:
         return None
-    hinted = (~constraints).any(-1, keepdim=True)  # a cell whose symbols were restricted
+    hinted = hinted[..., None]
     low = torch.where(hinted, (bins - tolerance).clamp(0, 7) * 32, torch.zeros_like(bins))
     high = torch.where(hinted, (bins + tolerance).clamp(0, 7) * 32 + 31, torch.full_like(bins, 255))
     return low, high
@@ -173,13 +181,22 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
                                    row_context_quirk=row_context_quirk, on_row=on_row, encoded=encoded)
     # one candidate and channel at a time: the batched 256x256 logits and attention took 3.5 GB at k = 3
     bins = symbols_to_rgb(symbols)
-    coarse_range = hinted_value_range(bins, constraints, hint_tolerance)
-    rgb64 = upsample_argmax(model.color_upsampler, bins, coarse, value_range=coarse_range,
+    hinted_cells = None if constraints is None else (~constraints).any(-1)
+    rgb64 = upsample_argmax(model.color_upsampler, bins, coarse,
+                            value_range=hinted_value_range(bins, hinted_cells, hint_tolerance),
                             on_slice=on_stage and (lambda i, n: on_stage(f"colour upsampler, slice {i}/{n}", i / n)))
     scale = fine_size // coarse_size
     blurry = rgb64.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-    fine_range = None if coarse_range is None else tuple(
-        v.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2) for v in coarse_range)
+    fine_range = None
+    if hints:  # the spatial upsampler keeps the hinted level inside the hints' disks (round, as drawn), not cells
+        disks = np.zeros((fine_size, fine_size), bool)
+        hint_bins = np.zeros((fine_size, fine_size, 3), np.int64)
+        for hint in hints:  # a later hint wins where disks overlap, as in hint_constraints
+            inside = hint_cells(hint, framed.shape if framing == "crop" else gray_full.shape, framing, fine_size)
+            disks |= inside
+            hint_bins[inside] = np.array(hint.rgb) // 32
+        fine_range = hinted_value_range(torch.from_numpy(hint_bins).to(device).expand(batch, -1, -1, -1),
+                                        torch.from_numpy(disks).to(device).expand(batch, -1, -1), hint_tolerance)
     rgb256 = upsample_argmax(model.spatial_upsampler, blurry, fine, value_range=fine_range, on_slice=on_stage and (
         lambda i, n: on_stage(f"spatial upsampler ({fine_size}x{fine_size}), slice {i}/{n}", i / n)))
     rgb256 = rgb256.to(torch.uint8).cpu().numpy()
