@@ -4,10 +4,12 @@ A decoder that samples one token per step reads every weight once per step, so i
 bytes its linear layers stream, not by arithmetic. This module prepares a model's `nn.Linear` layers for such
 a loop in one of these precisions, without touching the module (its state dict and its own forward stay fp32):
 
-    fp32  exact arithmetic. On CPU with several rows per step (k candidates) a weight of PACK_BYTES or more is
-          repacked once into oneDNN's blocked layout (a transient second copy): streamed from memory, torch's
-          MKL sgemm for 2-16 rows took 2-3x as long as for one row on the 2-core AMD EPYC dev machine,
-          oneDNN's packed kernel about as long as one row.
+    fp32  exact arithmetic. On CPU with several rows per step (k candidates), or one row on several threads, a
+          weight of PACK_BYTES or more is repacked once into oneDNN's blocked layout (a transient second copy):
+          streamed from memory, torch's MKL sgemm for 2-16 rows took 2-3x as long as for one row on the 2-core
+          AMD EPYC dev machine, oneDNN's packed kernel about as long as one row; and for one row MKL's sgemv
+          does not gain from a second thread (official-size ASSET step 59 ms on 1 thread, 58 on 2) where the
+          packed kernel does (64 ms on 1 thread, 40 on 2). One row on one thread keeps the weights in place.
     int8  CPU only: per-output-channel symmetric int8 weights with dynamically quantized activations (fbgemm /
           x86 engine, torch.ops.quantized.linear_dynamic; 8-bit activations on CPUs with VNNI, 7-bit otherwise),
           each input row scaled to the same range first (fbgemm picks one activation scale per call, so a
@@ -31,8 +33,8 @@ API (engine.models.asset uses it; any token-by-token decoder can):
     prepare_weight(weight, bias, precision, rows=1) -> PreparedLinear   # the same for a bare weight (fused q/k/v)
     measure_precisions(device, rows=1) -> dict[str, float]   # probe ms per precision (what "auto" compares)
 
-Preparing copies the weights (except fp32 on one row, which uses them in place), so prepare once per sampling
-run, not per step. Callers must keep fp32 as their default: only fp32 reproduces the reference path's tokens.
+Preparing copies the weights (except fp32 on one row and one thread, which uses them in place), so prepare once
+per sampling run, on the thread count it samples on, not per step. Callers must keep fp32 as their default: only fp32 reproduces the reference path's tokens.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def prepare_weight(weight: torch.Tensor, bias: torch.Tensor | None, precision: s
     weight, bias = weight.detach(), None if bias is None else bias.detach()
     kind = weight.device.type
     if precision == "fp32":
-        if kind == "cpu" and rows > 1 and weight.numel() * 4 >= PACK_BYTES and _mkldnn_linear_available():
+        several = rows > 1 or torch.get_num_threads() > 1  # the thread count the caller samples on, now
+        if kind == "cpu" and several and weight.numel() * 4 >= PACK_BYTES and _mkldnn_linear_available():
             return _onednn(weight, bias, "fp32")
         return PreparedLinear(lambda x: F.linear(x, weight, bias), weight.numel() * 4, "fp32")
     if precision == "int8":

@@ -14,10 +14,15 @@ REDUCED = [p for p in supported("cpu") if p != "fp32"]
 
 
 @pytest.mark.parametrize("candidates, attention", [(k, a) for k in (1, 3) for a in ("sga", "sga_reference_rows_5_6", "dense")]
-                         + [(3, "sga_packed")])
+                         + [(3, "sga_packed"), (1, "sga_packed_two_threads")])
 def test_optimised_fp32_sampler_is_token_identical_to_reference(candidates, attention, monkeypatch):
-    if attention == "sga_packed":  # the oneDNN-packed fp32 weights that large models get for several candidates
-        monkeypatch.setattr("engine.precision.PACK_BYTES", 0)
+    import engine.precision
+
+    packed = []
+    if attention.startswith("sga_packed"):  # the oneDNN-packed fp32 weights that large models get for several
+        monkeypatch.setattr(engine.precision, "PACK_BYTES", 0)  # candidates, or for one on several threads
+        onednn = engine.precision._onednn
+        monkeypatch.setattr(engine.precision, "_onednn", lambda *a: packed.append(1) or onednn(*a))
     model = tiny()
     cfg = model.cfg
     gen = torch.Generator().manual_seed(21 + candidates)
@@ -29,8 +34,14 @@ def test_optimised_fp32_sampler_is_token_identical_to_reference(candidates, atte
     else:  # tokens of blocks 5 and 6 (rows that may attend to their own block), a middle patch, a stray token
         mask = _mask(32, slice(2, 4), slice(10, 20)) | _mask(32, slice(16, 18), slice(3, 7)) | _mask(32, 29, 30)
     kw = dict(num_samples=candidates, guidance=guidance, top_k=6, temperature=1.2)
-    fast = sample_tokens(model, ids[0], cond[0], mask, generator=torch.Generator().manual_seed(8), **kw)
-    slow = sample_tokens_reference(model, ids[0], cond[0], mask, generator=torch.Generator().manual_seed(8), **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if attention.endswith("two_threads") else threads)
+    try:
+        fast = sample_tokens(model, ids[0], cond[0], mask, generator=torch.Generator().manual_seed(8), **kw)
+        slow = sample_tokens_reference(model, ids[0], cond[0], mask, generator=torch.Generator().manual_seed(8), **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert bool(packed) == attention.startswith("sga_packed") or not engine.precision._mkldnn_linear_available()
     assert torch.equal(fast, slow)
     assert (fast[:, mask] != ids[:, mask]).float().mean() > 0.5  # the hole was resampled
 

@@ -290,10 +290,11 @@ def _official_rows() -> list[dict]:
             memory = torch.randn(k, 1024, model.cfg.d_model, generator=gen)
             cache = init_cache(model, memory, guidance.expand(k))
             for precision in precisions:
-                cache.weights, cache.lm_head = prepare_step_weights(model, precision, k)
                 for n in threads:  # side by side: which thread count is faster differs by precision
-                    torch.set_num_threads(n)
+                    torch.set_num_threads(n)  # before preparing: fp32 packs its weights for several threads
+                    cache.weights, cache.lm_head = prepare_step_weights(model, precision, k)
                     step[precision, k, n] = official_step_ms(model, cache)
+                    cache.weights = cache.lm_head = None
             del cache
     torch.set_num_threads(1)
     model.__dict__.pop("_step_weights", None)
