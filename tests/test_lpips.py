@@ -196,7 +196,8 @@ def test_vqgan_task_trains_with_lpips_and_the_patch_discriminator(lpips_dir, iso
 
 
 def test_the_shipped_recipes_say_which_loss_terms_they_train_with():
-    """The VQGAN recipes (not retrained on the new losses yet) keep LPIPS and the discriminator off; the ASAPNet
+    """The image VQGAN's last (decoder) stage trains with LPIPS (VGG16) and taming's patch discriminator, and the
+    card's training record says so; the earlier stages and the seg VQGAN (cross-entropy) keep them off; the ASAPNet
     demo was retrained with LPIPS (AlexNet) and without taming's patch discriminator, as its card says."""
     import yaml
 
@@ -206,9 +207,15 @@ def test_the_shipped_recipes_say_which_loss_terms_they_train_with():
     options = yaml.safe_load((asapnet / "train.yaml").read_text())["options"]
     assert options["weights"]["lpips"] > 0 and not options["weights"].get("taming_d")
     assert options["perceptual_net"] == "alex" and "LPIPS" in (asapnet / "MODEL_CARD.md").read_text()
-    for path in (assets_dir() / "models" / "demo-asset-landscape").glob("train_*vqgan*.yaml"):
-        options = (yaml.safe_load(path.read_text()) or {}).get("options", {})
-        assert not options.get("perceptual_weight") and not options.get("disc_weight"), path
+    asset = assets_dir() / "models" / "demo-asset-landscape"
+    lpips_stage = yaml.safe_load((asset / "train_image_vqgan_lpips.yaml").read_text())["options"]
+    assert lpips_stage["perceptual_weight"] > 0 and lpips_stage["perceptual_net"] == "vgg"
+    assert lpips_stage["disc_weight"] > 0 and lpips_stage["decoder_from"]  # encoder and codebook frozen
+    assert "LPIPS-vgg" in (asset / "MODEL_CARD.md").read_text()
+    for path in asset.glob("train_*vqgan*.yaml"):
+        if path.name != "train_image_vqgan_lpips.yaml":
+            options = (yaml.safe_load(path.read_text()) or {}).get("options", {})
+            assert not options.get("perceptual_weight") and not options.get("disc_weight"), path
 
 
 def test_asapnet_gan_adds_lpips_and_the_taming_patch_discriminator(lpips_dir, isolated_user_data):

@@ -525,7 +525,8 @@ if __name__ == "__main__":  # python -m engine.train.tasks_asset [FOLDER]: evalu
 
     torch.set_num_threads(1)
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else assets_dir() / "models" / DEMO_DIR
-    results = {"procedural scenes": evaluate_edits(folder), "photo-textured scenes": evaluate_edits(folder, textured=True),
+    results = {"procedural scenes": evaluate_edits(folder, count=12),
+               "photo-textured scenes": evaluate_edits(folder, count=12, textured=True),
                "held-out real photos": evaluate_photo_edits(folder, held_out_photos())}
     print(results)
     write_card_section(folder, results)
