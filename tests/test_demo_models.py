@@ -106,3 +106,21 @@ def test_asapnet_demo_translates_a_label_map_and_renders_a_live_preview(runtime)
 
 
 PASSES = {"demo-asset-landscape", "demo-coltran", "demo-pixelcnn-colorizer", "demo-asapnet-landscape"}
+
+
+def test_asset_demo_photo_edit_evaluation_segments_edits_and_scores_a_photo():
+    """The card's real-photo edits on a stand-in photo (a procedural scene rendered at 4:3): the demo segmenter
+    labels it, the lower band is sampled again and the lower third becomes sea, each scored for ours and the
+    naive fill."""
+    from engine.paths import assets_dir
+    from engine.train.tasks_asset import evaluate_photo_edits
+
+    torch.set_num_threads(1)
+    photo = generate_scene(3, (192, 256)).image
+    results = evaluate_photo_edits(assets_dir() / "models" / "demo-asset-landscape", {"stand-in": photo}, k=1,
+                                   lpips_net=None)
+    assert results["photos"] == "stand-in" and results["size"] == "256x192 px"
+    scored = {k: v for k, v in results.items() if isinstance(v, float)}
+    assert len(scored) == 6 and all(np.isfinite(v) for v in scored.values())
+    band = "the lower band sampled again: grid-artefact score (median) "
+    assert results[band + "(ours)"] > 0 and results[band + "(naive fill)"] > 0
