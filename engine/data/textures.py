@@ -96,19 +96,11 @@ def _package_version(package: str) -> str:
 
 
 def _unpack_from_deb(package: str, members: list[str], into: Path, log=print) -> Path:
-    """`apt-get download` the package and unpack only `members` (paths without the leading /) into `into`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        log(f"apt-get download {package} (the files are not installed; about 1.3 GB) ...")
-        result = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob(f"{package}_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise InputError(f"could not download {package} ({(result.stderr or result.stdout).strip()[-300:]}); "
-                             f"install it with `apt-get install -y {package}` (after `apt-get update`) and run "
-                             "`sgraffito data textures` again")
-        wanted = [f"./{m}" for m in members]
-        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-C", str(into), *wanted], stdin=tar.stdout, check=True)
-        tar.wait()
+    """`apt-get download` the package and unpack only `members` (paths without the leading /) into `into`
+    (engine.data.photos does the same for its packages; the .deb here is about 1.3 GB)."""
+    from engine.data.photos import _unpack_from_deb as unpack
+
+    unpack(package, members, into, log)
     return into
 
 
