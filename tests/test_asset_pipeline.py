@@ -197,3 +197,29 @@ def test_token_dataset_draws_fresh_training_masks_and_fixed_eval_masks():
     assert torch.equal(item["gm"].reshape(16, 16), item["m"].reshape(16, 2, 16, 2).any(3).any(1))
     held = TokenDataset(cache, fixed_masks=True)
     assert torch.equal(held[0]["m"], held[0]["m"])
+
+
+def test_a_token_cache_of_other_tokenizers_is_encoded_again(bundle_dir, tmp_path):
+    """A new seg VQGAN changes every label token; a cache made with the old one must not be trained on. A new
+    decoder alone changes no token, so it keeps the cache."""
+    import shutil
+
+    from engine.model_store import read_safetensors
+    from engine.train.tasks_asset import build_token_cache
+    from safetensors.torch import save_file
+
+    folder, path = tmp_path / "demo", tmp_path / "cache.pt"
+    shutil.copytree(bundle_dir, folder)
+    first = build_token_cache(folder, path, count=1, size=256)
+
+    seg = read_safetensors(folder / "seg_vqgan.safetensors")
+    seg["decoder.conv_out.bias"] = seg["decoder.conv_out.bias"] + 1
+    save_file(seg, folder / "seg_vqgan.safetensors")
+    assert build_token_cache(folder, path, count=1, size=256)["tokenizers"] == first["tokenizers"]
+
+    seg["quantize.embedding.weight"] = torch.flip(seg["quantize.embedding.weight"], [0]).contiguous()
+    save_file(seg, folder / "seg_vqgan.safetensors")
+    again = build_token_cache(folder, path, count=1, size=256)
+    assert again["tokenizers"] != first["tokenizers"]
+    assert not torch.equal(again["c"], first["c"])  # the label tokens were encoded again, by the new codebook
+    assert torch.equal(torch.load(path, weights_only=True)["c"], again["c"])

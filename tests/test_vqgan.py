@@ -377,3 +377,31 @@ def test_decoder_fine_tune_keeps_the_tokens_and_records_every_stage(tmp_path):
     train(textured)
     stages = json.loads((demo / "config.json").read_text())["training"]["image_vqgan"]["decoder fine-tune"].split("; then ")
     assert len(stages) == 2 and "texture" not in stages[0] and "2.0 x texture" in stages[1]
+
+
+def test_seg_training_crops_carry_user_like_paint_edits_and_only_the_seg_task_takes_them():
+    import numpy as np
+
+    from engine.data.landscapes import generate_scene, ids
+    from engine.train.task import TrainConfig
+    from engine.train.tasks_vqgan import ImageVQGANTask, LandscapeCrops, SegVQGANTask, paint_edit
+
+    labels = generate_scene(7, 96).labels
+    rng = np.random.default_rng(0)
+    painted, shapes = set(), set()
+    for _ in range(30):
+        after = paint_edit(labels, rng)
+        changed = after != labels
+        if changed.any():
+            assert len(np.unique(after[changed])) == 1  # one stroke of one class
+            painted.add(int(after[changed][0]))
+            rows = changed.any(1)
+            shapes.add("band" if changed[rows.argmax():].all() else "region")
+    assert painted <= set(vars(ids()).values()) and len(painted) >= 5
+    assert shapes == {"band", "region"}
+
+    crops = [next(iter(LandscapeCrops(96, 64, 2, 0.0, pool=1, label_edits=share).place(3))) for share in (0.0, 1.0)]
+    assert torch.equal(crops[0]["image"], crops[1]["image"])  # the picture stays; only its map is repainted
+    with pytest.raises(ValueError, match="seg_vqgan"):
+        ImageVQGANTask(TrainConfig(task="vqgan", options={"label_edits": 0.5})).train_dataset()
+    assert SegVQGANTask(TrainConfig(task="seg_vqgan", options={"label_edits": 0.5, "crop": 32, "scene_size": 64})).train_dataset()

@@ -82,12 +82,31 @@ MASK_SCALE = 4  # the cached label maps are 1/4 of the scene size: masks are dra
 CACHE_VERSION = 2
 
 
+def tokenizer_fingerprint(directory: Path) -> str:
+    """A hash of what decides the tokens: both VQGANs' encoder, quant_conv and codebook (not the decoders, which a
+    decoder-only fine-tune changes without changing a token)."""
+    import hashlib
+
+    from engine.model_store import read_safetensors
+
+    digest = hashlib.sha256()
+    for stem in ("image_vqgan", "seg_vqgan"):
+        weights = read_safetensors(directory / f"{stem}.safetensors")
+        for key in sorted(k for k in weights if k.split(".")[0] in ("encoder", "quant_conv", "quantize")):
+            digest.update(key.encode())
+            digest.update(weights[key].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0) -> dict:
-    """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused."""
+    """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused while the
+    tokenizers that made it are the folder's (a cache of an earlier tokenizer is rebuilt, never trained on)."""
+    fingerprint = tokenizer_fingerprint(directory)
     if path.is_file():
         cache = torch.load(path, weights_only=True)
-        if cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count:
+        if cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint:
             return cache
+        print(f"{path}: made by other tokenizers or too small; encoding {count} scenes again", flush=True)
     tok = _Tokenizers(directory)
     no_mask = np.zeros((size, size), bool)
     out = {k: [] for k in ("z", "c", "gz", "gc", "labels")}
@@ -102,6 +121,7 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
             out[key].append(value)
     cache = {k: torch.stack(v) for k, v in out.items()}
     cache["version"] = CACHE_VERSION
+    cache["tokenizers"] = fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(cache, tmp)

@@ -60,6 +60,32 @@ def class_mask(labels: np.ndarray, rng: np.random.Generator, max_ratio: float = 
     return mask.astype(np.float32)
 
 
+def paint_edit(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A label map as a user leaves it after one paint stroke: everything below a row, the whole region of one
+    class, or an ellipse, repainted with a random landscape class. Such maps (a sea under mountains, a lake in a
+    meadow) have layouts no generated scene has; a seg VQGAN that never saw them decodes the new region back as
+    neighbouring classes, and the transformers are then conditioned on codes that do not say what was painted."""
+    from engine.data.landscapes import ids
+
+    h, w = labels.shape
+    new = int(rng.choice(list(vars(ids()).values())))
+    kind = rng.integers(3)
+    if kind == 0:
+        region = np.zeros((h, w), bool)
+        region[int(rng.integers(h // 4, h)):] = True
+    elif kind == 1:
+        region = labels == labels[int(rng.integers(h)), int(rng.integers(w))]
+    else:
+        region = np.zeros((h, w), np.uint8)
+        centre = (int(rng.integers(w)), int(rng.integers(h)))
+        axes = (int(rng.integers(4, max(5, w // 2))), int(rng.integers(4, max(5, h // 2))))
+        cv2.ellipse(region, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        region = region.astype(bool)
+    edited = labels.copy()
+    edited[region] = new
+    return edited
+
+
 class LandscapeCrops(SeededStream):
     """Endless random crops (with flips) of training scenes. Scenes cost more to render than a crop costs to
     train on, so a pool of `pool` scenes is kept and one of them is replaced every `crops_per_scene` crops; each
@@ -68,15 +94,19 @@ class LandscapeCrops(SeededStream):
 
     `textured` is the fraction of scenes drawn photo-textured (engine.data.textures, `sgraffito data textures`:
     the same label map filled with photographic texture); 0 draws procedural scenes only, with exactly the draws
-    of the stream before the option existed."""
+    of the stream before the option existed. `label_edits` is the fraction of crops whose label map gets one
+    paint_edit (the image is left as it was, so only the label-map VQGAN may use it); 0 draws nothing for it."""
 
     def __init__(self, scene_size: int, crop: int, crops_per_scene: int, mask_prob: float, pool: int = 16,
-                 textured: float = 0.0):
+                 textured: float = 0.0, label_edits: float = 0.0):
         self.scene_size, self.crop, self.crops_per_scene, self.mask_prob = scene_size, crop, crops_per_scene, mask_prob
         self.pool = pool
         self.textured = float(textured)
         if not 0.0 <= self.textured <= 1.0:
             raise ValueError(f"options.textured must be a fraction in [0, 1], not {textured}")
+        self.label_edits = float(label_edits)
+        if not 0.0 <= self.label_edits <= 1.0:
+            raise ValueError(f"options.label_edits must be a fraction in [0, 1], not {label_edits}")
 
     def __iter__(self):
         rng = self.rng()
@@ -99,6 +129,8 @@ class LandscapeCrops(SeededStream):
             if rng.random() < 0.5:
                 image, labels = image[:, ::-1], labels[:, ::-1]
             labels = np.ascontiguousarray(labels)
+            if self.label_edits and rng.random() < self.label_edits:
+                labels = paint_edit(labels, rng)
             mask = class_mask(labels, rng) if rng.random() < self.mask_prob else np.zeros((c, c), np.float32)
             yield {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1,
                    "labels": torch.from_numpy(labels.astype(np.int64)),
@@ -300,9 +332,11 @@ class _VQGANTaskBase(TrainTask):
 
     def train_dataset(self):
         o = self.options
+        if o.get("label_edits") and self.stem != "seg_vqgan":
+            raise ValueError("options.label_edits repaints label maps only, so only the seg_vqgan task takes it")
         return LandscapeCrops(o.get("scene_size", 256), o.get("crop", 128), o.get("crops_per_scene", 4),
                               o.get("mask_prob", 0.5 if self.stem == "image_vqgan" else 0.0),
-                              textured=o.get("textured", 0.0))
+                              textured=o.get("textured", 0.0), label_edits=o.get("label_edits", 0.0))
 
     def _finetuning_decoder(self) -> bool:
         return bool(self.options.get("decoder_from"))
@@ -507,15 +541,33 @@ class SegVQGANTask(_VQGANTaskBase):
     def evaluate(self, model):
         size = self.options.get("eval_size", 256)
         scenes = _eval_scenes(self.options.get("eval_scenes", 16), size)
-        ours, cells = [], []
-        for scene in scenes:
-            labels = torch.from_numpy(scene.labels.astype(np.int64))[None].to(self.device)
-            rec = model.decode_labels(model.encode_labels(labels))[0].cpu().numpy()
-            ours.append(float((rec == scene.labels).mean()))
+        from engine.train.tasks_asset import water_under_mountains
+
+        def reconstruct(labels: np.ndarray) -> np.ndarray:
+            return model.decode_labels(model.encode_labels(torch.from_numpy(labels.astype(np.int64))[None].to(self.device)))[0].cpu().numpy()
+
+        def cells(labels: np.ndarray) -> np.ndarray:
             # naive baseline: the label of each 16x16 cell's top-left pixel (ASSET's token-mask rule), upsampled
-            cell = scene.labels[::16, ::16].repeat(16, 0).repeat(16, 1)
-            cells.append(float((cell == scene.labels).mean()))
-        self.metrics = {"eval_pixel_accuracy": float(np.mean(ours)),
-                        "baseline_cell_label_accuracy": float(np.mean(cells)), "eval_scenes": float(len(scenes)),
-                        "eval_size_px": float(size)}
+            return labels[::16, ::16].repeat(16, 0).repeat(16, 1)
+
+        ours, naive, edited, edited_naive, sea = [], [], [], [], []
+        rng = np.random.default_rng(0)  # the same held-out paint edits at every evaluation
+        for scene in scenes:
+            ours.append(float((reconstruct(scene.labels) == scene.labels).mean()))
+            naive.append(float((cells(scene.labels) == scene.labels).mean()))
+            # what users paint: accuracy inside the repainted region of a paint_edit
+            after = paint_edit(scene.labels, rng)
+            region = after != scene.labels
+            if region.any():
+                edited.append(float((reconstruct(after) == after)[region].mean()))
+                edited_naive.append(float((cells(after) == after)[region].mean()))
+            sea_map = water_under_mountains(scene)
+            if sea_map is not None:
+                region = sea_map != scene.labels
+                sea.append(float((reconstruct(sea_map) == sea_map)[region].mean()))
+        self.metrics = {"eval_pixel_accuracy": float(np.mean(ours)), "baseline_cell_label_accuracy": float(np.mean(naive)),
+                        "eval_painted_region_accuracy": float(np.mean(edited)) if edited else float("nan"),
+                        "baseline_painted_region_cell_accuracy": float(np.mean(edited_naive)) if edited else float("nan"),
+                        "eval_sea_edit_accuracy": float(np.mean(sea)) if sea else float("nan"),
+                        "eval_scenes": float(len(scenes)), "eval_size_px": float(size)}
         return self.metrics
