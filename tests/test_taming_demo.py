@@ -112,3 +112,13 @@ def test_a_stage_named_with_its_folder_comes_from_that_folder(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="no-such-folder"):
         load_taming(folder)
+
+
+def test_the_card_names_where_each_stage_comes_from(tmp_path):
+    from engine.train.tasks_taming import write_card
+
+    config = json.loads((find_model("demo-taming-landscape").path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    write_card(tmp_path, {"scenes per kind": 1})
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "first stage demo-asset-landscape/image_vqgan, cond stage demo-taming-landscape/seg_vqgan" in card
