@@ -565,9 +565,11 @@ class SegVQGANTask(_VQGANTaskBase):
             if sea_map is not None:
                 region = sea_map != scene.labels
                 sea.append(float((reconstruct(sea_map) == sea_map)[region].mean()))
-        self.metrics = {"eval_pixel_accuracy": float(np.mean(ours)), "baseline_cell_label_accuracy": float(np.mean(naive)),
-                        "eval_painted_region_accuracy": float(np.mean(edited)) if edited else float("nan"),
-                        "baseline_painted_region_cell_accuracy": float(np.mean(edited_naive)) if edited else float("nan"),
-                        "eval_sea_edit_accuracy": float(np.mean(sea)) if sea else float("nan"),
-                        "eval_scenes": float(len(scenes)), "eval_size_px": float(size)}
+        self.metrics = {"eval_pixel_accuracy": float(np.mean(ours)), "baseline_cell_label_accuracy": float(np.mean(naive))}
+        if edited:  # too few or too small scenes may have nothing to measure; a card holds no NaN
+            self.metrics.update(eval_painted_region_accuracy=float(np.mean(edited)),
+                                baseline_painted_region_cell_accuracy=float(np.mean(edited_naive)))
+        if sea:
+            self.metrics["eval_sea_edit_accuracy"] = float(np.mean(sea))
+        self.metrics.update(eval_scenes=float(len(scenes)), eval_size_px=float(size))
         return self.metrics
