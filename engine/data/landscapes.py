@@ -51,6 +51,23 @@ def water_ids() -> tuple[int, ...]:
     return (i.sea, i.river, i.water_other)
 
 
+
+def water_under_mountains(scene):
+    """The held-out edit: everything below the mountains' lowest row (ground, trees, ...) becomes sea,
+    or None when the scene has no mountain."""
+    i = ids()
+    mountain = np.isin(scene.labels, [i.mountain, i.hill])
+    rows = np.flatnonzero(mountain.any(1))
+    if rows.size == 0:
+        return None
+    h = scene.labels.shape[0]
+    top = max(int(rows[-1]) + 1, int(h * 0.6))
+    if top >= h - 32:
+        return None
+    after = scene.labels.copy()
+    after[top:] = i.sea
+    return after
+
 @dataclass(frozen=True)
 class Scene:
     image: np.ndarray  # (H, W, 3) uint8 RGB

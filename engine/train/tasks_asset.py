@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engine.pipelines.asset import GUIDE_SIZE, _codes
 from engine.model_store import read_model_config, save_model_dir
-from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
+from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene, water_under_mountains
 from engine.device import describe_device
 from engine.models.asset import ASSET, ASSETConfig
 from engine.paths import assets_dir
@@ -314,25 +314,6 @@ def naive_fill(image, labels_after, mask, stats, rng) -> np.ndarray:
         mean, std = stats.get(int(label), (np.full(3, 127.0), np.full(3, 40.0)))
         out[where] = mean + rng.normal(size=(int(where.sum()), 3)) * std
     return out.clip(0, 255).astype(np.uint8)
-
-
-def water_under_mountains(scene):
-    """The held-out edit: everything below the mountains' lowest row (ground, trees, ...) becomes sea,
-    or None when the scene has no mountain."""
-    from engine.data.landscapes import ids
-
-    i = ids()
-    mountain = np.isin(scene.labels, [i.mountain, i.hill])
-    rows = np.flatnonzero(mountain.any(1))
-    if rows.size == 0:
-        return None
-    h = scene.labels.shape[0]
-    top = max(int(rows[-1]) + 1, int(h * 0.6))
-    if top >= h - 32:
-        return None
-    after = scene.labels.copy()
-    after[top:] = i.sea
-    return after
 
 
 def regenerate_water(scene):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from engine.model_store import read_model_config, save_model_dir
 from engine.data.datasets import SeededStream
-from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene
+from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene, water_under_mountains
 from engine.device import describe_device
 from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
@@ -541,8 +541,6 @@ class SegVQGANTask(_VQGANTaskBase):
     def evaluate(self, model):
         size = self.options.get("eval_size", 256)
         scenes = _eval_scenes(self.options.get("eval_scenes", 16), size)
-        from engine.train.tasks_asset import water_under_mountains
-
         def reconstruct(labels: np.ndarray) -> np.ndarray:
             return model.decode_labels(model.encode_labels(torch.from_numpy(labels.astype(np.int64))[None].to(self.device)))[0].cpu().numpy()
 
