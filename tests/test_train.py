@@ -4,6 +4,7 @@ import csv
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,16 +80,39 @@ def test_config_from_yaml_and_cli(tmp_path, capsys):
     assert main(["train", "no-such-task"]) == 2
 
 
+# A rank that has finished (weights saved, process group destroyed) may still abort in the interpreter's teardown
+# with this libstdc++ message: seen once in CI (torch 2.13, gloo, a loaded 2-core machine), never in 48 launches
+# here. It is a teardown fault, not a training one: the test then runs once more in a fresh folder and warns with
+# the aborted launch's output.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+class _TeardownAbort(Exception):
+    pass
+
+
 @pytest.mark.slow  # two torchrun launches of two processes each: ~15 s on an idle 2-core machine
 def test_torchrun_two_ranks_hold_identical_weights_and_resume(tmp_path):
-    out = tmp_path / "ddp"
+    try:
+        _two_ranks_then_resume(tmp_path / "ddp")
+    except _TeardownAbort as abort:
+        warnings.warn(f"a torchrun rank aborted in teardown; retrying once:\n{abort}")
+        _two_ranks_then_resume(tmp_path / "ddp-retry", retry=False)
+
+
+def _two_ranks_then_resume(out: Path, retry: bool = True):
     torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # faulthandler prints every thread's Python stack should a rank abort, to find where
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
 
     def launch(steps, *extra):
+        for r in (0, 1):
+            (out / f"hash-rank{r}.txt").unlink(missing_ok=True)
         command = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tests.train_tiny_task",
                    str(out), str(steps), *extra]  # fmt: skip
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 and retry and TEARDOWN_ABORT in done.stderr:
+            raise _TeardownAbort(done.stderr[-3000:])
         assert done.returncode == 0, done.stderr[-3000:]
         hashes = [(out / f"hash-rank{r}.txt").read_text().split() for r in (0, 1)]
         return done, hashes
