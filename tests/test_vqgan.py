@@ -405,3 +405,28 @@ def test_seg_training_crops_carry_user_like_paint_edits_and_only_the_seg_task_ta
     with pytest.raises(ValueError, match="seg_vqgan"):
         ImageVQGANTask(TrainConfig(task="vqgan", options={"label_edits": 0.5})).train_dataset()
     assert SegVQGANTask(TrainConfig(task="seg_vqgan", options={"label_edits": 0.5, "crop": 32, "scene_size": 64})).train_dataset()
+
+
+def test_isolated_code_loss_scores_pure_cells_and_reaches_the_encoder():
+    """options.isolated_code_weight: each code of a cell one class fills must decode, alone, to that class; its
+    gradient reaches the encoder through the straight-through quantiser, so cells of classes that shared a code
+    (a painted sea and a lake) get pushed apart."""
+    from engine.train import TrainConfig
+    from engine.train.tasks_vqgan import SegVQGANTask, _vqgan_config
+
+    options = dict(ch=32, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=1, z_channels=32, embed_dim=16, n_embed=32)
+    torch.manual_seed(0)
+    model = VQGAN(_vqgan_config(options, in_channels=182, out_ch=182, n_labels=182))
+    task = SegVQGANTask(TrainConfig(task="seg_vqgan", options={**options, "isolated_code_weight": 1.0}))
+    labels = torch.arange(32 * 32).reshape(1, 32, 32) % 7  # every cell mixed: nothing to score
+    labels[0, :16, :16] = 154  # one cell of sea
+    labels[0, 16:, 16:17] = 3  # 1/16 of a cell: still mixed
+    z = model.quant_conv(model.encoder.features(model.label_conv_in(labels)))
+    quant, _, _ = model.quantize(z)
+    loss = task._isolated_code_loss(model, quant, labels)
+    alone = model.decode(quant[:, :, :1, :1].expand(-1, -1, 2, 2))
+    assert torch.allclose(loss, F.cross_entropy(alone, torch.full((1, 32, 32), 154)))
+    loss.backward()
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    mixed = torch.arange(32 * 32).reshape(1, 32, 32) % 7
+    assert task._isolated_code_loss(model, quant, mixed) == 0

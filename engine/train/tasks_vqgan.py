@@ -8,7 +8,9 @@ vqgan: L1 + a multi-scale image-gradient L1 + (options.texture_weight) a local t
 stand-ins for taming's LPIPS and patch discriminator (VGG weights cannot be fetched, a GAN needs more steps than a
 CPU has) + the VectorQuantizer2 codebook/commitment loss. As in ASSET the encoder gets edit masks (from
 options.mask_from_step): a share of the crops carry the (dilated) region of one class, like generate_mask_from_seg.
-seg_vqgan: cross-entropy of the per-class logits + the codebook loss (the one-hot input is a table lookup).
+seg_vqgan: cross-entropy of the per-class logits + the codebook loss (the one-hot input is a table lookup), plus
+(options.isolated_code_weight) the cross-entropy of single codes decoded alone against their cell's class, so that
+a code names its class instead of leaving the decoder to guess it from the neighbours.
 Codebook rows unused for a while are restarted on random encoder outputs of the current batch.
 
 Optional terms as taming trains its VQGAN (engine/train/losses.py; every weight defaults to 0, so the shipped
@@ -529,13 +531,46 @@ class SegVQGANTask(_VQGANTaskBase):
     def loss(self, model, batch):
         labels = batch["labels"]
         raw = getattr(model, "module", model)
-        logits, qloss, indices = raw.forward_labels(labels, quantize=self._quantizing(model))
+        z = raw.quant_conv(raw.encoder.features(raw.label_conv_in(labels)))
+        quantizing = self._quantizing(model)
+        if quantizing:
+            quant, qloss, indices = raw.quantize(z)
+        else:  # the continuous autoencoder of a training warm-up: no codes yet
+            quant, qloss, indices = z, z.new_zeros(()), None
+        logits = raw.decode(quant)
         ce = F.cross_entropy(logits, labels)
+        logs = {"ce": ce.item(), "codebook": qloss.item()}
+        loss = ce + qloss
+        weight = float(self.options.get("isolated_code_weight", 0.0))
+        if weight and quantizing and not self._finetuning_decoder():
+            isolated = self._isolated_code_loss(raw, quant, labels)
+            loss = loss + weight * isolated
+            logs["isolated_ce"] = isolated.item()
         restarted = self._restart(model, indices)
         with torch.no_grad():
             accuracy = (logits.argmax(1) == labels).float().mean()
-        return ce + qloss, {"ce": ce.item(), "codebook": qloss.item(), "accuracy": accuracy.item(),
-                            "restarted": restarted, "codes_used": float(indices.unique().numel()) if indices is not None else 0.0}
+        return loss, {**logs, "accuracy": accuracy.item(), "restarted": restarted,
+                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0}
+
+    def _isolated_code_loss(self, raw, quant: torch.Tensor, labels: torch.Tensor, cells: int = 64) -> torch.Tensor:
+        """Cross-entropy of single codes decoded alone (a 2 x 2 grid of one code) against the class that fills
+        their cell. Without it a code comes to mean "a cell of one water class" and the decoder picks which from
+        the neighbours, so a sea painted under mountains decodes (and conditions the transformers) as a lake. The
+        straight-through gradient reaches the encoder, which then sends cells of different classes to different
+        codes. Only cells that one class fills to 90 % take part; `cells` of them at most, drawn at random."""
+        f = labels.shape[-1] // quant.shape[-1]
+        b, c, h, w = quant.shape
+        blocks = labels.reshape(b, h, f, w, f).permute(0, 1, 3, 2, 4).reshape(-1, f * f)
+        majority, _ = blocks.mode(1)
+        pure = (blocks == majority[:, None]).float().mean(1) >= 0.9
+        chosen = torch.nonzero(pure).squeeze(1)
+        if chosen.numel() == 0:
+            return quant.new_zeros(())
+        chosen = chosen[torch.randperm(chosen.numel(), device=chosen.device)[:cells]]
+        vectors = quant.permute(0, 2, 3, 1).reshape(-1, c)[chosen]
+        logits = raw.decode(vectors[:, :, None, None].expand(-1, -1, 2, 2))
+        target = majority[chosen][:, None, None].expand(-1, *logits.shape[-2:])
+        return F.cross_entropy(logits, target)
 
     @torch.no_grad()
     def evaluate(self, model):
