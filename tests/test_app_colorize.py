@@ -141,7 +141,8 @@ def run_with_a_hint(window, qtbot, choice: str) -> list:
 
 def test_tiny_pixelcnn_honours_a_hint_placed_with_the_mouse(window, qtbot):
     candidates = run_with_a_hint(window, qtbot, "pixelcnn\ttiny-pixelcnn")
-    far = candidates[0].image[40, 5].astype(int)
+    # the mean of a far corner, not one pixel: a random tiny model samples a pixel near the hint now and then
+    far = np.mean([c.image[32:, :16].reshape(-1, 3).mean(0) for c in candidates], 0)
     assert np.abs(far - HINT_RGB).max() > 12, "away from the hint the colour is the model's"
 
 
