@@ -12,7 +12,7 @@ import yaml
 
 from app.cli import main
 from engine import catalogue, downloads
-from engine.errors import CheckpointError, InputError
+from engine.errors import CheckpointError
 from engine.model_store import find_model, read_safetensors, user_models_dir
 from engine.pipelines.taming import load_taming, translate
 from tests.model_server import entry, write_catalogue
@@ -93,32 +93,3 @@ def test_a_demo_folder_whose_stage_weights_do_not_fit_is_named(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="first_stage_model"):
         load_taming(folder)
-
-
-@pytest.mark.xdist_group("taming-train")
-def test_a_stage_named_with_its_folder_comes_from_that_folder(tmp_path):
-    """The shipped taming demo keeps the label tokenizer it was trained on ("demo-taming-landscape/seg_vqgan")
-    after the ASSET demo's seg VQGAN moved on; its cond stage must be that file, not the ASSET folder's."""
-    folder = _train_tiny(tmp_path, steps=1)
-    config = json.loads((folder / "config.json").read_text())
-    config["stages"]["cond_stage_model"] = "demo-taming-landscape/seg_vqgan"
-    (folder / "config.json").write_text(json.dumps(config))
-    model, _ = load_taming(folder)
-    key = "decoder.conv_out.weight"
-    own = read_safetensors(find_model("demo-taming-landscape").path / "seg_vqgan.safetensors")[key].float()
-    assert torch.equal(model.cond_stage_model.state_dict()[key], own)
-
-    config["stages"]["cond_stage_model"] = "no-such-folder/seg_vqgan"
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="no-such-folder"):
-        load_taming(folder)
-
-
-def test_the_card_names_where_each_stage_comes_from(tmp_path):
-    from engine.train.tasks_taming import write_card
-
-    config = json.loads((find_model("demo-taming-landscape").path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    write_card(tmp_path, {"scenes per kind": 1})
-    card = (tmp_path / "MODEL_CARD.md").read_text()
-    assert "first stage demo-asset-landscape/image_vqgan, cond stage demo-taming-landscape/seg_vqgan" in card

@@ -35,16 +35,16 @@ MAX_SIDE = 1024
 def load_taming(path: Path, device: str = "cpu") -> tuple[Net2NetTransformer, dict]:
     """An imported model holds all three modules in model.safetensors. A folder whose config has "stages" (the
     demo) holds only the transformer and names the model folder whose VQGANs are its two stages, so they are
-    shipped once; a stage named "OTHER-FOLDER/stem" comes from that model folder instead (a transformer trained on
-    an earlier tokenizer keeps it). The union is loaded strictly, key for key."""
+    shipped once; the union is loaded strictly, key for key."""
     config, weights = load_folder(path, "taming", ["model"])
     cfg = TamingConfig.from_dict(config["taming"])
     state = dict(weights["model"])
     stages = config.get("stages")
     if stages:
-        for prefix, key in (("first_stage_model.", "first_stage_model"), ("cond_stage_model.", "cond_stage_model")):
-            folder, _, stem = str(stages[key]).rpartition("/")
-            _, stage_weights = load_model_dir(find_model(folder or str(stages["folder"])).path, [stem])
+        folder = find_model(str(stages["folder"])).path
+        _, stage_weights = load_model_dir(folder, [stages["first_stage_model"], stages["cond_stage_model"]])
+        for prefix, stem in (("first_stage_model.", stages["first_stage_model"]),
+                             ("cond_stage_model.", stages["cond_stage_model"])):
             state.update({prefix + k: v for k, v in stage_weights[stem].items()})
     model = strict(Net2NetTransformer(cfg), state, str(path / "model.safetensors")).to(device)
     model.config_json = config  # label set, title

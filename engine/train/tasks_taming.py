@@ -235,13 +235,10 @@ def write_card(directory: Path, results: dict) -> None:
     """MODEL_CARD.md of the demo from its config's training record and the held-out results."""
     config = read_model_config(directory)
     t = config["taming"]["transformer"]
-    stages = config["stages"]
-    where = {key: stages[key] if "/" in stages[key] else f"{stages['folder']}/{stages[key]}"
-             for key in ("first_stage_model", "cond_stage_model")}
     lines = ["# Taming Transformers demo (synthetic landscapes)", "",
              "A small segmentation-conditioned GPT over the tokens of the ASSET demo's VQGANs "
-             f"(first stage {where['first_stage_model']}, cond stage {where['cond_stage_model']}; a stage in "
-             "another folder is not copied here). Official S-FLCKR layout: 16x16-token windows, the window's seg codes then its image "
+             f"({config['stages']['folder']}: image_vqgan is the first stage, seg_vqgan the cond stage; they are "
+             "not copied here). Official S-FLCKR layout: 16x16-token windows, the window's seg codes then its image "
              "codes in one 512-token block, one shared embedding table; sampled with the official sliding window. "
              "Shipped to show taming's k-candidate translate mode offline; import the official S-FLCKR model "
              "(`sgraffito models get taming-sflckr`) for quality.", "",
