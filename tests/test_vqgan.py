@@ -430,3 +430,12 @@ def test_isolated_code_loss_scores_pure_cells_and_reaches_the_encoder():
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0
     mixed = torch.arange(32 * 32).reshape(1, 32, 32) % 7
     assert task._isolated_code_loss(model, quant, mixed) == 0
+
+
+@pytest.mark.parametrize("weight", ["abc", -1, None])
+def test_a_bad_isolated_code_weight_is_named(weight):
+    from engine.train import TrainConfig
+    from engine.train.tasks_vqgan import SegVQGANTask
+
+    with pytest.raises(InputError, match="options.isolated_code_weight must be a number"):
+        SegVQGANTask(TrainConfig(task="seg_vqgan", options={"isolated_code_weight": weight}))

@@ -35,6 +35,7 @@ from engine.model_store import read_model_config, save_model_dir
 from engine.data.datasets import SeededStream
 from engine.data.landscapes import EVAL_SEEDS, LABEL_SET, TRAIN_SEEDS, generate_scene, water_under_mountains
 from engine.device import describe_device
+from engine.errors import InputError
 from engine.metrics import label_agreement, psnr
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.paths import assets_dir
@@ -521,6 +522,16 @@ class ImageVQGANTask(_VQGANTaskBase):
 class SegVQGANTask(_VQGANTaskBase):
     stem = "seg_vqgan"
 
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        weight = self.options.get("isolated_code_weight", 0.0)
+        try:
+            self.isolated_code_weight = float(weight)
+        except (TypeError, ValueError):
+            self.isolated_code_weight = -1.0
+        if not self.isolated_code_weight >= 0:
+            raise InputError(f"options.isolated_code_weight must be a number >= 0, not {weight!r}")
+
     def build_model(self):
         model = VQGAN(_vqgan_config(self.options, in_channels=182, out_ch=182, n_labels=182))
         _, prior = _training_statistics()
@@ -541,7 +552,7 @@ class SegVQGANTask(_VQGANTaskBase):
         ce = F.cross_entropy(logits, labels)
         logs = {"ce": ce.item(), "codebook": qloss.item()}
         loss = ce + qloss
-        weight = float(self.options.get("isolated_code_weight", 0.0))
+        weight = self.isolated_code_weight
         if weight and quantizing and not self._finetuning_decoder():
             isolated = self._isolated_code_loss(raw, quant, labels)
             loss = loss + weight * isolated
