@@ -1,6 +1,7 @@
 """The shared training loop on a tiny model: logs, checkpoints, resume, time budget, CLI and torchrun."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -51,10 +52,13 @@ def test_run_logs_checkpoints_exports_and_resumes(tmp_path):
         train(_config(out, steps=6))
     state["minutes"] = 100.0  # as if the first run had taken 100 minutes: the card of a resumed run counts them
     torch.save(state, out / "checkpoint/state.pt")
+    with open(out / "train.csv", "a") as f:  # a step the first run logged after its checkpoint, then crashed
+        f.write("5," + ",".join(["9"] * (len(rows[0]) - 1)) + "\n")
     resumed = train(_config(out, steps=6), resume=True)
     assert resumed.step == 6
     assert 100 < torch.load(out / "checkpoint/state.pt", weights_only=True)["minutes"] < 105
-    assert [int(r["step"]) for r in _rows(out / "train.csv")] == [1, 2, 3, 4, 5, 6]
+    assert 100 < json.loads((out / "summary.json").read_text())["training_minutes"] < 105
+    assert [int(r["step"]) for r in _rows(out / "train.csv")] == [1, 2, 3, 4, 5, 6]  # the crashed run's 5 is gone
 
 
 def test_time_budget_stops_and_still_saves(tmp_path):

@@ -286,6 +286,27 @@ class _Log:
                 if key != "step":
                     self.tb.add_scalar(f"{name}/{key}", value, int(row["step"]))
 
+    def forget_after(self, step: int) -> None:
+        """Drop the rows logged after `step`: a resumed run repeats the steps after its checkpoint, and the log
+        should read as the run that made the weights, one row per step."""
+        if not self.enabled:
+            return
+        for path in (self.out / "train.csv", self.out / "eval.csv"):
+            if not path.is_file() or not path.stat().st_size:
+                continue
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames or [], list(reader)
+            kept = [row for row in rows if float(row.get("step") or 0) <= step]
+            if len(kept) == len(rows):
+                continue
+            temp = path.with_suffix(".csv.tmp")
+            with temp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fields, restval="")
+                writer.writeheader()
+                writer.writerows(kept)
+            temp.replace(path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -489,6 +510,8 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
         return torch.autocast(d.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
 
     log = _Log(out, d.main)
+    if resume:
+        log.forget_after(step)
 
     def evaluate() -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -578,7 +601,9 @@ def _train(cfg: TrainConfig, d: _Dist, resume: bool, task: TrainTask | None, sta
     minutes = (time.monotonic() - started) / 60
     if d.main:
         exported = task.export(ema.module if ema is not None else raw, out)
-        summary = {"task": cfg.task, "step": step, "minutes": minutes, "stopped_by_budget": stopped,
+        summary = {"task": cfg.task, "step": step, "minutes": minutes,
+                   "training_minutes": task.training_minutes(),  # with the runs a resumed one continues
+                   "stopped_by_budget": stopped,
                    "world_size": d.world, "device": str(d.device), "precision": str(amp_dtype or torch.float32),
                    "bf16": amp_dtype == torch.bfloat16, "tf32": tf32, "compiled": cfg.compile, "metrics": metrics,
                    "exported": str(exported) if exported else None}  # fmt: skip

@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.datasets import PhotoCrops, SeededStream
+from engine.errors import InputError
+from engine.importers.state_dicts import load_state_dict_strict
 from engine.model_store import save_model_dir
-from engine.pipelines.coltran import COARSE, FINE, area_resize, colorize, to_gray
+from engine.pipelines.base import load_folder
+from engine.pipelines.coltran import COARSE, FINE, STAGES, area_resize, colorize, to_gray
 from engine.data.landscapes import EVAL_SEEDS, generate_scene
 from engine.models.coltran import (ColTran, ColTranConfig, CoreConfig, UpsamplerConfig, rgb_to_symbols,
                                    symbols_to_rgb)
@@ -99,10 +102,31 @@ def evaluate_colorizer(model: ColTran, images: list[np.ndarray], samples: int = 
 class ColTranTask(TrainTask):
     """options: hidden, ff, heads, encoder_layers, outer_layers, inner_layers, up_hidden, up_ff, up_layers,
     spatial_crop, eval_images, real_photo_fraction (the share of real photo crops among the landscapes,
-    `ScenesAndPhotos`; 0: landscapes only), real_photo_cache (the photos' cache folder, default the user's)."""
+    `ScenesAndPhotos`; 0: landscapes only), real_photo_cache (the photos' cache folder, default the user's),
+    init_from (a ColTran model folder of the same architecture to continue from, loaded key for key),
+    stages (the stages this run trains, default all three; the others stay frozen and their losses are not
+    computed: the stages share nothing, so a weak stage can be trained on without paying for the others)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        stages = config.options.get("stages", list(STAGES))
+        if isinstance(stages, str):
+            stages = [s.strip() for s in stages.split(",") if s.strip()]
+        unknown = [s for s in stages if s not in STAGES] if isinstance(stages, list) else [stages]
+        if unknown or not stages:
+            raise InputError(f"options.stages must name one or more of {', '.join(STAGES)}, not {stages!r}")
+        self.stages = tuple(stages)
 
     def build_model(self):
-        return ColTran(architecture(self.config.options))
+        model = ColTran(architecture(self.config.options))
+        init = self.config.options.get("init_from")
+        if init:
+            _, states = load_folder(Path(init), "coltran", list(STAGES))
+            for stage in STAGES:
+                load_state_dict_strict(getattr(model, stage), states[stage], str(Path(init) / f"{stage}.safetensors"))
+        for stage in STAGES:
+            getattr(model, stage).requires_grad_(stage in self.stages)
+        return model
 
     def train_dataset(self):
         options = self.config.options
@@ -115,28 +139,36 @@ class ColTranTask(TrainTask):
 
     def loss(self, model, batch):
         coltran = model.module if hasattr(model, "module") else model
-        symbols = rgb_to_symbols(batch["rgb64"])
-        logits, parallel = coltran.colorizer(batch["gray64"], symbols)
-        colorizer_loss = F.cross_entropy(logits.flatten(0, 2), symbols.flatten())
-        parallel_loss = F.cross_entropy(parallel.flatten(0, 2), symbols.flatten())
-        up_logits = coltran.color_upsampler(batch["rgb64"] // 32, batch["gray64"])
-        color_loss = F.cross_entropy(up_logits.flatten(0, 3), batch["rgb64"].flatten())
-        # the spatial upsampler on one random channel per image, as the official training, and (ours, for a
-        # CPU) on a random crop of the 256x256 grid, its positional tables sliced to the crop's place
-        crop = int(self.config.options.get("spatial_crop", 64))
-        top, left = (int(v) for v in torch.randint(0, FINE - crop + 1, (2,)))
-        rows, cols = slice(top, top + crop), slice(left, left + crop)
-        blurry = batch["rgb64"].repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)[:, rows, cols]
-        spatial_logits = coltran.spatial_upsampler(blurry, batch["gray256"][:, rows, cols], offset=(top, left))
-        images = torch.arange(blurry.shape[0], device=blurry.device)
-        channel = torch.randint(0, 3, (blurry.shape[0],), device=blurry.device)
-        picked = spatial_logits[images, :, :, channel]  # (B, crop, crop, 256)
-        target = batch["rgb256"][:, rows, cols][images, :, :, channel]
-        spatial_loss = F.cross_entropy(picked.flatten(0, 2), target.flatten())
-        loss = 0.99 * colorizer_loss + 0.01 * parallel_loss + color_loss + spatial_loss
         bits = 1 / np.log(2)
-        return loss, {"colorizer_bits": colorizer_loss.item() * bits, "parallel_bits": parallel_loss.item() * bits,
-                      "color_up_bits": color_loss.item() * bits, "spatial_up_bits": spatial_loss.item() * bits}
+        loss, metrics = 0.0, {}
+        if "colorizer" in self.stages:
+            symbols = rgb_to_symbols(batch["rgb64"])
+            logits, parallel = coltran.colorizer(batch["gray64"], symbols)
+            colorizer_loss = F.cross_entropy(logits.flatten(0, 2), symbols.flatten())
+            parallel_loss = F.cross_entropy(parallel.flatten(0, 2), symbols.flatten())
+            loss = loss + 0.99 * colorizer_loss + 0.01 * parallel_loss
+            metrics.update(colorizer_bits=colorizer_loss.item() * bits, parallel_bits=parallel_loss.item() * bits)
+        if "color_upsampler" in self.stages:
+            up_logits = coltran.color_upsampler(batch["rgb64"] // 32, batch["gray64"])
+            color_loss = F.cross_entropy(up_logits.flatten(0, 3), batch["rgb64"].flatten())
+            loss = loss + color_loss
+            metrics["color_up_bits"] = color_loss.item() * bits
+        if "spatial_upsampler" in self.stages:
+            # one random channel per image, as the official training, and (ours, for a CPU) on a random crop of
+            # the 256x256 grid, its positional tables sliced to the crop's place
+            crop = int(self.config.options.get("spatial_crop", 64))
+            top, left = (int(v) for v in torch.randint(0, FINE - crop + 1, (2,)))
+            rows, cols = slice(top, top + crop), slice(left, left + crop)
+            blurry = batch["rgb64"].repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)[:, rows, cols]
+            spatial_logits = coltran.spatial_upsampler(blurry, batch["gray256"][:, rows, cols], offset=(top, left))
+            images = torch.arange(blurry.shape[0], device=blurry.device)
+            channel = torch.randint(0, 3, (blurry.shape[0],), device=blurry.device)
+            picked = spatial_logits[images, :, :, channel]  # (B, crop, crop, 256)
+            target = batch["rgb256"][:, rows, cols][images, :, :, channel]
+            spatial_loss = F.cross_entropy(picked.flatten(0, 2), target.flatten())
+            loss = loss + spatial_loss
+            metrics["spatial_up_bits"] = spatial_loss.item() * bits
+        return loss, metrics
 
     def evaluate(self, model):
         count = int(self.config.options.get("eval_images", 4))
@@ -150,7 +182,7 @@ class ColTranTask(TrainTask):
     def export(self, model, out_dir):
         config = architecture(self.config.options)
         states = {stage: {k: v.detach().cpu() for k, v in getattr(model, stage).state_dict().items()}
-                  for stage in ("colorizer", "color_upsampler", "spatial_upsampler")}
+                  for stage in STAGES}
         return save_model_dir(Path(out_dir) / MODEL_NAME, states, {
             "kind": "coltran", "title": "ColTran demo (synthetic landscapes and sample photos)",
             "architecture": config.to_dict()})
@@ -163,37 +195,66 @@ PHOTO_SOURCES = (
     "panorama bands; GPL-2+)")
 
 
-def write_model_card(model_dir: Path, run_dir: Path, config_path: Path, photo_eval: Path | None = None,
-                     scenes: int = 16, size: int = 128) -> str:
-    """Evaluate the exported model on held-out scenes (the PixelCNN card's scenes and size, so the two cards
-    compare) and write MODEL_CARD.md from the run's log, its training config and, when given, the JSON of
-    `python -m engine.train.eval_colorize MODEL --json F` (the held-out real photos)."""
+def _training_section(runs: list[tuple[Path, Path]]) -> tuple[str, float]:
+    """(one paragraph per run of the chain that made the model: its config, stages, steps, wall time and the
+    losses it ended with in bits per symbol; the chain's wall time in minutes)."""
     import csv
     import json
 
     import yaml
 
-    from engine.pipelines.coltran import load_model
     from engine.device import describe_device
+
+    names = {"colorizer_bits": "colorizer {:.2f} (log2 512 = 9)", "parallel_bits": "parallel head {:.2f}",
+             "color_up_bits": "colour upsampler {:.2f}", "spatial_up_bits": "spatial upsampler {:.2f} (log2 256 = 8)"}
+    parts, total = [], 0.0
+    for number, (run_dir, config_path) in enumerate(runs, 1):
+        rows = list(csv.DictReader(open(run_dir / "train.csv")))
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+        train = yaml.safe_load(Path(config_path).read_text())
+        options = train.get("options", {})
+        stages = options.get("stages", list(STAGES))
+        last = rows[-1]
+        minutes = float(summary.get("training_minutes", summary.get("minutes", last["minutes"])))
+        total += minutes
+        losses = ", ".join(text.format(float(last[key])) for key, text in names.items() if last.get(key))
+        start = f", continuing `{options['init_from']}`" if options.get("init_from") else ", from scratch"
+        parts.append(
+            f"{number}. `sgraffito train coltran --config {config_path}`{start}; stages trained: {', '.join(stages)}: "
+            f"{summary.get('step', last['step'])} steps of batch {train.get('batch_size', 4)}, "
+            f"{minutes:.1f} minutes wall time on {describe_device('cpu')} "
+            f"at nice 19. Losses at the end, bits per symbol: {losses}.")
+    return "\n".join(parts), total
+
+
+def write_model_card(model_dir: Path, runs: list[tuple[Path, Path]], photo_eval: Path | None = None,
+                     scenes: int = 16, size: int = 128) -> str:
+    """Evaluate the exported model on held-out scenes (the PixelCNN card's scenes and size, so the two cards
+    compare) and write MODEL_CARD.md from the chain of runs that made it ([(run folder, its training config)],
+    first to last) and, when given, the JSON of `python -m engine.train.eval_colorize MODEL --json F` (the
+    held-out real photos)."""
+    import json
+
+    import yaml
+
+    from engine.pipelines.coltran import load_model
     from engine.train.eval_colorize import markdown
     from engine.train.tasks_pixelcnn import evaluate_backend
 
     model = load_model(str(model_dir))
-    rows = list(csv.DictReader(open(run_dir / "train.csv")))
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    train = yaml.safe_load(Path(config_path).read_text())
-    fraction = float(train.get("options", {}).get("real_photo_fraction", 0.0))
+    fractions = {float(yaml.safe_load(Path(c).read_text()).get("options", {}).get("real_photo_fraction", 0.0))
+                 for _, c in runs}
+    fraction = max(fractions)
     config = json.loads((model_dir / "config.json").read_text())["architecture"]
     images = [generate_scene(int(seed), size).image for seed in EVAL_SEEDS[:scenes]]
     own = evaluate_colorizer(model, images)
     sampled = evaluate_backend("coltran", str(model_dir), scenes, size=size, samples=4)
-    params = {stage: sum(p.numel() for p in getattr(model, stage).parameters())
-              for stage in ("colorizer", "color_upsampler", "spatial_upsampler")}
-    last = rows[-1]
+    params = {stage: sum(p.numel() for p in getattr(model, stage).parameters()) for stage in STAGES}
     photos = (f"and, with probability {fraction:.0%}, crops (60-100 % of the short side) of the real photos' train "
               f"split (`sgraffito data photos`, engine/data/photos.py; 25 photos). Sources and licences: "
               f"{PHOTO_SOURCES}. " if fraction else "only. ")
     real = markdown(json.loads(Path(photo_eval).read_text())) if photo_eval else ""
+    training, minutes = _training_section(runs)
     card = f"""# ColTran (demo)
 
 The three ColTran stages (engine/models/coltran.py), built exactly as the official code builds them but small:
@@ -209,11 +270,10 @@ sampling time (BT.601 luma, TF AREA resizing with half-to-even rounding); the sp
 Debian's mate-backgrounds and opencv-doc images, and assets/samples.
 
 ## Training
-`sgraffito train coltran --config {config_path}`: {summary.get("step", last["step"])} steps of batch
-{train.get("batch_size", 4)}, {float(summary.get("minutes", last["minutes"])):.1f} minutes wall time on {describe_device("cpu")}, one torch
-thread at nice 19. Losses at the end, bits per symbol: colorizer {float(last["colorizer_bits"]):.2f} (log2 512 = 9), parallel
-head {float(last["parallel_bits"]):.2f}, colour upsampler {float(last["color_up_bits"]):.2f}, spatial upsampler {float(last["spatial_up_bits"]):.2f} (log2 256 = 8).
-{("Summary: " + json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict) and k != "exported"})) if summary else ""}
+The stages share no parameters; each run below trains the stages it names and keeps the others as the run before
+left them.
+
+{training}
 
 ## Held-out metrics
 {scenes} held-out scenes (EVAL_SEEDS) at {size} px, the same scenes and size as the PixelCNN demo card; the
@@ -231,7 +291,7 @@ Sampling time through the runtime: {sampled["seconds_per_image"]:.1f} s for 4 ca
 
 {real}
 ## Limits
-A demonstration of the engine, not a colorizer to rely on: about an hour of one CPU core on landscapes and 25
+A demonstration of the engine, not a colorizer to rely on: {minutes:.0f} minutes of a 2-core CPU on landscapes and 25
 photos. Its samples are as the model is: a short run that learned the common colours of gray levels and regions;
 use colour hints to steer it, or import the official weights.
 """
@@ -242,6 +302,7 @@ use colour hints to steer it, or import the official weights.
 if __name__ == "__main__":
     import sys
 
-    # python -m engine.train.tasks_coltran MODEL_DIR RUN_DIR TRAIN.yaml [EVAL_COLORIZE.json]
-    print(write_model_card(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
-                           Path(sys.argv[4]) if len(sys.argv) > 4 else None))
+    # python -m engine.train.tasks_coltran MODEL_DIR EVAL_COLORIZE.json RUN_DIR:TRAIN.yaml [RUN_DIR:TRAIN.yaml ...]
+    # (the runs that made the model, first to last)
+    chain = [tuple(Path(part) for part in arg.split(":", 1)) for arg in sys.argv[3:]]
+    print(write_model_card(Path(sys.argv[1]), chain, Path(sys.argv[2])))
