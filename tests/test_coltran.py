@@ -9,7 +9,7 @@ import torch
 from app.cli import main
 from engine.pipelines.coltran import area_resize, colorize, hint_constraints, load_model, to_gray
 from engine.hints import Hint
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, InputError
 from engine.importers.coltran_tf import STAGE_SCOPES, convert_official_stage, official_table
 from engine.models.coltran import (ColorUpsampler, ColTran, ColTranConfig, ColTranCore, CoreConfig, SpatialUpsampler,
                                    UpsamplerConfig, rgb_to_symbols)
@@ -229,6 +229,29 @@ def test_sgraffito_import_coltran_makes_a_usable_model(imported_release, isolate
             assert torch.equal(getattr(loaded, stage).state_dict()[key], value)
     assert main(["import", "coltran", str(root / "colorizer"), "--name", "broken"]) == 2
     assert "no checkpoint found for color_upsampler, spatial_upsampler" in capsys.readouterr().err
+    assert loaded.row_context_quirk  # the official weights sample as the official code samples them
+
+
+def test_a_folder_trained_here_samples_with_the_context_it_was_trained_with(tmp_path):
+    """Our exports say row_context_quirk: false; colorize() then samples as with row_context_quirk=False, which
+    gives other colours than the official sampling-time context on the same seeds."""
+    from engine.model_store import save_model_dir
+    from engine.pipelines.coltran import load_folder_model
+
+    model = tiny_coltran()
+    states = {stage: getattr(model, stage).state_dict() for stage in STAGE_SCOPES}
+    photo = gradient_photo()
+    base = {"kind": "coltran", "title": "tiny", "architecture": model.config.to_dict()}
+    trained_here = load_folder_model(save_model_dir(tmp_path / "ours", states, {**base, "row_context_quirk": False}))
+    official = load_folder_model(save_model_dir(tmp_path / "official", states, base))
+    assert not trained_here.row_context_quirk and official.row_context_quirk
+    ours = colorize(trained_here, photo, [0, 1])
+    assert all(np.array_equal(a, b) for a, b in zip(ours, colorize(model, photo, [0, 1], row_context_quirk=False)))
+    theirs = colorize(official, photo, [0, 1])
+    assert all(np.array_equal(a, b) for a, b in zip(theirs, colorize(model, photo, [0, 1], row_context_quirk=True)))
+    assert any(not np.array_equal(a, b) for a, b in zip(ours, theirs))
+    with pytest.raises(InputError, match="row_context_quirk must be true or false, not 'no'"):
+        load_folder_model(save_model_dir(tmp_path / "bad", states, {**base, "row_context_quirk": "no"}))
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------

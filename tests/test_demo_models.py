@@ -88,6 +88,12 @@ def test_colorizer_demos_colour_a_small_gray_photo(runtime, kind, name):
     assert np.abs(image[..., 0] - image[..., 2]).mean() > 1, "some colour"
 
 
+def test_the_coltran_demo_samples_with_the_context_it_was_trained_with():
+    from engine.pipelines.coltran import load_model
+
+    assert load_model("demo-coltran").row_context_quirk is False
+
+
 def test_asapnet_demo_translates_a_label_map_and_renders_a_live_preview(runtime):
     scene = generate_scene(13, (96, 128))
     labels = scene.labels

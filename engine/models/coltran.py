@@ -21,7 +21,9 @@ for the same generator (tests/test_coltran.py).
 Sampling-time quirk of the reference: while sampling, the inner decoder's conditional layer norms get only the
 current row of the grayscale context, and their learned spatial average (1, H, W, 1) broadcasts over it, so the
 context is mean_ij w[i, j] z[r, j] instead of the training-time mean_ij w[i, j] z[i, j]. `row_context_quirk=True`
-(the default) reproduces it; False uses the training-time context.
+(the default) reproduces it; False uses the training-time context. The released weights were only ever judged with
+the quirk, so imports keep it; our small demo colorizer suffers from it (on the held-out photos one sample scores
+below the gray photo with it and above without it: issue 20's note), so the folders we train turn it off.
 """
 
 from __future__ import annotations
@@ -687,11 +689,15 @@ def rgb_to_symbols(rgb8):
 
 
 class ColTran(nn.Module):
-    """The three stages together, as one model folder holds them."""
+    """The three stages together, as one model folder holds them. `row_context_quirk`: how the colorizer samples
+    by default (see the module docstring): True, as the official code samples its released weights; a folder
+    whose weights were trained here says False in its config.json (engine.pipelines.coltran.load_folder_model),
+    because the quirk is a sampling-time context the model never saw in training."""
 
-    def __init__(self, config: ColTranConfig):
+    def __init__(self, config: ColTranConfig, row_context_quirk: bool = True):
         super().__init__()
         self.config = config
+        self.row_context_quirk = row_context_quirk
         self.colorizer = ColTranCore(config.core)
         self.color_upsampler = ColorUpsampler(config.color_upsampler)
         self.spatial_upsampler = SpatialUpsampler(config.spatial_upsampler)

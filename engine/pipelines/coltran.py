@@ -144,7 +144,7 @@ def colorizer_at(model: ColTran, precision: str = "fp32", device: str | None = N
 @torch.no_grad()
 def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature: float = 1.0,
              hints: list[Hint] = (), hint_tolerance: int = 0, framing: str = "stretch", mode: str = "sample",
-             row_context_quirk: bool = True, device: str = "cpu", precision: str = "fp32",
+             row_context_quirk: bool | None = None, device: str = "cpu", precision: str = "fp32",
              on_row: Callable[[int, int], None] | None = None,
              on_stage: Callable[[str, float], None] | None = None,
              on_preview: Callable[[np.ndarray], None] | None = None,
@@ -155,9 +155,12 @@ def colorize(model: ColTran, photo: np.ndarray, seeds: list[int], *, temperature
     `sampling_threads()` (the runtime passes one intra-op thread: each pixel is a chain of tiny ops, and threads
     only add synchronisation; the grayscale encoder and the upsamplers are large parallel passes and keep every
     thread). All candidates colour the same gray image, so it is encoded once. `precision`: the colorizer's
-    decoders in fp32 (exact, the default) or a reduced precision (`colorizer_at`); the upsamplers stay fp32."""
+    decoders in fp32 (exact, the default) or a reduced precision (`colorizer_at`); the upsamplers stay fp32.
+    `row_context_quirk`: None samples as the model folder says (`ColTran.row_context_quirk`)."""
     from engine.composite import transfer_chroma
 
+    if row_context_quirk is None:
+        row_context_quirk = model.row_context_quirk
     coarse_size, fine_size = model.config.core.resolution[0], model.config.spatial_upsampler.resolution[0]
     gray_full = to_gray(photo)
     framed = frame(gray_full, framing)
@@ -211,7 +214,10 @@ def load_model(name: str = "", device: str = "cpu") -> ColTran:
 
 def load_folder_model(path: Path, device: str = "cpu") -> ColTran:
     config, states = load_folder(path, "coltran", list(STAGES))
-    model = ColTran(ColTranConfig.from_dict(config["architecture"]))
+    quirk = config.get("row_context_quirk", True)  # absent: an official import, sampled as the official code does
+    if not isinstance(quirk, bool):
+        raise InputError(f"{path / 'config.json'}: row_context_quirk must be true or false, not {quirk!r}")
+    model = ColTran(ColTranConfig.from_dict(config["architecture"]), row_context_quirk=quirk)
     for stage in STAGES:
         strict(getattr(model, stage), states[stage], str(path / f"{stage}.safetensors"))
     return model.eval().to(device)

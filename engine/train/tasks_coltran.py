@@ -118,7 +118,7 @@ class ColTranTask(TrainTask):
         self.stages = tuple(stages)
 
     def build_model(self):
-        model = ColTran(architecture(self.config.options))
+        model = ColTran(architecture(self.config.options), row_context_quirk=False)  # sampled as trained
         init = self.config.options.get("init_from")
         if init:
             _, states = load_folder(Path(init), "coltran", list(STAGES))
@@ -185,7 +185,8 @@ class ColTranTask(TrainTask):
                   for stage in STAGES}
         return save_model_dir(Path(out_dir) / MODEL_NAME, states, {
             "kind": "coltran", "title": "ColTran demo (synthetic landscapes and sample photos)",
-            "architecture": config.to_dict()})
+            # trained here with the training-time context, so sampled with it (engine.models.coltran)
+            "row_context_quirk": False, "architecture": config.to_dict()})
 
 
 PHOTO_SOURCES = (
