@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from engine.model_store import load_model_dir, save_model_dir
-from engine.data.landscapes import generate_scene
+from engine.data.landscapes import TRAIN_SEEDS, generate_scene
 from engine.models.asset import ASSET, ASSETConfig
 from engine.models.vqgan import VQGAN, VQGANConfig
 
@@ -151,6 +151,14 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
     assert {"guiding", "sga", "image_vqgan", "seg_vqgan"} <= set(weights)
     assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 256
 
+    # a guiding run can continue the folder's guiding transformer
+    continued = GuidingTask(TrainConfig(task="x", options={**options, "init_from": str(folder)})).build_model()
+    assert all(torch.equal(v, weights["guiding"][k]) for k, v in continued.state_dict().items())
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="guiding.safetensors does not exist"):
+        GuidingTask(TrainConfig(task="x", options={**options, "init_from": str(tmp_path / "nowhere")})).build_model()
+
 
 def test_decode_window_is_the_edit_bounding_box_plus_margin():
     from engine.pipelines.asset import decode_window
@@ -182,21 +190,43 @@ def test_decode_margin_full_and_bad_values(bundle_dir):
         backend.run(bad, Ctx([3]))
 
 
-def test_token_dataset_draws_fresh_training_masks_and_fixed_eval_masks():
-    from engine.train.tasks_asset import TokenDataset
+def test_token_cache_holds_each_edit_with_the_tokens_the_editor_would_give_it(bundle_dir, tmp_path):
+    """The official training encodes the image with the edit's mask (encode_to_z(x, mask)), as the editor does;
+    each cached edit carries those tokens, and the dataset serves one of a scene's edits at random for training
+    and always the first for evaluation."""
+    from engine.pipelines.asset import GUIDE_SIZE, _codes
+    from engine.train.tasks_asset import MASK_SCALE, TokenDataset, _Tokenizers, build_token_cache, edit_cells
 
-    labels = torch.from_numpy(np.stack([generate_scene(s, 512).labels[::4, ::4] for s in (1, 2)]))
-    cache = {"z": torch.zeros(2, 1024, dtype=torch.long), "c": torch.zeros(2, 1024, dtype=torch.long),
-             "gz": torch.zeros(2, 256, dtype=torch.long), "gc": torch.zeros(2, 256, dtype=torch.long), "labels": labels}
+    cache = build_token_cache(bundle_dir, tmp_path / "cache.pt", count=2, size=256, masks_per_scene=3)
+    assert cache["mz"].shape == (2, 3, 256) and cache["mgz"].shape == (2, 3, 256) and cache["m"].shape == (2, 3, 256)
+    scene = generate_scene(int(TRAIN_SEEDS[1]), 256)
+    cells, guide = edit_cells(scene.labels[::MASK_SCALE, ::MASK_SCALE], np.random.default_rng([1, 2]))
+    assert torch.equal(cache["m"][1, 2], torch.from_numpy(cells.reshape(-1)))
+    editor_tokens, _ = _codes(_Tokenizers(bundle_dir), scene.image, scene.labels,
+                              np.kron(cells, np.ones((16, 16), bool)), "cpu")
+    assert torch.equal(cache["mz"][1, 2], editor_tokens)
+    assert GUIDE_SIZE == 256 and torch.equal(cache["gm"][1, 2], torch.from_numpy(guide.reshape(-1)))
+
     train = TokenDataset(cache)
-    masks = {tuple(train[0]["m"].tolist()) for _ in range(12)}
-    assert len(masks) > 1
+    drawn = {tuple(train[0]["m"].tolist()) for _ in range(24)}
+    assert drawn == {tuple(cache["m"][0, j].tolist()) for j in range(3)}  # every cached edit, nothing else
     item = train[1]
-    assert item["m"].shape == (1024,) and item["gm"].shape == (256,) and item["m"].any() and not item["m"].all()
-    # the guide's cell is edited exactly when one of the 2x2 full-size cells under it is
-    assert torch.equal(item["gm"].reshape(16, 16), item["m"].reshape(16, 2, 16, 2).any(3).any(1))
+    j = next(j for j in range(3) if torch.equal(cache["m"][1, j], item["m"]))
+    assert torch.equal(item["z"], cache["mz"][1, j]) and torch.equal(item["gz"], cache["mgz"][1, j])
     held = TokenDataset(cache, fixed_masks=True)
-    assert torch.equal(held[0]["m"], held[0]["m"])
+    assert all(torch.equal(held[0]["m"], cache["m"][0, 0]) for _ in range(4))
+    with pytest.raises(ValueError, match="masks_per_scene"):
+        TokenDataset(build_token_cache(bundle_dir, tmp_path / "plain.pt", count=1, size=256))
+
+
+def test_edit_cells_draw_a_guide_cell_exactly_over_its_edited_full_size_cells():
+    from engine.train.tasks_asset import edit_cells
+
+    labels = generate_scene(2, 512).labels[::4, ::4]
+    for seed in range(4):
+        cells, guide = edit_cells(labels, np.random.default_rng(seed))
+        assert cells.shape == (32, 32) and guide.shape == (16, 16) and cells.any() and not cells.all()
+        assert np.array_equal(guide, cells.reshape(16, 2, 16, 2).any(3).any(1))
 
 
 def test_a_token_cache_of_other_tokenizers_is_encoded_again(bundle_dir, tmp_path):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.pipelines.asset import GUIDE_SIZE, _codes
+from engine.errors import InputError
 from engine.model_store import read_model_config, save_model_dir
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene, water_under_mountains
 from engine.device import describe_device
@@ -79,7 +80,7 @@ class _Tokenizers:
 
 
 MASK_SCALE = 4  # the cached label maps are 1/4 of the scene size: masks are drawn there, in cells of 16/4 px
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
@@ -98,18 +99,31 @@ def tokenizer_fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0) -> dict:
+def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0,
+                      masks_per_scene: int = 0) -> dict:
     """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused while the
-    tokenizers that made it are the folder's (a cache of an earlier tokenizer is rebuilt, never trained on)."""
+    tokenizers that made it are the folder's (a cache of an earlier tokenizer is rebuilt, never trained on).
+
+    Keys: z, c (image and label tokens at `size`), gz, gc (at the 256 px guide), labels (1/4 size), all unmasked
+    (the taming transformer's data). With `masks_per_scene` = M > 0 also M training edits per scene, drawn as
+    `edit_cells` draws them, and the image tokens *as the editor makes them for that edit*: by the mask-aware
+    encoder given the edit's pixel mask (engine.pipelines.asset._codes), as the official ASSET training encodes
+    (encode_to_z(x, mask)). mz (count, M, L), mgz (count, M, Lg) and the masks m, gm. The masked encoder changes
+    almost every context token (RegionNorm's statistics leave the hole out), so transformers trained on unmasked
+    tokens meet unseen context in every edit."""
     fingerprint = tokenizer_fingerprint(directory)
     if path.is_file():
         cache = torch.load(path, weights_only=True)
-        if cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint:
+        if (cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint
+                and cache.get("masks_per_scene", 0) >= masks_per_scene):
             return cache
-        print(f"{path}: made by other tokenizers or too small; encoding {count} scenes again", flush=True)
+        print(f"{path}: made by other tokenizers, too small or with fewer masks; encoding {count} scenes again",
+              flush=True)
     tok = _Tokenizers(directory)
     no_mask = np.zeros((size, size), bool)
-    out = {k: [] for k in ("z", "c", "gz", "gc", "labels")}
+    cell_pixels = np.ones((16, 16), bool)
+    keys = ("z", "c", "gz", "gc", "labels") + (("mz", "mgz", "m", "gm") if masks_per_scene else ())
+    out = {k: [] for k in keys}
     for i in range(count):
         scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
         z, c = _codes(tok, scene.image, scene.labels, no_mask, "cpu")
@@ -119,9 +133,20 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
         small = scene.labels[::MASK_SCALE, ::MASK_SCALE]
         for key, value in (("z", z), ("c", c), ("gz", gz), ("gc", gc), ("labels", torch.from_numpy(small.copy()))):
             out[key].append(value)
+        if masks_per_scene:
+            edits = [edit_cells(small, np.random.default_rng([seed0 + i, j])) for j in range(masks_per_scene)]
+            out["m"].append(torch.from_numpy(np.stack([cells.reshape(-1) for cells, _ in edits])))
+            out["gm"].append(torch.from_numpy(np.stack([guide.reshape(-1) for _, guide in edits])))
+            out["mz"].append(torch.stack([_codes(tok, scene.image, scene.labels, np.kron(cells, cell_pixels), "cpu")[0]
+                                          for cells, _ in edits]))
+            out["mgz"].append(torch.stack([_codes(tok, g_image, g_labels, np.kron(guide, cell_pixels), "cpu")[0]
+                                           for _, guide in edits]))
+        if (i + 1) % 32 == 0:
+            print(f"token cache: {i + 1}/{count} scenes", flush=True)
     cache = {k: torch.stack(v) for k, v in out.items()}
     cache["version"] = CACHE_VERSION
     cache["tokenizers"] = fingerprint
+    cache["masks_per_scene"] = masks_per_scene
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(cache, tmp)
@@ -143,21 +168,23 @@ def edit_cells(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Cached scenes with an edit mask drawn per item: fresh each time for training, fixed per index for
-    evaluation (`fixed_masks`)."""
+    """Cached scenes, each item one of the scene's cached edits (build_token_cache's masks_per_scene) with the
+    image tokens the masked encoder gave for it: a random one for training, the first for evaluation
+    (`fixed_masks`)."""
 
     def __init__(self, cache: dict, fixed_masks: bool = False):
+        if "mz" not in cache:
+            raise ValueError("the token cache holds no edits: build it with masks_per_scene > 0")
         self.cache, self.fixed = cache, fixed_masks
 
     def __len__(self):
         return len(self.cache["z"])
 
     def __getitem__(self, i):
-        seed = i if self.fixed else int(torch.randint(2**31, ()))
-        cells, guide = edit_cells(self.cache["labels"][i].numpy(), np.random.default_rng(seed))
-        item = {k: self.cache[k][i] for k in ("z", "c", "gz", "gc")}
-        item["m"] = torch.from_numpy(cells.reshape(-1))
-        item["gm"] = torch.from_numpy(guide.reshape(-1))
+        j = 0 if self.fixed else int(torch.randint(self.cache["mz"].shape[1], ()))
+        item = {k: self.cache[k][i] for k in ("c", "gc")}
+        item["z"], item["gz"] = self.cache["mz"][i, j], self.cache["mgz"][i, j]
+        item["m"], item["gm"] = self.cache["m"][i, j], self.cache["gm"][i, j]
         return item
 
     def batch(self) -> dict:
@@ -199,7 +226,8 @@ class _AssetTask(TrainTask):
         self.cond_vocab = self.model_config["seg_vqgan"]["n_embed"]
         cache_path = Path(self.options.get("token_cache", "runs/asset-token-cache.pt"))
         self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256),
-                                       self.options.get("scene_size", 512))
+                                       self.options.get("scene_size", 512),
+                                       masks_per_scene=int(self.options.get("masks_per_scene", 2)))
         held = int(self.options.get("eval_sequences", 16))
         tensors = {k: v for k, v in self.cache.items() if isinstance(v, torch.Tensor)}
         self.train_part = TokenDataset({k: v[held:] for k, v in tensors.items()})
@@ -234,10 +262,21 @@ class _AssetTask(TrainTask):
 
 
 class GuidingTask(_AssetTask):
+    """options.init_from: a folder whose guiding.safetensors (same architecture) this run continues."""
+
     stem = "guiding"
 
     def build_model(self):
-        return ASSET(_arch(self.options, self.vocab, self.cond_vocab))
+        model = ASSET(_arch(self.options, self.vocab, self.cond_vocab))
+        if self.options.get("init_from"):
+            from engine.importers.state_dicts import load_state_dict_strict
+            from engine.model_store import read_safetensors
+
+            path = Path(self.options["init_from"]) / "guiding.safetensors"
+            if not path.is_file():
+                raise InputError(f"options.init_from: {path} does not exist")
+            load_state_dict_strict(model, read_safetensors(path), str(path))
+        return model
 
     def train_dataset(self):
         return self.train_part
