@@ -46,3 +46,30 @@ def test_a_folder_of_another_architecture_is_reported_key_by_key(tmp_path):
     wider = ColTranTask(_config(tmp_path / "unused", hidden=16, init_from=str(folder)))
     with pytest.raises(CheckpointError, match="colorizer.safetensors does not fit"):
         wider.build_model()
+
+
+def test_the_card_describes_each_run_of_the_chain(tmp_path):
+    import json
+
+    from engine.train.tasks_coltran import _training_section
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, header, row, summary in (
+            (first, "step,minutes,colorizer_bits,parallel_bits,color_up_bits,spatial_up_bits",
+             "1796,58.3,0.61,2.31,3.41,4.39", {"step": 1796, "minutes": 58.3}),
+            (second, "step,minutes,spatial_up_bits", "400,0.3,3.5",
+             {"step": 400, "minutes": 0.3, "training_minutes": 14.2})):  # a resumed run: 0.3 min of 14.2
+        run.mkdir()
+        (run / "train.csv").write_text(f"{header}\n{row}\n")
+        (run / "summary.json").write_text(json.dumps(summary))
+    (first / "config.yaml").write_text("batch_size: 4\noptions: {}\n")
+    (second / "config.yaml").write_text(
+        "batch_size: 16\noptions: {init_from: runs/first/demo-coltran, stages: [spatial_upsampler]}\n")
+    text, minutes = _training_section([(first, first / "config.yaml"), (second, second / "config.yaml")])
+    one, two = text.splitlines()
+    assert one.startswith("1. ") and "from scratch" in one and "1796 steps of batch 4, 58.3 minutes" in one
+    assert "colorizer 0.61" in one and "spatial upsampler 4.39" in one
+    assert two.startswith("2. ") and "continuing `runs/first/demo-coltran`" in two
+    assert "stages trained: spatial_upsampler: 400 steps of batch 16, 14.2 minutes" in two
+    assert "colorizer" not in two.split("Losses")[1] and "spatial upsampler 3.50" in two
+    assert abs(minutes - 72.5) < 1e-9
