@@ -151,9 +151,14 @@ def test_training_tasks_run_and_export(bundle_dir, tmp_path):
     assert {"guiding", "sga", "image_vqgan", "seg_vqgan"} <= set(weights)
     assert config["training"]["sga"]["parameters"] > 0 and config["resolution"] == 256
 
-    # a guiding run can continue the folder's guiding transformer
-    continued = GuidingTask(TrainConfig(task="x", options={**options, "init_from": str(folder)})).build_model()
-    assert all(torch.equal(v, weights["guiding"][k]) for k, v in continued.state_dict().items())
+    # a run can continue the folder's transformer of its kind (the SGA one, not the guiding one it would start from)
+    from safetensors.torch import save_file
+
+    weights["sga"] = {k: v + 1 if v.is_floating_point() else v for k, v in weights["sga"].items()}
+    save_file(weights["sga"], folder / "sga.safetensors")
+    for task_cls, stem in ((GuidingTask, "guiding"), (SGATask, "sga")):
+        continued = task_cls(TrainConfig(task="x", options={**options, "init_from": str(folder)})).build_model()
+        assert all(torch.equal(v, weights[stem][k]) for k, v in continued.state_dict().items())
     from engine.errors import InputError
 
     with pytest.raises(InputError, match="guiding.safetensors does not exist"):

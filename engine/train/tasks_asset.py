@@ -211,6 +211,10 @@ def _arch(options: dict, vocab: int, cond_vocab: int) -> ASSETConfig:
 
 
 class _AssetTask(TrainTask):
+    """options: the transformer's architecture, scenes, masks_per_scene, scene_size, eval_sequences, token_cache
+    (build_token_cache), export_dir (default the demo folder), init_from (a folder whose <stem>.safetensors this
+    run continues)."""
+
     stem = ""
 
     def __init__(self, config: TrainConfig):
@@ -235,6 +239,17 @@ class _AssetTask(TrainTask):
 
     def collate(self, items):
         return torch.utils.data.default_collate(items)
+
+    def continue_from(self, model: ASSET) -> None:
+        """Load options.init_from's <stem>.safetensors (a folder of the same architecture) into `model`: a run that
+        continues that folder's transformer instead of the official chain's start."""
+        from engine.importers.state_dicts import load_state_dict_strict
+        from engine.model_store import read_safetensors
+
+        path = Path(self.options["init_from"]) / f"{self.stem}.safetensors"
+        if not path.is_file():
+            raise InputError(f"options.init_from: {path} does not exist")
+        load_state_dict_strict(model, read_safetensors(path), str(path))
 
     def export(self, model, out_dir: Path) -> Path:
         metrics = self.metrics or self.evaluate(model)
@@ -262,20 +277,12 @@ class _AssetTask(TrainTask):
 
 
 class GuidingTask(_AssetTask):
-    """options.init_from: a folder whose guiding.safetensors (same architecture) this run continues."""
-
     stem = "guiding"
 
     def build_model(self):
         model = ASSET(_arch(self.options, self.vocab, self.cond_vocab))
         if self.options.get("init_from"):
-            from engine.importers.state_dicts import load_state_dict_strict
-            from engine.model_store import read_safetensors
-
-            path = Path(self.options["init_from"]) / "guiding.safetensors"
-            if not path.is_file():
-                raise InputError(f"options.init_from: {path} does not exist")
-            load_state_dict_strict(model, read_safetensors(path), str(path))
+            self.continue_from(model)
         return model
 
     def train_dataset(self):
@@ -307,7 +314,10 @@ class SGATask(_AssetTask):
 
     def build_model(self):
         model = ASSET(self.guiding.cfg)
-        model.load_state_dict(self.guiding.state_dict())  # the official chain: SGA fine-tunes the guiding weights
+        if self.options.get("init_from"):
+            self.continue_from(model)
+        else:
+            model.load_state_dict(self.guiding.state_dict())  # the official chain: SGA fine-tunes the guiding weights
         return model
 
     def train_dataset(self):
