@@ -223,6 +223,16 @@ def test_token_cache_holds_each_edit_with_the_tokens_the_editor_would_give_it(bu
     with pytest.raises(ValueError, match="masks_per_scene"):
         TokenDataset(build_token_cache(bundle_dir, tmp_path / "plain.pt", count=1, size=256))
 
+    # hole_targets="unmasked": the context as the editor encodes it, the hole's targets as the scene itself is
+    hybrid = TokenDataset(cache, fixed_masks=True, hole_targets="unmasked")[1]
+    m, gm = cache["m"][1, 0], cache["gm"][1, 0]
+    assert torch.equal(hybrid["z"][m], cache["z"][1][m]) and torch.equal(hybrid["z"][~m], cache["mz"][1, 0][~m])
+    assert torch.equal(hybrid["gz"][gm], cache["gz"][1][gm]) and torch.equal(hybrid["gz"][~gm], cache["mgz"][1, 0][~gm])
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="hole_targets must be 'masked' or 'unmasked', not 'both'"):
+        TokenDataset(cache, hole_targets="both")
+
 
 def test_edit_cells_draw_a_guide_cell_exactly_over_its_edited_full_size_cells():
     from engine.train.tasks_asset import edit_cells

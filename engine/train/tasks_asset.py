@@ -172,10 +172,12 @@ class TokenDataset(torch.utils.data.Dataset):
     image tokens the masked encoder gave for it: a random one for training, the first for evaluation
     (`fixed_masks`)."""
 
-    def __init__(self, cache: dict, fixed_masks: bool = False):
+    def __init__(self, cache: dict, fixed_masks: bool = False, hole_targets: str = "masked"):
         if "mz" not in cache:
             raise ValueError("the token cache holds no edits: build it with masks_per_scene > 0")
-        self.cache, self.fixed = cache, fixed_masks
+        if hole_targets not in ("masked", "unmasked"):
+            raise InputError(f"options.hole_targets must be 'masked' or 'unmasked', not {hole_targets!r}")
+        self.cache, self.fixed, self.hole_targets = cache, fixed_masks, hole_targets
 
     def __len__(self):
         return len(self.cache["z"])
@@ -185,6 +187,9 @@ class TokenDataset(torch.utils.data.Dataset):
         item = {k: self.cache[k][i] for k in ("c", "gc")}
         item["z"], item["gz"] = self.cache["mz"][i, j], self.cache["mgz"][i, j]
         item["m"], item["gm"] = self.cache["m"][i, j], self.cache["gm"][i, j]
+        if self.hole_targets == "unmasked":  # the context as the editor encodes it, the hole as the scene is
+            item["z"] = torch.where(item["m"], self.cache["z"][i], item["z"])
+            item["gz"] = torch.where(item["gm"], self.cache["gz"][i], item["gz"])
         return item
 
     def batch(self) -> dict:
@@ -234,8 +239,10 @@ class _AssetTask(TrainTask):
                                        masks_per_scene=int(self.options.get("masks_per_scene", 2)))
         held = int(self.options.get("eval_sequences", 16))
         tensors = {k: v for k, v in self.cache.items() if isinstance(v, torch.Tensor)}
-        self.train_part = TokenDataset({k: v[held:] for k, v in tensors.items()})
-        self.eval_part = TokenDataset({k: v[:held] for k, v in tensors.items()}, fixed_masks=True).batch()
+        holes = self.options.get("hole_targets", "masked")
+        self.train_part = TokenDataset({k: v[held:] for k, v in tensors.items()}, hole_targets=holes)
+        self.eval_part = TokenDataset({k: v[:held] for k, v in tensors.items()}, fixed_masks=True,
+                                      hole_targets=holes).batch()
 
     def collate(self, items):
         return torch.utils.data.default_collate(items)
@@ -540,9 +547,12 @@ def write_card_section(directory: Path, edits: dict) -> None:
     lines = ["## Transformers (guiding and SGA)", "",
              "Trained with `sgraffito train asset_guiding|asset_sga` (engine/train/tasks_asset.py; configs "
              "train_guiding.yaml, train_sga.yaml) on token sequences of procedural landscapes (TRAIN_SEEDS, "
-             "512 px, guide = INTER_AREA downscale to 256 px) encoded once with this folder's VQGANs, edit masks "
-             "by the official generate_mask_from_seg rule; loss = cross-entropy at masked tokens. The SGA model "
-             "starts from the guiding weights and is guided by the trained guiding transformer (official chain). "
+             "512 px, guide = INTER_AREA downscale to 256 px), each with `masks_per_scene` edit masks drawn by the "
+             "official generate_mask_from_seg rule and its image tokens encoded once per edit by this folder's "
+             "mask-aware VQGAN encoder given that mask, as the editor encodes (official: encode_to_z(x, mask)); "
+             "loss = cross-entropy at masked tokens. The official chain starts the SGA model from the guiding "
+             "weights (options.init_from continues a folder's instead) and guides it by the trained guiding "
+             "transformer. "
              "Both are strictly causal (`reference_rows_5_6: false`). eval_masked_* are on the first "
              "`eval_sequences` cached scenes, never trained on.", ""]
     notes = read_model_config(directory).get("transformer_notes", {})
