@@ -10,7 +10,8 @@ from the discriminator's feature matching, which is itself a learned perceptual 
 Optional terms (weights default 0, so the shipped config trains as before): weights.lpips x LPIPS (SPADE's
 perceptual loss, with options.perceptual_net vgg or alex; engine/train/losses.py) and weights.taming_d x the
 adversarial term of taming's unconditional patch discriminator (engine/models/discriminator.py, hinge loss)
-beside the conditional multiscale one.
+beside the conditional multiscale one, and weights.tile_period x tile_period_loss (texture and seams repeated in
+every per-pixel MLP tile). options.init_from continues a model folder's generator.
 
 The loop has one optimizer and one backward per step, so the generator's adversarial and feature-matching terms go
 through the discriminator with detached parameters (torch.func.functional_call): the sum of the generator and
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from engine.errors import InputError
 from engine.model_store import save_model_dir
 from engine.data.datasets import SeededStream
 from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS, generate_scene
@@ -104,6 +106,10 @@ class ASAPNetGAN(nn.Module):
         rec, grad = pyramid_losses(fake, real)
         loss_g = adv + w["fm"] * fm + w["l1"] * rec + w["grad"] * grad
         terms = [("d", loss_d), ("g_adv", adv), ("fm", fm), ("l1", rec), ("grad", grad)]
+        if w.get("tile_period", 0.0):
+            period = tile_period_loss(fake, real, self.netG.config.downsampling)
+            loss_g = loss_g + w["tile_period"] * period
+            terms.append(("tile_period", period))
         if self.perceptual is not None:
             p = self.perceptual(fake, real)
             loss_g = loss_g + w["lpips"] * p
@@ -127,6 +133,28 @@ def pyramid_losses(fake: torch.Tensor, real: torch.Tensor, levels: int = 3) -> t
         rec = rec + F.l1_loss(fake, real)
         grad = grad + F.l1_loss(fake.diff(dim=-1), real.diff(dim=-1)) + F.l1_loss(fake.diff(dim=-2), real.diff(dim=-2))
     return rec / levels, grad / levels
+
+
+def local_tile_pattern(x: torch.Tensor, period: int, window: int = 4) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * period^2, H', W'): the mean period x period tile of each window x window block of
+    tiles (blocks overlap by half), minus the tile's own mean. What a pixel shares with the pixels at the same place
+    in its neighbouring tiles: for a photo mostly its smooth shading, for a render whose per-tile MLPs repeat the
+    same texture or seam in every tile, that texture and seam (the 16-px grid, GRID_PERIOD in engine.metrics)."""
+    b, c, h, w = x.shape
+    tiles = x.reshape(b, c, h // period, period, w // period, period).permute(0, 1, 3, 5, 2, 4)
+    tiles = tiles.reshape(b, c * period * period, h // period, w // period)
+    window = min(window, h // period, w // period)
+    pattern = F.avg_pool2d(tiles, window, stride=max(1, window // 2))
+    pattern = pattern.view(b, c, period * period, *pattern.shape[2:])
+    return (pattern - pattern.mean(2, keepdim=True)).flatten(1, 2)
+
+
+def tile_period_loss(fake: torch.Tensor, real: torch.Tensor, period: int) -> torch.Tensor:
+    """L1 between the local tile patterns (local_tile_pattern) of the render and the scene: the energy the render
+    adds at the MLP tile's period and its harmonics, which ASAPNet's tile-periodic positional codes and per-tile
+    parameters make easy to add and no other term singles out. A generator that varies its texture from tile to
+    tile, as a photo does, pays nothing."""
+    return F.l1_loss(local_tile_pattern(fake, period), local_tile_pattern(real, period))
 
 
 def init_hypernetwork(g: ASAPNetsGenerator, modulation: float = 0.2) -> None:
@@ -176,8 +204,10 @@ class LandscapeScenes(SeededStream):
 
 
 class ASAPNetLandscapeTask(TrainTask):
-    """options: size (256), generator (ASAPNetConfig fields), lr_d, weights {fm, l1, grad, lpips, taming_d},
-    perceptual_net (vgg|alex), textured (fraction of photo-textured training scenes, default 0), eval_scenes."""
+    """options: size (256), generator (ASAPNetConfig fields), lr_d, weights {fm, l1, grad, lpips, taming_d,
+    tile_period}, perceptual_net (vgg|alex), textured (fraction of photo-textured training scenes, default 0),
+    eval_scenes, init_from (an ASAPNet model folder of the same architecture whose generator this run continues,
+    loaded key for key; the discriminator starts fresh)."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
@@ -190,7 +220,18 @@ class ASAPNetLandscapeTask(TrainTask):
         self.eval_scenes = int(opts.get("eval_scenes", 32))
 
     def build_model(self) -> nn.Module:
-        return ASAPNetGAN(self.gen_cfg, self.weights, self.config.options.get("perceptual_net", "vgg"))
+        model = ASAPNetGAN(self.gen_cfg, self.weights, self.config.options.get("perceptual_net", "vgg"))
+        init = self.config.options.get("init_from")
+        if init:
+            from engine.importers.state_dicts import load_state_dict_strict
+            from engine.pipelines.base import load_folder
+
+            config, weights = load_folder(Path(init), "asapnet", ["netG"])
+            if ASAPNetConfig.from_dict(config["generator"]) != self.gen_cfg:
+                raise InputError(f"options.init_from: {init} holds another generator architecture "
+                                 f"({config['generator']}) than this run's ({self.gen_cfg.to_dict()})")
+            load_state_dict_strict(model.netG, weights["netG"], str(Path(init) / "netG.safetensors"))
+        return model
 
     def train_dataset(self):
         return LandscapeScenes(self.size, self.config.seed, self.preset.encoding,
@@ -241,3 +282,87 @@ def evaluate_generator(netG: ASAPNetsGenerator, encoding, size: int, scenes: int
     return {"psnr": float(psnr), "ssim": float(ssim), "label_agreement": float(agreement)}
 
 
+
+
+MATE_PHOTOS = ("Dune.jpg", "Storm.jpg")  # with assets/samples/summer-palace.jpg: the card's held-out real photos
+
+
+def held_out_render_photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (photo, label map)} never trained on: the repo's summer palace with its hand-made label map, and
+    Debian mate-backgrounds' Dune and Storm (when installed) resized to 512 px wide with the demo segmenter's
+    labels."""
+    import cv2
+
+    from engine.imageio import load_label_map, load_photo
+    from engine.labels import load_label_set
+    from engine.paths import assets_dir
+    from engine.pipelines.segment import DemoSegmenterModel, segment
+
+    samples = assets_dir() / "samples"
+    palace = load_photo(samples / "summer-palace.jpg").rgb
+    labels = load_label_map(samples / "summer-palace.labels.png", load_label_set(), (palace.shape[1], palace.shape[0]))
+    photos = {"summer-palace": (palace, labels)}
+    mate = Path("/usr/share/backgrounds/mate/nature")
+    segmenter = None
+    for name in MATE_PHOTOS:
+        if not (mate / name).is_file():
+            continue
+        segmenter = segmenter or DemoSegmenterModel.from_folder(assets_dir() / "models" / "demo-segmenter-landscape")
+        rgb = load_photo(mate / name).rgb
+        h, w = rgb.shape[:2]
+        rgb = cv2.resize(rgb, (512, round(h * 512 / w)), interpolation=cv2.INTER_AREA)
+        photos[f"mate/{name}"] = (rgb, segment(segmenter, rgb))
+    return photos
+
+
+def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, dict[str, dict[str, float]]]:
+    """The model card's table: {set: {model: {metric: value}}} for each model folder in `folders` and the naive
+    baseline (every pixel its label's mean colour over 80 training scenes drawn as in training, 3 in 4
+    photo-textured), on EVAL_SEEDS[:scenes] at 256 px once procedural and once photo-textured, and on the held-out
+    real photos (held_out_render_photos) rendered at their size. Metrics: LPIPS (AlexNet and VGG16) to the
+    reference, label agreement of the render, grid-artefact score (median over images)."""
+    from engine import metrics
+    from engine.data.textures import texture_scene
+    from engine.pipelines.asapnet import ASAPNetRenderer
+
+    rng = np.random.default_rng(0)
+    sums: dict[int, np.ndarray] = {}
+    for i in range(80):
+        scene = generate_scene(int(TRAIN_SEEDS[20_000 + i]), 256)
+        if rng.random() < 0.75:
+            scene = texture_scene(scene)
+        for label in np.unique(scene.labels):
+            pixels = scene.image[scene.labels == label].astype(np.float64)
+            sums[int(label)] = sums.get(int(label), np.zeros(4)) + np.append(pixels.sum(0), len(pixels))
+    means = {k: v[:3] / v[3] for k, v in sums.items()}
+    fallback = np.mean(list(means.values()), axis=0)
+
+    def naive(labels: np.ndarray) -> np.ndarray:
+        out = np.empty((*labels.shape, 3), np.float64)
+        for label in np.unique(labels):
+            out[labels == label] = means.get(int(label), fallback)
+        return np.rint(out).astype(np.uint8)
+
+    renderers = {name: ASAPNetRenderer.from_folder(Path(folder)) for name, folder in folders.items()}
+    sets: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"procedural": [], "photo-textured": []}
+    for seed in EVAL_SEEDS[:scenes]:
+        scene = generate_scene(int(seed), 256)
+        sets["procedural"].append((scene.image, scene.labels))
+        sets["photo-textured"].append((texture_scene(scene).image, scene.labels))
+    sets["real photos"] = list(held_out_render_photos().values())
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, pairs in sets.items():
+        rows: dict[str, list[list[float]]] = {}
+        for reference, labels in pairs:
+            outputs = {name: r.render(labels) for name, r in renderers.items()} | {"naive": naive(labels)}
+            for name, image in outputs.items():
+                rows.setdefault(name, []).append([
+                    metrics.lpips(image, reference, net="alex"), metrics.lpips(image, reference, net="vgg"),
+                    metrics.label_agreement(image, labels), metrics.grid_artefact_score(image, reference)])
+        results[set_name] = {}
+        for name, values in rows.items():
+            v = np.array(values)
+            results[set_name][name] = {"lpips_alex": float(v[:, 0].mean()), "lpips_vgg": float(v[:, 1].mean()),
+                                       "label_agreement": float(np.nanmean(v[:, 2])),
+                                       "grid_median": float(np.median(v[:, 3]))}
+    return results
