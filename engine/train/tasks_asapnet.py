@@ -153,7 +153,8 @@ def tile_period_loss(fake: torch.Tensor, real: torch.Tensor, period: int) -> tor
     """L1 between the local tile patterns (local_tile_pattern) of the render and the scene: the energy the render
     adds at the MLP tile's period and its harmonics, which ASAPNet's tile-periodic positional codes and per-tile
     parameters make easy to add and no other term singles out. A generator that varies its texture from tile to
-    tile, as a photo does, pays nothing."""
+    tile, as a photo does, pays nothing. On the demo (its card) 2500 steps at weight 50 lowered it little and did not
+    lower the grid-artefact score."""
     return F.l1_loss(local_tile_pattern(fake, period), local_tile_pattern(real, period))
 
 
