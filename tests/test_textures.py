@@ -144,3 +144,24 @@ def test_vqgan_crop_stream_draws_textured_scenes_only_when_asked(cache, monkeypa
     assert textured_seeds == []
     crops(textured=1.0)
     assert len(textured_seeds) == 4  # a pool of 2, then one new scene every 2 crops
+
+
+def test_the_asset_token_cache_encodes_photo_textured_scenes_when_asked(cache, tmp_path, monkeypatch):
+    """options.textured of the ASSET transformers: the same label maps (label tokens) with photo-textured images
+    (other image tokens); a cache of another fraction is encoded again, never reused."""
+    import torch
+
+    from engine.errors import InputError
+    from engine.train.tasks_asset import build_token_cache
+    from tests.test_asset_pipeline import make_bundle
+
+    monkeypatch.setenv("SGRAFFITO_TEXTURES", str(cache))
+    folder = make_bundle(tmp_path / "tiny-asset", resolution=256, sga=False)
+    plain = build_token_cache(folder, tmp_path / "cache.pt", count=2, size=256)
+    textured = build_token_cache(folder, tmp_path / "textured.pt", count=2, size=256, textured=1.0)
+    assert torch.equal(plain["c"], textured["c"])
+    assert not torch.equal(plain["z"], textured["z"])
+    again = build_token_cache(folder, tmp_path / "cache.pt", count=2, size=256, textured=1.0)
+    assert torch.equal(again["z"], textured["z"]) and again["textured"] == 1.0
+    with pytest.raises(InputError, match="options.textured must be a fraction"):
+        build_token_cache(folder, tmp_path / "cache.pt", count=2, size=256, textured=1.5)

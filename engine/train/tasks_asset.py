@@ -100,7 +100,7 @@ def tokenizer_fingerprint(directory: Path) -> str:
 
 
 def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0,
-                      masks_per_scene: int = 0) -> dict:
+                      masks_per_scene: int = 0, textured: float = 0.0) -> dict:
     """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused while the
     tokenizers that made it are the folder's (a cache of an earlier tokenizer is rebuilt, never trained on).
 
@@ -110,14 +110,21 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     encoder given the edit's pixel mask (engine.pipelines.asset._codes), as the official ASSET training encodes
     (encode_to_z(x, mask)). mz (count, M, L), mgz (count, M, Lg) and the masks m, gm. The masked encoder changes
     almost every context token (RegionNorm's statistics leave the hole out), so transformers trained on unmasked
-    tokens meet unseen context in every edit."""
+    tokens meet unseen context in every edit.
+
+    `textured`: the fraction of scenes drawn photo-textured (engine.data.textures: the same label map with
+    photo textures; which scenes is fixed by their index), 0 = procedural only, the cache as before the option."""
+    if not 0.0 <= float(textured) <= 1.0:
+        raise InputError(f"options.textured must be a fraction in [0, 1], not {textured}")
     fingerprint = tokenizer_fingerprint(directory)
     if path.is_file():
         cache = torch.load(path, weights_only=True)
         if (cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint
-                and cache.get("masks_per_scene", 0) >= masks_per_scene):
+                and cache.get("masks_per_scene", 0) >= masks_per_scene
+                and float(cache.get("textured", 0.0)) == float(textured)):
             return cache
-        print(f"{path}: made by other tokenizers, too small or with fewer masks; encoding {count} scenes again",
+        print(f"{path}: made by other tokenizers, too small, with fewer masks or another textured fraction; "
+              f"encoding {count} scenes again",
               flush=True)
     tok = _Tokenizers(directory)
     no_mask = np.zeros((size, size), bool)
@@ -126,6 +133,10 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     out = {k: [] for k in keys}
     for i in range(count):
         scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
+        if textured and np.random.default_rng([seed0 + i, 7]).random() < textured:
+            from engine.data.textures import texture_scene
+
+            scene = texture_scene(scene)
         z, c = _codes(tok, scene.image, scene.labels, no_mask, "cpu")
         g_image = cv2.resize(scene.image, (GUIDE_SIZE, GUIDE_SIZE), interpolation=cv2.INTER_AREA)
         g_labels = cv2.resize(scene.labels.astype(np.int32), (GUIDE_SIZE,) * 2, interpolation=cv2.INTER_NEAREST)
@@ -147,6 +158,7 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     cache["version"] = CACHE_VERSION
     cache["tokenizers"] = fingerprint
     cache["masks_per_scene"] = masks_per_scene
+    cache["textured"] = float(textured)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(cache, tmp)
@@ -216,8 +228,8 @@ def _arch(options: dict, vocab: int, cond_vocab: int) -> ASSETConfig:
 
 
 class _AssetTask(TrainTask):
-    """options: the transformer's architecture, scenes, masks_per_scene, scene_size, eval_sequences, token_cache
-    (build_token_cache), export_dir (default the demo folder), init_from (a folder whose <stem>.safetensors this
+    """options: the transformer's architecture, scenes, masks_per_scene, textured, scene_size, eval_sequences,
+    token_cache (build_token_cache), export_dir (default the demo folder), init_from (a folder whose <stem>.safetensors this
     run continues)."""
 
     stem = ""
@@ -236,7 +248,8 @@ class _AssetTask(TrainTask):
         cache_path = Path(self.options.get("token_cache", "runs/asset-token-cache.pt"))
         self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256),
                                        self.options.get("scene_size", 512),
-                                       masks_per_scene=int(self.options.get("masks_per_scene", 2)))
+                                       masks_per_scene=int(self.options.get("masks_per_scene", 2)),
+                                       textured=float(self.options.get("textured", 0.0)))
         held = int(self.options.get("eval_sequences", 16))
         tensors = {k: v for k, v in self.cache.items() if isinstance(v, torch.Tensor)}
         holes = self.options.get("hole_targets", "masked")
