@@ -412,7 +412,7 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
     - "sea" edits (water_under_mountains: no ground truth): label agreement in the edit, reflection score;
     - "water" edits (regenerate_water: the scene is the reference rendering): LPIPS (AlexNet) to it inside the
       edit (`lpips_net`; None leaves LPIPS out), the 16-px grid-artefact score of the edit against it, label
-      agreement, reflection score."""
+      agreement, reflection score; the last two also of the scene itself, the score of a perfect edit."""
     from engine.pipelines.asset import edit, load_bundle
     from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
 
@@ -448,6 +448,9 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
                 image[y0:y1, x0:x1] = patch
                 outputs.append(("ours", image))
             outputs.append(("naive", naive_fill(scene.image, after, mask, stats, rng)))
+            if kind == "water":  # the reference rendering itself: what a perfect edit would score
+                add("water scene agreement", label_agreement(scene.image, after, mask))
+                add("water scene reflection", reflection_score(scene.image, after))
             for who, image in outputs:
                 add(f"{kind} {who} agreement", label_agreement(image, after, mask))
                 add(f"{kind} {who} reflection", reflection_score(image, after))
@@ -467,8 +470,9 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
             name = {"agreement": "label agreement in the edit", "reflection": "reflection score",
                     "lpips": f"LPIPS-{lpips_net} to the scene in the edit", "grid": "grid-artefact score (median)"}[metric]
             pick = median if metric == "grid" else mean
-            for who in ("ours", "naive"):
-                out[f"{title}: {name} ({'ours' if who == 'ours' else 'naive fill'})"] = pick[f"{kind} {who} {metric}"]
+            for who, said in (("ours", "ours"), ("naive", "naive fill"), ("scene", "the scene itself")):
+                if f"{kind} {who} {metric}" in pick:
+                    out[f"{title}: {name} ({said})"] = pick[f"{kind} {who} {metric}"]
     out["seconds per edit (k candidates, this CPU)"] = float(np.mean(seconds))
     return out
 
@@ -577,7 +581,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
     lines += ["### Edits on held-out scenes (EVAL_SEEDS)", "",
               "Two edits (engine.train.tasks_asset.evaluate_edits): everything below the mountains becomes sea (no "
               "ground truth), and the scene's own water sampled again under the same labels (the scene is the "
-              "reference rendering). Naive baseline: each edited pixel gets its new class's mean training colour "
+              "reference rendering; its own label agreement and reflection, '(the scene itself)', are what a "
+              "perfect edit would score). Naive baseline: each edited pixel gets its new class's mean training colour "
               "plus Gaussian noise of the class's standard deviation. Metrics (engine.metrics): label_agreement "
               "(edited region), reflection_score, lpips (AlexNet, edited region), grid_artefact_score (the edit's "
               "16-px grid spectrum over the scene's). Held-out real photos (evaluate_photo_edits; labelled by the "
