@@ -314,6 +314,21 @@ def test_texture_loss_prefers_detail_to_blur_on_a_rendered_scene():
     assert texture_loss(shifted, x) < 0.5 * texture_loss(blurred, x)
 
 
+def test_local_colour_loss_weighs_a_colour_shift_above_noise_that_averages_out():
+    """A scene tinted by 20 levels of red and the same scene with zero-mean noise of that per-pixel strength in
+    every channel: pixel L1 calls the noise worse, the local colour term calls the tint worse by far (the tint turns
+    water brown; the noise averages out over a cell)."""
+    from engine.data.landscapes import generate_scene
+    from engine.train.tasks_vqgan import local_colour_loss
+
+    x = torch.from_numpy(generate_scene(5, 128).image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    tinted = x + torch.tensor([20 / 127.5, 0, 0]).view(1, 3, 1, 1)
+    noisy = x + torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(0))) * 20 / 127.5
+    assert float(local_colour_loss(x, x)) == 0
+    assert (noisy - x).abs().mean() > (tinted - x).abs().mean()
+    assert local_colour_loss(tinted, x) > 3 * local_colour_loss(noisy, x)
+
+
 def test_codebook_warmup_then_kmeans_init_fits_the_latents():
     """taming's tiny uniform codebook sits far from the encoder's outputs (training then collapses onto the few
     nearest codes); after the continuous warm-up the k-means codebook quantises the same latents closely."""
@@ -372,11 +387,14 @@ def test_decoder_fine_tune_keeps_the_tokens_and_records_every_stage(tmp_path):
     assert entry["steps"] == 2 and "encoder and codebook frozen" in entry["decoder fine-tune"]
 
     textured = TrainConfig(**{**tuned.__dict__, "out_dir": str(tmp_path / "textured"),
-                              "options": {**tuned.options, "texture_weight": 2.0,
+                              "options": {**tuned.options, "texture_weight": 2.0, "colour_weight": 3.0,
                                           "decoder_from": str(tmp_path / "tuned" / "checkpoint" / "model.safetensors")}})
     train(textured)
     stages = json.loads((demo / "config.json").read_text())["training"]["image_vqgan"]["decoder fine-tune"].split("; then ")
     assert len(stages) == 2 and "texture" not in stages[0] and "2.0 x texture" in stages[1]
+    assert "colour" not in stages[0] and "3.0 x local colour L1" in stages[1]
+    logged = (tmp_path / "textured" / "train.csv").read_text().splitlines()[0].split(",")
+    assert "colour" in logged and "colour" not in (tmp_path / "tuned" / "train.csv").read_text().splitlines()[0]
 
 
 def test_seg_training_crops_carry_user_like_paint_edits_and_only_the_seg_task_takes_them():

@@ -6,7 +6,8 @@ the models see the scale they are used at, for a quarter of the compute of whole
 
 vqgan: L1 + a multi-scale image-gradient L1 + (options.texture_weight) a local texture-statistics L1, cheap
 stand-ins for taming's LPIPS and patch discriminator (VGG weights cannot be fetched, a GAN needs more steps than a
-CPU has) + the VectorQuantizer2 codebook/commitment loss. As in ASSET the encoder gets edit masks (from
+CPU has) + (options.colour_weight) an L1 of 8- and 16-px cell mean colours + the VectorQuantizer2
+codebook/commitment loss. As in ASSET the encoder gets edit masks (from
 options.mask_from_step): a share of the crops carry the (dilated) region of one class, like generate_mask_from_seg.
 seg_vqgan: cross-entropy of the per-class logits + the codebook loss (the one-hot input is a table lookup), plus
 (options.isolated_code_weight) the cross-entropy of single codes decoded alone against their cell's class, so that
@@ -148,6 +149,13 @@ def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Te
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
         total = total + (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
     return total / scales
+
+
+def local_colour_loss(a: torch.Tensor, b: torch.Tensor, cells: tuple[int, ...] = (8, 16)) -> torch.Tensor:
+    """L1 between the mean colours of a and b over 8- and 16-px cells: what a region reads as at a glance. LPIPS
+    and the patch discriminator barely see a shift of a region's colour (the LPIPS stage moved whole scenes by up
+    to 40 levels of red), and colour is what tells water from grass, to a viewer and to the label classifier."""
+    return sum((F.avg_pool2d(a, c) - F.avg_pool2d(b, c)).abs().mean() for c in cells) / len(cells)
 
 
 def texture_loss(a: torch.Tensor, b: torch.Tensor, windows: tuple[int, ...] = (8, 16)) -> torch.Tensor:
@@ -406,6 +414,7 @@ class _VQGANTaskBase(TrainTask):
             o = self.options
             losses = "L1" + "".join(f" + {w} x {name}" for w, name in (
                 (o.get("gradient_weight", 1.0), "gradient L1"), (o.get("texture_weight", 0.0), "texture"),
+                (o.get("colour_weight", 0.0), "local colour L1 (8- and 16-px cell means)"),
                 (o.get("perceptual_weight", 0.0), f"LPIPS-{o.get('perceptual_net', 'vgg')}"),
                 (o.get("disc_weight", 0.0), f"patch-discriminator hinge loss (adaptive weight, from step "
                                             f"{o.get('disc_start', 0)})")) if w)
@@ -478,13 +487,19 @@ class ImageVQGANTask(_VQGANTaskBase):
         texture = texture_loss(xrec, x)
         restarted = self._restart(model, indices)
         rec_loss = l1 + self.options.get("gradient_weight", 1.0) * grad + self.options.get("texture_weight", 0.0) * texture
+        colour_logs = {}
+        if self.options.get("colour_weight", 0.0):
+            colour = local_colour_loss(xrec, x)
+            rec_loss = rec_loss + self.options["colour_weight"] * colour
+            colour_logs["colour"] = colour.item()
         extra, extra_logs = self._extra_terms(model, x, xrec, rec_loss)
         loss = rec_loss + extra + qloss
         with torch.no_grad():
             mse = F.mse_loss(xrec.clamp(-1, 1), x)
         return loss, {"l1": l1.item(), "grad": grad.item(), "texture": texture.item(), "codebook": qloss.item(),
                       "psnr": float(10 * torch.log10(4 / mse)), "restarted": restarted,
-                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0, **extra_logs}
+                      "codes_used": float(indices.unique().numel()) if indices is not None else 0.0, **colour_logs,
+                      **extra_logs}
 
     @torch.no_grad()
     def evaluate(self, model):
