@@ -193,18 +193,42 @@ def edit(bundle: AssetBundle, photo: np.ndarray, labels_after: np.ndarray, mask:
         ctx.check_cancelled()
         ctx.progress(0.96, "decoding")
     grid_mask = tokens if side * CELL == bundle.resolution else token_mask(g_pixels, rule)
-    rows, cols = decode_window(grid_mask, decode_margin)
-    patches = []
-    for i in range(k):  # one at a time: a candidate's pixels must not depend on the batch size
-        decoded = bundle.image_vqgan.decode_code(out[i].reshape(1, side, side)[:, rows, cols])
-        window = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-        result = cv2.resize(image, (side * CELL, side * CELL), interpolation=cv2.INTER_AREA)
-        result[rows.start * CELL:rows.stop * CELL, cols.start * CELL:cols.stop * CELL] = window
-        if result.shape[0] != bundle.resolution:
-            result = cv2.resize(result, (bundle.resolution, bundle.resolution), interpolation=cv2.INTER_CUBIC)
-        patches.append(composite.paste_back(photo, mask, result, fit))
+    patches = [_paste_tokens(bundle, out[i], side, grid_mask, decode_margin, image, photo, mask, fit)
+               for i in range(k)]  # one at a time: a candidate's pixels must not depend on the batch size
     seconds = (time.perf_counter() - start) / k
     return patches, fit, [seconds] * k
+
+
+def _paste_tokens(bundle: AssetBundle, codes: torch.Tensor, side: int, grid_mask: np.ndarray,
+                  decode_margin: int | None, image: np.ndarray, photo: np.ndarray, mask: np.ndarray,
+                  fit: composite.Fit) -> np.ndarray:
+    """A (side x side) token grid decoded around `grid_mask` (decode_window) over the model-size `image`, back at
+    the photo's resolution and blended into fit.region where `mask` is set."""
+    rows, cols = decode_window(grid_mask, decode_margin)
+    decoded = bundle.image_vqgan.decode_code(codes.reshape(1, side, side)[:, rows, cols])
+    window = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+    result = cv2.resize(image, (side * CELL, side * CELL), interpolation=cv2.INTER_AREA)
+    result[rows.start * CELL:rows.stop * CELL, cols.start * CELL:cols.stop * CELL] = window
+    if result.shape[0] != bundle.resolution:
+        result = cv2.resize(result, (bundle.resolution, bundle.resolution), interpolation=cv2.INTER_CUBIC)
+    return composite.paste_back(photo, mask, result, fit)
+
+
+@torch.no_grad()
+def reconstruct(bundle: AssetBundle, photo: np.ndarray, mask: np.ndarray,
+                decode_margin: int | None = DECODE_MARGIN) -> tuple[np.ndarray, composite.Fit]:
+    """The edit a perfect transformer would give when asked for the photo's own content: the photo's own tokens
+    (unmasked encoder) decoded and blended exactly as `edit` does. What is left between it and the photo is the
+    tokenizer's share of an edit's error."""
+    device = next(bundle.image_vqgan.parameters()).device
+    region = composite.working_region(mask, bundle.geometry)
+    image, fit = composite.to_model(photo, region, bundle.geometry)
+    small_mask, _ = composite.to_model(mask, region, bundle.geometry, kind="mask")
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    _, codes = bundle.image_vqgan.encode(x)  # no mask: the whole photo, as the training targets are encoded
+    side = bundle.resolution // CELL
+    return _paste_tokens(bundle, codes.reshape(-1), side, token_mask(small_mask), decode_margin, image, photo,
+                         mask, fit), fit
 
 
 def _decode_margin(value) -> int | None:

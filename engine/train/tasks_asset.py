@@ -412,8 +412,10 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
     - "sea" edits (water_under_mountains: no ground truth): label agreement in the edit, reflection score;
     - "water" edits (regenerate_water: the scene is the reference rendering): LPIPS (AlexNet) to it inside the
       edit (`lpips_net`; None leaves LPIPS out), the 16-px grid-artefact score of the edit against it, label
-      agreement, reflection score; the last two also of the scene itself, the score of a perfect edit."""
-    from engine.pipelines.asset import edit, load_bundle
+      agreement, reflection score; all four also of the scene's own tokens decoded (pipelines.asset.reconstruct:
+      a perfect transformer's edit, the tokenizer's share), label agreement and reflection also of the scene itself
+      (a perfect edit's)."""
+    from engine.pipelines.asset import edit, load_bundle, reconstruct
     from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
 
     bundle = load_bundle(str(directory))
@@ -448,7 +450,14 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
                 image[y0:y1, x0:x1] = patch
                 outputs.append(("ours", image))
             outputs.append(("naive", naive_fill(scene.image, after, mask, stats, rng)))
-            if kind == "water":  # the reference rendering itself: what a perfect edit would score
+            if kind == "water":
+                # the scene's own tokens decoded: a perfect transformer's edit, so the tokenizer's share of the error
+                own, own_fit = reconstruct(bundle, scene.image, mask)
+                x0, y0, x1, y1 = own_fit.region
+                image = scene.image.copy()
+                image[y0:y1, x0:x1] = own
+                outputs.append(("tokens", image))
+                # the reference rendering itself: what a perfect edit would score
                 add("water scene agreement", label_agreement(scene.image, after, mask))
                 add("water scene reflection", reflection_score(scene.image, after))
             for who, image in outputs:
@@ -470,7 +479,8 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
             name = {"agreement": "label agreement in the edit", "reflection": "reflection score",
                     "lpips": f"LPIPS-{lpips_net} to the scene in the edit", "grid": "grid-artefact score (median)"}[metric]
             pick = median if metric == "grid" else mean
-            for who, said in (("ours", "ours"), ("naive", "naive fill"), ("scene", "the scene itself")):
+            for who, said in (("ours", "ours"), ("naive", "naive fill"), ("tokens", "the scene's own tokens decoded"),
+                              ("scene", "the scene itself")):
                 if f"{kind} {who} {metric}" in pick:
                     out[f"{title}: {name} ({said})"] = pick[f"{kind} {who} {metric}"]
     out["seconds per edit (k candidates, this CPU)"] = float(np.mean(seconds))
@@ -582,7 +592,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
               "Two edits (engine.train.tasks_asset.evaluate_edits): everything below the mountains becomes sea (no "
               "ground truth), and the scene's own water sampled again under the same labels (the scene is the "
               "reference rendering; its own label agreement and reflection, '(the scene itself)', are what a "
-              "perfect edit would score). Naive baseline: each edited pixel gets its new class's mean training colour "
+              "perfect edit would score, and '(the scene's own tokens decoded)' is what a perfect transformer would "
+              "score with these tokenizers). Naive baseline: each edited pixel gets its new class's mean training colour "
               "plus Gaussian noise of the class's standard deviation. Metrics (engine.metrics): label_agreement "
               "(edited region), reflection_score, lpips (AlexNet, edited region), grid_artefact_score (the edit's "
               "16-px grid spectrum over the scene's). Held-out real photos (evaluate_photo_edits; labelled by the "
