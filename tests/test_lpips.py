@@ -196,8 +196,8 @@ def test_vqgan_task_trains_with_lpips_and_the_patch_discriminator(lpips_dir, iso
 
 
 def test_the_shipped_recipes_say_which_loss_terms_they_train_with():
-    """The image VQGAN's last (decoder) stage trains with LPIPS (VGG16) and taming's patch discriminator, and the
-    card's training record says so; the earlier stages and the seg VQGAN (cross-entropy) keep them off; the ASAPNet
+    """The image VQGAN's fourth (decoder) stage trains with LPIPS (VGG16) and taming's patch discriminator, the fifth
+    with LPIPS and the cell-colour L1, and the card's training record says so; the earlier stages and the seg VQGAN (cross-entropy) keep them off; the ASAPNet
     demo was retrained with LPIPS (AlexNet) and without taming's patch discriminator, as its card says."""
     import yaml
 
@@ -212,10 +212,16 @@ def test_the_shipped_recipes_say_which_loss_terms_they_train_with():
     assert lpips_stage["perceptual_weight"] > 0 and lpips_stage["perceptual_net"] == "vgg"
     assert lpips_stage["disc_weight"] > 0 and lpips_stage["decoder_from"]  # encoder and codebook frozen
     assert "LPIPS-vgg" in (asset / "MODEL_CARD.md").read_text()
+    # the fifth stage keeps LPIPS, drops the discriminator and adds the cell-colour term; the card names all three
+    colour_stage = yaml.safe_load((asset / "train_image_vqgan_colour.yaml").read_text())["options"]
+    assert colour_stage["perceptual_weight"] > 0 and not colour_stage["disc_weight"]
+    assert colour_stage["colour_weight"] > 0 and colour_stage["decoder_from"]
+    assert "10.0 x local colour L1 (8- and 16-px cell means) + 1.0 x LPIPS-vgg" in (asset / "MODEL_CARD.md").read_text()
     for path in asset.glob("train_*vqgan*.yaml"):
-        if path.name != "train_image_vqgan_lpips.yaml":
+        if path.name not in ("train_image_vqgan_lpips.yaml", "train_image_vqgan_colour.yaml"):
             options = (yaml.safe_load(path.read_text()) or {}).get("options", {})
             assert not options.get("perceptual_weight") and not options.get("disc_weight"), path
+            assert not options.get("colour_weight"), path
 
 
 def test_asapnet_gan_adds_lpips_and_the_taming_patch_discriminator(lpips_dir, isolated_user_data):
