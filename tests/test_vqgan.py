@@ -451,9 +451,11 @@ def test_isolated_code_loss_scores_pure_cells_and_reaches_the_encoder():
 
 
 @pytest.mark.parametrize("weight", ["abc", -1, None])
-def test_a_bad_isolated_code_weight_is_named(weight):
+@pytest.mark.parametrize("task, key", [("seg_vqgan", "isolated_code_weight"), ("vqgan", "colour_weight")])
+def test_a_bad_loss_weight_is_named(weight, task, key):
     from engine.train import TrainConfig
-    from engine.train.tasks_vqgan import SegVQGANTask
+    from engine.train.tasks_vqgan import ImageVQGANTask, SegVQGANTask
 
-    with pytest.raises(InputError, match="options.isolated_code_weight must be a number"):
-        SegVQGANTask(TrainConfig(task="seg_vqgan", options={"isolated_code_weight": weight}))
+    cls = SegVQGANTask if task == "seg_vqgan" else ImageVQGANTask
+    with pytest.raises(InputError, match=f"options.{key} must be a number"):
+        cls(TrainConfig(task=task, options={key: weight}))

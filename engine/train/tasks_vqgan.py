@@ -435,8 +435,24 @@ class _VQGANTaskBase(TrainTask):
         return directory
 
 
+def _loss_weight(options: dict, key: str) -> float:
+    """options[key] (default 0) as a float >= 0; anything else is named (InputError), not a traceback mid-run."""
+    weight = options.get(key, 0.0)
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value >= 0:
+        raise InputError(f"options.{key} must be a number >= 0, not {weight!r}")
+    return value
+
+
 class ImageVQGANTask(_VQGANTaskBase):
     stem = "image_vqgan"
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.colour_weight = _loss_weight(self.options, "colour_weight")
 
     def build_model(self):
         model = VQGAN(_vqgan_config(self.options, masked_encoder=True))
@@ -488,9 +504,9 @@ class ImageVQGANTask(_VQGANTaskBase):
         restarted = self._restart(model, indices)
         rec_loss = l1 + self.options.get("gradient_weight", 1.0) * grad + self.options.get("texture_weight", 0.0) * texture
         colour_logs = {}
-        if self.options.get("colour_weight", 0.0):
+        if self.colour_weight:
             colour = local_colour_loss(xrec, x)
-            rec_loss = rec_loss + self.options["colour_weight"] * colour
+            rec_loss = rec_loss + self.colour_weight * colour
             colour_logs["colour"] = colour.item()
         extra, extra_logs = self._extra_terms(model, x, xrec, rec_loss)
         loss = rec_loss + extra + qloss
@@ -539,13 +555,7 @@ class SegVQGANTask(_VQGANTaskBase):
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
-        weight = self.options.get("isolated_code_weight", 0.0)
-        try:
-            self.isolated_code_weight = float(weight)
-        except (TypeError, ValueError):
-            self.isolated_code_weight = -1.0
-        if not self.isolated_code_weight >= 0:
-            raise InputError(f"options.isolated_code_weight must be a number >= 0, not {weight!r}")
+        self.isolated_code_weight = _loss_weight(self.options, "isolated_code_weight")
 
     def build_model(self):
         model = VQGAN(_vqgan_config(self.options, in_channels=182, out_ch=182, n_labels=182))
