@@ -163,3 +163,94 @@ def test_label_encoding_compact_ids_dontcare_and_edges():
     strict = LabelEncoding(num_classes=3)
     with pytest.raises(InputError, match=r"labels.png: ids \[5\]"):
         strict.encode(np.array([[0, 5]]), "labels.png")
+
+
+def _pixel_mlp(inputs: torch.Tensor, p: torch.Tensor, ch: list[int]) -> torch.Tensor:
+    """One pixel through the MLP whose flat parameters are `p` (bias first, then input-major weights)."""
+    h, offset = inputs, 0
+    for layer, (nci, nco) in enumerate(zip(ch[:-1], ch[1:])):
+        b, w = p[offset:offset + nco], p[offset + nco:offset + nco + nci * nco].view(nci, nco)
+        offset += nco + nci * nco
+        h = h @ w + b
+        h = torch.tanh(h) if layer == len(ch) - 2 else torch.where(h > 0, h, 0.01 * h)
+    return h
+
+
+def test_extensions_are_off_by_default_and_change_only_the_mlp_input():
+    base = ASAPNetConfig(in_channels=13, downsampling=16, **TINY)
+    assert (base.hr_coor, base.noise_channels, base.tile_blend) == ("cosine", 0, False)
+    assert base.hr_channels[0] == 13 + 16
+    assert ASAPNetConfig(in_channels=13, downsampling=16, hr_coor=None, noise_channels=4, **TINY).hr_channels[0] == 17
+    # a model folder written before the fields existed reads as upstream's model
+    assert ASAPNetConfig.from_dict({k: v for k, v in base.to_dict().items()
+                                    if k not in ("hr_coor", "noise_channels", "tile_blend")}) == base
+    for bad in (dict(hr_coor="sine"), dict(noise_channels=-1), dict(noise_channels=1.5)):
+        with pytest.raises(ValueError):
+            ASAPNetConfig(in_channels=13, **bad)
+    model = ASAPNetsGenerator(base)
+    with pytest.raises(ValueError, match="no noise input"):
+        model.highres_stream(torch.zeros(1, 13, 16, 16), torch.zeros(1, base.num_params, 1, 1),
+                             noise=torch.zeros(1, 1, 16, 16))
+
+
+def test_tile_blend_mixes_the_four_nearest_tiles_mlps_bilinearly():
+    torch.manual_seed(2)
+    cfg = ASAPNetConfig(in_channels=4, downsampling=16, hr_coor=None, noise_channels=2, tile_blend=True, **TINY)
+    model = ASAPNetsGenerator(cfg).eval()
+    x, noise = torch.rand(1, 4, 32, 48), torch.randn(1, 2, 32, 48)
+    params = torch.randn(1, cfg.num_params, 2, 3) * 0.3
+    with torch.no_grad():
+        out = model.highres_stream(x, params, noise)[0]
+    for y, xx in [(0, 0), (5, 17), (7, 7), (8, 8), (15, 16), (16, 15), (24, 40), (31, 47)]:
+        inputs = torch.cat([x[0, :, y, xx], noise[0, :, y, xx]])
+        want = 0
+        fy, fx = (y - 7.5) / 16, (xx - 7.5) / 16  # position in tile units from the first tile's centre
+        for ty in (math.floor(fy), math.floor(fy) + 1):
+            for tx in (math.floor(fx), math.floor(fx) + 1):
+                weight = (1 - abs(fy - ty)) * (1 - abs(fx - tx))
+                p = params[0, :, min(max(ty, 0), 1), min(max(tx, 0), 2)]  # the border tiles extend outwards
+                want = want + weight * _pixel_mlp(inputs, p, cfg.hr_channels)
+        assert (out[:, y, xx] - want).abs().max() < 1e-5, (y, xx)
+
+
+def test_blending_removes_the_steps_between_tiles():
+    torch.manual_seed(3)
+    x = torch.zeros(1, 4, 64, 64)
+    x[:, 1] = 1
+    params = torch.randn(1, 1, 4, 4)
+    steps = {}
+    for blend in (False, True):
+        cfg = ASAPNetConfig(in_channels=4, downsampling=16, hr_coor=None, tile_blend=blend, **TINY)
+        grid = torch.randn(1, cfg.num_params, 4, 4) * 0.3 + params  # every tile its own MLP
+        with torch.no_grad():
+            out = ASAPNetsGenerator(cfg).highres_stream(x, grid)[0]
+        dx = (out[:, :, 1:] - out[:, :, :-1]).abs().mean(dim=(0, 1))  # mean jump between neighbouring columns
+        steps[blend] = (dx[15::16].mean() / dx.mean()).item()  # at tile borders, relative to all columns
+    assert steps[False] > 10 and steps[True] < 2, steps
+
+
+def test_noise_gives_texture_that_does_not_repeat_per_tile():
+    """A uniform region: upstream's design repeats one texture in every tile (codes repeat, parameters equal), the
+    noise model without codes does not, and its texture follows the seed."""
+    from engine.metrics import grid_spectrum_ratio
+    from engine.models.asapnet import noise_maps
+    from engine.train.tasks_asapnet import init_hypernetwork
+
+    x = torch.zeros(1, 4, 128, 128)
+    x[:, 2] = 1
+    ratios = {}
+    for name, extra in (("upstream", {}), ("noise", dict(hr_coor=None, noise_channels=4, tile_blend=True))):
+        torch.manual_seed(4)
+        model = ASAPNetsGenerator(ASAPNetConfig(in_channels=4, downsampling=16, **TINY, **extra)).eval()
+        init_hypernetwork(model, modulation=1.0)
+        noise = noise_maps(1, 4, 128, 128, torch.Generator().manual_seed(0)) if extra else None
+        with torch.no_grad():
+            out = model(x, noise)[0]
+        if extra:
+            with torch.no_grad():
+                again = model(x, noise_maps(1, 4, 128, 128, torch.Generator().manual_seed(0)))[0]
+                other = model(x, noise_maps(1, 4, 128, 128, torch.Generator().manual_seed(1)))[0]
+            assert torch.equal(out, again) and (out - other).abs().mean() > 0.01
+        image = ((out.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy().astype(np.uint8)
+        ratios[name] = grid_spectrum_ratio(image)
+    assert ratios["noise"] < 1.2 and ratios["upstream"] > 2, ratios

@@ -123,14 +123,14 @@ def test_large_maps_run_the_lr_stream_near_native_scale_and_the_mlps_at_full_res
     assert not np.array_equal(image, renderer.render(labels, lr_factor=1))
 
 
-def _tiny_landscape_model(name="tiny"):
+def _tiny_landscape_model(name="tiny", **extensions):
     from engine.model_store import new_model_dir, save_model_dir
     from engine.models.asapnet import dataset_preset, model_config
 
     torch.manual_seed(0)
     preset = dataset_preset("landscape")
     cfg = ASAPNetConfig(in_channels=preset.encoding.channels, downsampling=16, lr_width=8, lr_max_width=16,
-                        lr_depth=1, hr_width=8)
+                        lr_depth=1, hr_width=8, **extensions)
     model = ASAPNetsGenerator(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -168,3 +168,24 @@ def test_backend_translates_label_maps_and_blends_edits_into_photos(photo_kind):
         result = candidate.compose(photo)
         assert np.abs(result[75:85, 50:90].astype(int) - photo[75:85, 50:90]).mean() > 20
         assert np.array_equal(result[:8, :8], photo[:8, :8])
+
+
+def test_a_model_with_noise_gives_one_candidate_per_seed():
+    from engine.jobs import JobState, Request, Runtime
+
+    _tiny_landscape_model("tiny-noise", hr_coor=None, noise_channels=2, tile_blend=True)
+    labels = np.full((64, 96), 156, np.uint16)  # sky-other
+    labels[32:] = 123  # grass
+    runtime = Runtime(device="cpu")
+    job = runtime.submit(Request(backend="asapnet", model="tiny-noise", mode="translate", labels_before=labels,
+                                 labels_after=labels, photo=np.zeros((64, 96, 3), np.uint8), k=3, seed=5))
+    finished = job.wait(60)
+    runtime.shutdown()
+    assert finished and job.state == JobState.DONE, job.error
+    assert [c.seed for c in job.candidates] == [5, 6, 7]
+    renderer = ASAPNetRenderer.load("tiny-noise")
+    assert renderer.stochastic and not job.candidates[0].info["deterministic"]
+    for candidate in job.candidates:  # each reproducible from its seed alone
+        np.testing.assert_array_equal(candidate.image, renderer.render(labels, seed=candidate.seed))
+    a, b = (c.image.astype(int) for c in job.candidates[:2])
+    assert np.abs(a - b).mean() > 1  # other noise, other texture

@@ -91,3 +91,28 @@ def test_a_generator_folder_of_another_architecture_is_named(tmp_path):
                                            generator={**TINY_GEN, "hr_width": 16}))
     with pytest.raises(InputError, match="another generator architecture"):
         wider.build_model()
+
+
+def test_a_noise_model_continues_another_models_lr_stream_but_not_its_head(tmp_path):
+    import pytest
+
+    from engine.errors import InputError
+    from engine.model_store import read_safetensors
+    from engine.train.tasks_asapnet import ASAPNetLandscapeTask
+
+    torch.manual_seed(0)
+    upstream = ASAPNetLandscapeTask(_tiny_run(tmp_path / "unused"))
+    folder = upstream.export(upstream.build_model(), tmp_path / "upstream")
+    start = read_safetensors(folder / "netG.safetensors")
+    noise_gen = {**TINY_GEN, "hr_coor": None, "noise_channels": 2, "tile_blend": True}
+    task = ASAPNetLandscapeTask(_tiny_run(tmp_path / "unused", init_trunk_from=str(folder), generator=noise_gen))
+    netG = task.build_model().netG
+    head = f"lowres_stream.model.{len(netG.lowres_stream.model) - 1}."
+    loaded = netG.state_dict()
+    assert all(torch.equal(loaded[k], start[k]) for k in start if not k.startswith(head))
+    assert loaded[head + "weight"].shape[0] != start[head + "weight"].shape[0]  # another MLP input: a fresh head
+
+    deeper = ASAPNetLandscapeTask(_tiny_run(tmp_path / "unused", init_trunk_from=str(folder),
+                                            generator={**noise_gen, "lr_depth": TINY_GEN.get("lr_depth", 1) + 1}))
+    with pytest.raises(InputError, match="another LR stream"):
+        deeper.build_model()

@@ -9,6 +9,12 @@ Module tree and attribute names follow tamarott/ASAPNet (models/networks/generat
 official `latest_net_G.pth` files load with strict=True. Deviation: positional codes are cached per
 (H, W, dtype, device) and broadcast over the batch; upstream caches the first call's (B, C, H, W) tensor, so
 every later call with another batch size or resolution fails.
+
+Two extensions, off by default so official checkpoints run exactly as upstream: `noise_channels` appends multi-scale
+Gaussian noise maps to every pixel's MLP input, and `tile_blend` mixes the MLPs of the four nearest tiles bilinearly
+per pixel. Upstream's model is deterministic and its positional codes repeat in every S x S tile, so a uniform region
+renders one texture repeated per tile, with steps where the tiles' parameters change; with `hr_coor=None` (an
+upstream option), noise and blending, texture comes from the noise and nothing repeats at the tile period.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ class ASAPNetConfig:
     output_nc: int = 3
     padding: str = "zero"  # "zero" | "reflection" | "replicate" (the last two share one key layout)
     lr_instance: bool = False  # the last input channel feeds the LR stream only
+    hr_coor: str | None = "cosine"  # upstream's --hr_coor: "cosine" positional codes or None (labels only)
+    # Extensions, off by default (official checkpoints never use them; see the module docstring):
+    noise_channels: int = 0  # multi-scale Gaussian noise maps appended to every pixel's MLP input
+    tile_blend: bool = False  # each pixel blends the MLPs of its 4 nearest tiles bilinearly
 
     def __post_init__(self):
         for name, value in (("downsampling", self.downsampling), ("learned_ds_factor", self.learned_ds_factor)):
@@ -47,11 +57,17 @@ class ASAPNetConfig:
             raise ValueError(f"downsampling {self.downsampling} < learned_ds_factor {self.learned_ds_factor}")
         if self.padding not in ("zero", "reflection", "replicate"):
             raise ValueError(f"unknown padding {self.padding!r}")
+        if self.hr_coor not in ("cosine", None):
+            raise ValueError(f"hr_coor must be 'cosine' or None, not {self.hr_coor!r}")
+        if not isinstance(self.noise_channels, int) or self.noise_channels < 0:
+            raise ValueError(f"noise_channels must be an integer >= 0, not {self.noise_channels!r}")
 
     @property
     def hr_channels(self) -> list[int]:
-        """MLP layer widths: [C_hr, hr_width x (hr_depth - 1), output_nc]; C_hr adds 4 codes per frequency."""
-        c_hr = self.in_channels - int(self.lr_instance) + 4 * int(math.log2(self.downsampling))
+        """MLP layer widths: [C_hr, hr_width x (hr_depth - 1), output_nc]; C_hr adds 4 codes per frequency (with
+        cosine codes) and the noise maps."""
+        codes = 4 * int(math.log2(self.downsampling)) if self.hr_coor == "cosine" else 0
+        c_hr = self.in_channels - int(self.lr_instance) + codes + self.noise_channels
         return [c_hr] + [self.hr_width] * (self.hr_depth - 1) + [self.output_nc]
 
     @property
@@ -145,6 +161,21 @@ def cosine_codes(h: int, w: int, downsampling: int) -> torch.Tensor:
     return torch.stack(codes)[None]
 
 
+def noise_maps(b: int, channels: int, h: int, w: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(b, channels, h, w) float32 Gaussian noise on the CPU, channel c smooth at 2**c pixels: white noise on a grid
+    2**c times coarser, upsampled bilinearly and scaled to unit standard deviation. Drawn on the CPU so a seed
+    gives the same maps on every device."""
+    maps = []
+    for c in range(channels):
+        s = 2 ** c
+        n = torch.randn(b, 1, h // s + 2, w // s + 2, generator=generator)
+        if s > 1:
+            n = F.interpolate(n, scale_factor=s, mode="bilinear", align_corners=False)
+        n = n[:, :, s:s + h, s:s + w]  # away from the upsampling's border
+        maps.append(n / n.std().clamp(min=1e-6))
+    return torch.cat(maps, 1) if maps else torch.zeros(b, 0, h, w)
+
+
 class ASAPNetsHRStream(nn.Module):
     """Per-pixel MLPs whose parameters come from the LR stream; no learned weights of its own.
 
@@ -157,6 +188,7 @@ class ASAPNetsHRStream(nn.Module):
         super().__init__()
         self.downsampling = cfg.downsampling
         self.lr_instance = cfg.lr_instance
+        self.hr_coor, self.noise_channels, self.tile_blend = cfg.hr_coor, cfg.noise_channels, cfg.tile_blend
         self.channels = cfg.hr_channels
         self.splits = []  # per layer: (bias start, weight start, weight stop)
         idx = 0
@@ -172,7 +204,10 @@ class ASAPNetsHRStream(nn.Module):
             self._codes[key] = cosine_codes(h, w, self.downsampling).to(device=device, dtype=dtype)
         return self._codes[key]
 
-    def forward(self, highres: torch.Tensor, lr_params: torch.Tensor) -> torch.Tensor:
+    def forward(self, highres: torch.Tensor, lr_params: torch.Tensor, noise: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`noise`: (B, noise_channels, H, W) for a model with noise channels (noise_maps; None draws it from
+        torch's global generator, as training does); must be None for one without."""
         if lr_params.shape[1] != self.num_params:
             raise ValueError(f"expected {self.num_params} parameter channels, got {lr_params.shape[1]}")
         if self.lr_instance:
@@ -182,13 +217,50 @@ class ASAPNetsHRStream(nn.Module):
         hl, wl = lr_params.shape[2:]
         if (h, w) != (hl * k, wl * k):
             raise ValueError(f"input {h}x{w} does not match the {hl}x{wl} parameter grid at S={k}")
-        codes = self.codes(h, w, highres.dtype, highres.device).expand(b, -1, -1, -1)
-        # bands of tile rows: each band's activations stay small enough for the cache, and a 2048 px image never
-        # materialises its (B, C, H, W) input-plus-codes tensor at once. Tiles are independent, so this is exact.
+        parts = [(highres, "replicate")]
+        if self.hr_coor == "cosine":
+            # the codes repeat every k pixels and h, w are multiples of k: wrapping them around extends them exactly
+            parts.append((self.codes(h, w, highres.dtype, highres.device).expand(b, -1, -1, -1), "circular"))
+        if self.noise_channels:
+            if noise is None:
+                noise = noise_maps(b, self.noise_channels, h, w).to(highres.device, highres.dtype)
+            if tuple(noise.shape) != (b, self.noise_channels, h, w):
+                raise ValueError(f"noise of shape {tuple(noise.shape)}, expected {(b, self.noise_channels, h, w)}")
+            parts.append((noise, "reflect"))
+        elif noise is not None:
+            raise ValueError("this model has no noise input")
+        if self.tile_blend:
+            return self._blended(parts, lr_params)
+        return self._banded([p for p, _ in parts], lr_params)
+
+    def _banded(self, parts: list[torch.Tensor], lr_params: torch.Tensor) -> torch.Tensor:
+        """The tiled MLPs over the concatenated input parts, in bands of tile rows: each band's activations stay
+        small enough for the cache, and a 2048 px image never materialises its (B, C, H, W) input at once. Tiles
+        are independent, so this is exact."""
+        k = self.downsampling
+        b, w = parts[0].shape[0], parts[0].shape[3]
         rows = max(1, self.BAND_PIXELS // (b * w * k))
-        bands = [self._mlp(torch.cat([highres[:, :, r * k:(r + rows) * k], codes[:, :, r * k:(r + rows) * k]], 1),
-                           lr_params[:, :, r:r + rows]) for r in range(0, hl, rows)]
+        bands = [self._mlp(torch.cat([p[:, :, r * k:(r + rows) * k] for p in parts], 1), lr_params[:, :, r:r + rows])
+                 for r in range(0, lr_params.shape[2], rows)]
         return bands[0] if len(bands) == 1 else torch.cat(bands, 2)
+
+    def _blended(self, parts: list[tuple[torch.Tensor, str]], lr_params: torch.Tensor) -> torch.Tensor:
+        """Each pixel's output is the bilinear blend of the outputs of the MLPs of the four tiles whose centres
+        surround it, so neighbouring tiles meet without a step. The MLPs run on the tile grid shifted by half a
+        tile (inputs padded by half a tile, the parameter grid by one cell at the border): in every shifted block
+        the four corner tiles' MLPs are evaluated and mixed with the same bilinear weights. 4x the MLP cost."""
+        k, half = self.downsampling, self.downsampling // 2
+        b, _, h, w = parts[0][0].shape
+        padded = [F.pad(p, [half] * 4, mode=mode) for p, mode in parts]
+        grid = F.pad(lr_params, [1] * 4, mode="replicate")
+        hl, wl = lr_params.shape[2:]
+        t = (torch.arange(k, dtype=lr_params.dtype, device=lr_params.device) + 0.5) / k
+        wy, wx = t.repeat(hl + 1).view(1, 1, -1, 1), t.repeat(wl + 1).view(1, 1, 1, -1)
+        out = 0
+        for dy, fy in ((0, 1 - wy), (1, wy)):
+            for dx, fx in ((0, 1 - wx), (1, wx)):
+                out = out + self._banded(padded, grid[:, :, dy:dy + hl + 1, dx:dx + wl + 1]) * (fy * fx)
+        return out[:, :, half:half + h, half:half + w]
 
     def _mlp(self, x: torch.Tensor, lr_params: torch.Tensor) -> torch.Tensor:
         k = self.downsampling
@@ -223,8 +295,8 @@ class ASAPNetsGenerator(nn.Module):
         s1 = self.config.downsampling // self.config.learned_ds_factor
         return self.lowres_stream(tent_downsample(x, s1) if s1 > 1 else x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.highres_stream(x, self.lowres(x))
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.highres_stream(x, self.lowres(x), noise)
 
 
 # --- checkpoint layout -------------------------------------------------------------------------------------------

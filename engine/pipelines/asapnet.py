@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from engine import composite
 from engine.errors import InputError
 from engine.jobs import Candidate
-from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, LabelEncoding
+from engine.models.asapnet import ASAPNetConfig, ASAPNetsGenerator, LabelEncoding, noise_maps
 from engine.pipelines.base import Pipeline, load_folder, model_folder, strict
 
 DEFAULT_MODEL = "demo-asapnet-landscape"
@@ -51,6 +51,11 @@ class ASAPNetRenderer:
         """S: rendered sizes are padded to multiples of S (times the LR factor)."""
         return self.generator_config.downsampling
 
+    @property
+    def stochastic(self) -> bool:
+        """A model with noise inputs renders another image for every seed; without, one image per label map."""
+        return self.generator_config.noise_channels > 0
+
     def lr_factor(self, h: int, w: int) -> int:
         """The power of two by which the LR stream's input is shrunk for an (h, w) map: the largest that keeps it at
         least the model's native size, so the LR stream sees objects at about the scale it was trained on, while
@@ -60,18 +65,19 @@ class ASAPNetRenderer:
 
     @torch.inference_mode()
     def render(self, labels: np.ndarray, size: tuple[int, int] | None = None, source: str = "label map",
-               check_cancelled=None, lr_factor: int | None = None) -> np.ndarray:
+               check_cancelled=None, lr_factor: int | None = None, seed: int = 0) -> np.ndarray:
         """(H, W) label ids -> (H, W, 3) uint8 RGB, or resized to `size` = (width, height) if given.
         `lr_factor`: see lr_factor(); 1 runs the LR stream at full resolution as upstream does.
-        `check_cancelled` is called between the two streams."""
-        return self.render_timed(labels, size, source, check_cancelled, lr_factor)[0]
+        `check_cancelled` is called between the two streams. `seed` draws the noise maps of a stochastic model
+        (ignored by a deterministic one)."""
+        return self.render_timed(labels, size, source, check_cancelled, lr_factor, seed)[0]
 
     @torch.inference_mode()
-    def render_timed(self, labels, size=None, source="label map", check_cancelled=None, lr_factor=None):
+    def render_timed(self, labels, size=None, source="label map", check_cancelled=None, lr_factor=None, seed=0):
         """render() plus the seconds spent in the LR stream and in the HR stream."""
-        return self._render(np.asarray(labels), size, source, check_cancelled, lr_factor)
+        return self._render(np.asarray(labels), size, source, check_cancelled, lr_factor, seed)
 
-    def _render(self, labels, size, source, check_cancelled, lr_factor):
+    def _render(self, labels, size, source, check_cancelled, lr_factor, seed):
         if size is not None and (size[0], size[1]) != (labels.shape[1], labels.shape[0]):
             labels = cv2.resize(labels.astype(np.uint16), tuple(size), interpolation=cv2.INTER_NEAREST)
         h, w = labels.shape
@@ -92,7 +98,11 @@ class ASAPNetRenderer:
             # f = 1, upstream's case, is untouched.
             params = _bilinear_upsample(params, f)
         x = x_lr if f == 1 else self.encoding.encode(padded, source).to(self.device)
-        image = self.model.highres_stream(x, params)[0, :, :h, :w]
+        noise = None
+        if self.stochastic:
+            generator = torch.Generator().manual_seed(int(seed))
+            noise = noise_maps(1, self.generator_config.noise_channels, *padded.shape, generator).to(self.device)
+        image = self.model.highres_stream(x, params, noise)[0, :, :h, :w]
         rgb = ((image.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).contiguous().cpu().numpy()
         return rgb, lr_done - started, time.perf_counter() - lr_done
 
@@ -112,8 +122,8 @@ def _bilinear_upsample(grid: torch.Tensor, f: int) -> torch.Tensor:
 class ASAPNetBackend(Pipeline):
     """The request's mode: "translate" renders the whole label map (labels_after) as the image; "edit" renders the
     working region around the edit mask and Laplacian-blends it into the photo there. A request without a mode
-    is a translation (the engine's main mode). The model is deterministic, so a request gets one candidate
-    whatever its k."""
+    is a translation (the engine's main mode). A model with noise inputs gives one candidate per seed; a
+    deterministic one (upstream's) gives one candidate whatever the request's k."""
 
     name = "asapnet"
     default_model = DEFAULT_MODEL
@@ -157,15 +167,23 @@ class ASAPNetBackend(Pipeline):
         scale = min(1.0, max_side / max(x1 - x0, y1 - y0))
         size = (max(16, round((x1 - x0) * scale)), max(16, round((y1 - y0) * scale)))
         ctx.check_cancelled()
-        ctx.progress(0.2, "rendering")
-        image = renderer.render(request.labels_after[y0:y1, x0:x1], size, check_cancelled=ctx.check_cancelled)
-        if scale < 1.0:
-            image = cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-        if mode == "edit":
-            photo = request.photo if request.photo.ndim == 3 else np.repeat(request.photo[:, :, None], 3, 2)
-            image = composite.laplacian_blend(image, np.ascontiguousarray(photo[y0:y1, x0:x1]), mask[y0:y1, x0:x1],
-                                              color_match=True)
+        seeds = list(ctx.seeds) if renderer.stochastic else list(ctx.seeds[:1])
+        candidates = []
+        for i, seed in enumerate(seeds):
+            ctx.progress(0.2 + 0.8 * i / len(seeds), "rendering")
+            image = renderer.render(request.labels_after[y0:y1, x0:x1], size, check_cancelled=ctx.check_cancelled,
+                                    seed=seed)
+            if scale < 1.0:
+                image = cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+            if mode == "edit":
+                photo = request.photo if request.photo.ndim == 3 else np.repeat(request.photo[:, :, None], 3, 2)
+                image = composite.laplacian_blend(image, np.ascontiguousarray(photo[y0:y1, x0:x1]),
+                                                  mask[y0:y1, x0:x1], color_match=True)
+            candidates.append(Candidate(image=image, region=region, seed=seed,
+                                        info={"deterministic": not renderer.stochastic, "mode": mode},
+                                        seconds=time.perf_counter() - started))
+            started = time.perf_counter()
+            ctx.check_cancelled()
         ctx.progress(1.0, "done")
-        return [Candidate(image=image, region=region, seed=ctx.seeds[0], info={"deterministic": True, "mode": mode},
-                          seconds=time.perf_counter() - started)]
+        return candidates
 

@@ -207,7 +207,8 @@ class LandscapeScenes(SeededStream):
 class ASAPNetLandscapeTask(TrainTask):
     """options: size (256), generator (ASAPNetConfig fields), lr_d, weights {fm, l1, grad, lpips, taming_d,
     tile_period}, perceptual_net (vgg|alex), textured (fraction of photo-textured training scenes, default 0),
-    eval_scenes, init_from (an ASAPNet model folder of the same architecture whose generator this run continues,
+    eval_scenes, init_trunk_from (an ASAPNet model folder whose LR stream but not its parameter head this run
+    continues: load_trunk), init_from (an ASAPNet model folder of the same architecture whose generator this run continues,
     loaded key for key; the discriminator starts fresh)."""
 
     def __init__(self, config: TrainConfig):
@@ -232,6 +233,9 @@ class ASAPNetLandscapeTask(TrainTask):
                 raise InputError(f"options.init_from: {init} holds another generator architecture "
                                  f"({config['generator']}) than this run's ({self.gen_cfg.to_dict()})")
             load_state_dict_strict(model.netG, weights["netG"], str(Path(init) / "netG.safetensors"))
+        trunk = self.config.options.get("init_trunk_from")
+        if trunk:
+            load_trunk(model.netG, Path(trunk))
         return model
 
     def train_dataset(self):
@@ -264,6 +268,24 @@ class ASAPNetLandscapeTask(TrainTask):
         config = model_config(self.gen_cfg, self.preset, "ASAPNet demo (synthetic landscapes)", dataset="landscape",
                               training={"task": self.config.task, "steps": self.step + 1})
         return save_model_dir(Path(out_dir) / MODEL_NAME, {"netG": model.netG.state_dict()}, config)
+
+
+def load_trunk(netG: ASAPNetsGenerator, folder: Path) -> None:
+    """Continue the LR stream of another ASAPNet model folder, all but its parameter head, whose size depends on the
+    per-pixel MLP (positional codes, noise): every trunk key must be there with its shape, or InputError names it.
+    The head keeps its fresh init_hypernetwork start."""
+    from engine.pipelines.base import load_folder
+
+    _, weights = load_folder(folder, "asapnet", ["netG"])
+    source = weights["netG"]
+    head = f"lowres_stream.model.{len(netG.lowres_stream.model) - 1}."
+    own = {k: v for k, v in netG.state_dict().items() if not k.startswith(head)}
+    for key, value in own.items():
+        if key not in source or tuple(source[key].shape) != tuple(value.shape):
+            found = tuple(source[key].shape) if key in source else "missing"
+            raise InputError(f"options.init_trunk_from: {folder} has another LR stream: {key} is {found}, "
+                             f"this run's is {tuple(value.shape)}")
+    netG.load_state_dict({k: source[k].to(v.dtype) for k, v in own.items()}, strict=False)
 
 
 def evaluate_generator(netG: ASAPNetsGenerator, encoding, size: int, scenes: int) -> dict[str, float]:
