@@ -254,3 +254,20 @@ def test_noise_gives_texture_that_does_not_repeat_per_tile():
         image = ((out.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy().astype(np.uint8)
         ratios[name] = grid_spectrum_ratio(image)
     assert ratios["noise"] < 1.2 and ratios["upstream"] > 2, ratios
+
+
+def test_noise_maps_are_smooth_at_their_scale_and_have_no_grid_period():
+    """Upsampling a coarse noise grid would modulate the contrast with periods 2, 4, 8 (harmonics of the 16-px
+    tile): grid ratios of 20-200. Blurred white noise has none."""
+    from engine.metrics import grid_spectrum_ratio
+    from engine.models.asapnet import noise_maps
+
+    maps = noise_maps(2, 4, 256, 256, torch.Generator().manual_seed(0))
+    assert maps.shape == (2, 4, 256, 256)
+    assert torch.allclose(maps.std(dim=(0, 2, 3)), torch.ones(4), atol=0.05)
+    neighbour = [float((maps[:, c, :, 1:] * maps[:, c, :, :-1]).mean()) for c in range(4)]
+    assert neighbour[0] < 0.05 < neighbour[1] < neighbour[2] < neighbour[3]  # white, then smoother and smoother
+    for c in range(4):
+        ratios = [grid_spectrum_ratio(np.repeat(((m[c].clamp(-3, 3) + 3) * 42.5).numpy().astype(np.uint8)[..., None],
+                                                3, 2)) for m in maps]
+        assert np.mean(ratios) < 2.5, (c, ratios)

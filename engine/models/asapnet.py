@@ -162,16 +162,19 @@ def cosine_codes(h: int, w: int, downsampling: int) -> torch.Tensor:
 
 
 def noise_maps(b: int, channels: int, h: int, w: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(b, channels, h, w) float32 Gaussian noise on the CPU, channel c smooth at 2**c pixels: white noise on a grid
-    2**c times coarser, upsampled bilinearly and scaled to unit standard deviation. Drawn on the CPU so a seed
-    gives the same maps on every device."""
+    """(b, channels, h, w) float32 Gaussian noise on the CPU, channel c smooth at 2**c pixels: white noise blurred by
+    a Gaussian of sigma 2**c / 2 (none for c = 0), scaled to unit standard deviation. Blurring keeps the noise
+    stationary; upsampling a coarse grid instead would modulate its contrast with the grid's period, which divides
+    the tile's. Drawn on the CPU so a seed gives the same maps on every device."""
     maps = []
     for c in range(channels):
-        s = 2 ** c
-        n = torch.randn(b, 1, h // s + 2, w // s + 2, generator=generator)
-        if s > 1:
-            n = F.interpolate(n, scale_factor=s, mode="bilinear", align_corners=False)
-        n = n[:, :, s:s + h, s:s + w]  # away from the upsampling's border
+        sigma = 2 ** c / 2 if c else 0.0
+        r = math.ceil(3 * sigma)
+        n = torch.randn(b, 1, h + 2 * r, w + 2 * r, generator=generator)
+        if r:
+            taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+            taps = taps / taps.sum()
+            n = F.conv2d(F.conv2d(n, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
         maps.append(n / n.std().clamp(min=1e-6))
     return torch.cat(maps, 1) if maps else torch.zeros(b, 0, h, w)
 
