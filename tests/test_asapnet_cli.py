@@ -189,3 +189,17 @@ def test_a_model_with_noise_gives_one_candidate_per_seed():
         np.testing.assert_array_equal(candidate.image, renderer.render(labels, seed=candidate.seed))
     a, b = (c.image.astype(int) for c in job.candidates[:2])
     assert np.abs(a - b).mean() > 1  # other noise, other texture
+
+
+def test_translate_seed_picks_the_noise_of_a_stochastic_model(tmp_path):
+    _tiny_landscape_model("tiny-noise-cli", hr_coor=None, noise_channels=2, tile_blend=True)
+    labels = np.full((48, 64), 156, np.uint8)  # sky-other
+    labels[24:] = 123  # grass
+    Image.fromarray(labels, mode="L").save(tmp_path / "map.png")
+    images = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / f"{name}.png"
+        assert main(["translate", str(tmp_path / "map.png"), "--model", "tiny-noise-cli", "--seed", str(seed),
+                     "--out", str(out)]) == 0
+        images[name] = np.asarray(Image.open(out)).astype(int)
+    assert np.array_equal(images["a"], images["b"]) and np.abs(images["a"] - images["c"]).mean() > 1

@@ -130,8 +130,8 @@ def run(args) -> int:
         from engine.commands._runner import run_request
 
         return run_request(engine, request, args)
-    try:
-        job = run_job(request, device, nothing_written=f"{args.out} not written")
+    try:  # --seed draws the noise of a stochastic model (one with noise inputs); a deterministic one ignores it
+        job = run_job(request.with_seed(args.seed), device, nothing_written=f"{args.out} not written")
     except BackendBug:
         return 1
     (candidate,) = job.candidates
