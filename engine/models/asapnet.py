@@ -249,38 +249,61 @@ class ASAPNetsHRStream(nn.Module):
 
     def _blended(self, parts: list[tuple[torch.Tensor, str]], lr_params: torch.Tensor) -> torch.Tensor:
         """Each pixel's output is the bilinear blend of the outputs of the MLPs of the four tiles whose centres
-        surround it, so neighbouring tiles meet without a step. The MLPs run on the tile grid shifted by half a
-        tile (inputs padded by half a tile, the parameter grid by one cell at the border): in every shifted block
-        the four corner tiles' MLPs are evaluated and mixed with the same bilinear weights. 4x the MLP cost."""
+        surround it, so neighbouring tiles meet without a step. Computed as overlap-add: every tile's MLP runs on
+        the 2S x 2S window centred on its tile (inputs padded by half a tile), weighted by a tent that falls from
+        1 at the tile's centre to 0 at its neighbours' centres, and the windows are summed. Near the border, where
+        a pixel has fewer tiles around it, the sum is divided by its weights: the border tiles extend outwards.
+        4x the MLP work of upstream's tiles, in bands of tile rows like _banded."""
         k, half = self.downsampling, self.downsampling // 2
         b, _, h, w = parts[0][0].shape
-        padded = [F.pad(p, [half] * 4, mode=mode) for p, mode in parts]
-        grid = F.pad(lr_params, [1] * 4, mode="replicate")
         hl, wl = lr_params.shape[2:]
-        t = (torch.arange(k, dtype=lr_params.dtype, device=lr_params.device) + 0.5) / k
-        wy, wx = t.repeat(hl + 1).view(1, 1, -1, 1), t.repeat(wl + 1).view(1, 1, 1, -1)
-        out = 0
-        for dy, fy in ((0, 1 - wy), (1, wy)):
-            for dx, fx in ((0, 1 - wx), (1, wx)):
-                out = out + self._banded(padded, grid[:, :, dy:dy + hl + 1, dx:dx + wl + 1]) * (fy * fx)
-        return out[:, :, half:half + h, half:half + w]
+        dtype, device = lr_params.dtype, lr_params.device
+        padded = [F.pad(p, [half] * 4, mode=mode) for p, mode in parts]
+        ramp = 1 - ((torch.arange(2 * k, dtype=dtype, device=device) - k + 0.5).abs() / k)
+        tent = (ramp[:, None] * ramp[None, :]).reshape(1, 4 * k * k, 1)
+        out = torch.zeros(b, self.channels[-1], h + k, w + k, dtype=dtype, device=device)
+        rows = max(1, self.BAND_PIXELS // (b * (w + k) * 4 * k))  # a band's windows overlap by a tile row
+        for r in range(0, hl, rows):
+            n_rows = min(rows, hl - r)
+            x = torch.cat([p[:, :, r * k:(r + n_rows + 1) * k] for p in padded], 1)
+            y = self._mlp_windows(x, lr_params[:, :, r:r + n_rows], 2 * k) * tent  # (tiles, 4 k^2, C)
+            y = y.view(b, n_rows * wl, 4 * k * k, -1).permute(0, 3, 2, 1).reshape(b, -1, n_rows * wl)
+            out[:, :, r * k:(r + n_rows + 1) * k] += F.fold(y, ((n_rows + 1) * k, w + k), 2 * k, stride=k)
 
-    def _mlp(self, x: torch.Tensor, lr_params: torch.Tensor) -> torch.Tensor:
+        def coverage(n: int) -> torch.Tensor:  # per axis, the summed tent weights of the windows over each pixel
+            total = torch.zeros(n * k + k, dtype=dtype, device=device)
+            for t in range(n):
+                total[t * k:t * k + 2 * k] += ramp
+            return total[half:half + n * k]
+
+        weight = coverage(hl)[:, None] * coverage(wl)[None, :]
+        return out[:, :, half:half + h, half:half + w] / weight
+
+    def _mlp_windows(self, x: torch.Tensor, lr_params: torch.Tensor, window: int) -> torch.Tensor:
+        """(tiles, window^2, C_out): tile (i, j)'s MLP on the window x window pixels of `x` starting at (i S, j S);
+        window = S gives upstream's tiles, 2 S the overlapping windows of _blended."""
         k = self.downsampling
-        b, nci, h, w = x.shape
+        b, nci = x.shape[:2]
         hl, wl = lr_params.shape[2:]
         n = b * hl * wl
-        # (B, C, hl, wl, k, k) -> (tiles, k*k, C): one row of pixels per tile, channels last for matmul
-        out = x.unfold(2, k, k).unfold(3, k, k).permute(0, 2, 3, 4, 5, 1).reshape(n, k * k, nci)
+        # (B, C, hl, wl, m, m) -> (tiles, m*m, C): one row of pixels per tile, channels last for matmul
+        out = x.unfold(2, window, k).unfold(3, window, k).permute(0, 2, 3, 4, 5, 1).reshape(n, window * window, nci)
         params = lr_params.permute(0, 2, 3, 1).reshape(n, -1)  # (tiles, N_params)
         last = len(self.splits) - 1
         for i, ((b0, w0, w1), nci, nco) in enumerate(zip(self.splits, self.channels[:-1], self.channels[1:])):
             # contiguous 3-D operands: one batched GEMM (strided ones fall back to a loop of thousands of small
             # GEMMs); bmm then add_ gives bit for bit upstream's 5-D matmul + broadcast add
             weight = params[:, w0:w1].reshape(n, nci, nco).contiguous()
-            out = torch.bmm(out, weight).add_(params[:, b0:w0].reshape(n, 1, nco))
+            out = torch.bmm(out, weight).add_(params[:, b0:w0].reshape(n, 1, nco).contiguous())
             out = torch.tanh(out) if i == last else F.leaky_relu(out, 0.01, inplace=True)
+        return out
+
+    def _mlp(self, x: torch.Tensor, lr_params: torch.Tensor) -> torch.Tensor:
+        k = self.downsampling
+        b, _, h, w = x.shape
+        hl, wl = lr_params.shape[2:]
         c = self.channels[-1]
+        out = self._mlp_windows(x, lr_params, k)
         return out.view(b, hl, wl, k, k, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
