@@ -36,6 +36,7 @@ from app.segmentation import install_segmentation
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
 from engine.errors import SgraffitoError
+from engine.imageio import is_label_map_export
 from engine.labels import LabelSet
 from engine.paths import APP_NAME
 
@@ -528,6 +529,19 @@ class MainWindow(QMainWindow):
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes)
         return answer == QMessageBox.StandardButton.Yes
 
+    def ask_open_label_map(self, name: str, label_set: LabelSet) -> str:
+        """A file that is a label map (its palette is the set's colours) opened like a photo: "labels" opens it in
+        translation mode, "photo" as an image to edit, "cancel" not at all."""
+        box = QMessageBox(QMessageBox.Icon.Question, self.tr("Open a label map"),
+                          self.tr("{name} is a label map of {labels}: its colours are the labels' colours. Open it "
+                                  "as a label map to paint and render, or as a picture?").format(
+                              name=name, labels=label_set.title), QMessageBox.StandardButton.Cancel, self)
+        as_labels = box.addButton(self.tr("Label Map"), QMessageBox.ButtonRole.AcceptRole)
+        as_photo = box.addButton(self.tr("Picture"), QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(as_labels)
+        box.exec()
+        return {as_labels: "labels", as_photo: "photo"}.get(box.clickedButton(), "cancel")
+
     def ask_path(self, title: str, file_filter: str, save: bool = False, suggestion: str = "") -> Path | None:
         if save:
             path, _ = QFileDialog.getSaveFileName(self, title, suggestion, file_filter)
@@ -572,10 +586,18 @@ class MainWindow(QMainWindow):
         if not self.confirm_discard():
             return False
         path = Path(path)
+        label_set = label_set or self.document.label_set
         if path.suffix.lower() == files.PROJECT_SUFFIX:
             opened = self._attempt(self._load, files.read_project, path)
+        elif labels is None and is_label_map_export(path, label_set):
+            choice = self.ask_open_label_map(path.name, label_set)
+            if choice == "cancel":
+                return False
+            reader = files.read_label_map_document if choice == "labels" else files.read_photo
+            args = (path, label_set) if choice == "labels" else (path, None, label_set)
+            opened = self._attempt(self._load, reader, *args)
         else:
-            opened = self._attempt(self._load, files.read_photo, path, labels, label_set or self.document.label_set)
+            opened = self._attempt(self._load, files.read_photo, path, labels, label_set)
         if opened:
             user_settings.remember(path)
         return opened

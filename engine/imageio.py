@@ -410,6 +410,29 @@ def _palette_ids(image: Image.Image, label_set: LabelSet) -> np.ndarray:
     return index_to_id[indices]
 
 
+def is_label_map_export(path: str | Path, label_set: LabelSet) -> bool:
+    """True for an indexed PNG whose whole palette is `label_set`'s colour table: the maps Sgraffito and
+    `sgraffito segment` write, which no camera or photo editor produces. Reads the first 64 kB (the header and
+    palette) and decodes no pixel, so a bomb or a special file costs nothing here; anything that is not such a
+    PNG is False and left to the photo reader and its errors."""
+    path = Path(path)
+    try:
+        if not path.is_file():  # folders, pipes, devices: the photo reader names the problem
+            return False
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+        if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return False
+        with Image.open(io.BytesIO(head)) as image:
+            if image.mode != "P":
+                return False
+            palette = np.array(image.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+    except Exception:  # noqa: BLE001 - a malformed header is the photo reader's to report
+        return False
+    table = label_set.lookup_table()[:256]
+    return len(palette) == len(table) and bool((palette == table).all())
+
+
 def load_label_map(
     path: str | Path,
     label_set: LabelSet,

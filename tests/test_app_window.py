@@ -245,6 +245,35 @@ def test_label_map_alone_opens_in_translation_mode(window, labels_path):
     assert doc.labels[5, 5] == ROCK
 
 
+@pytest.mark.parametrize("choice", ["labels", "photo", "cancel"])
+def test_a_label_map_opened_as_a_file_asks_how_to_open_it(window, tmp_path, monkeypatch, choice):
+    """`sgraffito segment`'s maps (indexed PNG, the set's colours) used to open as a photo, which the demo
+    segmenter then labelled from its flat colours. Photos, even palette ones, are not asked about."""
+    from engine.commands.segment import write_label_png
+
+    label_set = window.document.label_set
+    labels = np.full((HEIGHT, WIDTH), GRASS, np.uint16)
+    labels[: HEIGHT // 2] = SKY
+    path = tmp_path / "map.png"
+    write_label_png(labels, label_set, path)
+    asked = []
+    monkeypatch.setattr(window, "ask_open_label_map", lambda name, labels: asked.append(name) or choice)
+    assert window.open_path(path) == (choice != "cancel"), window.errors
+    assert asked == ["map.png"]
+    doc = window.document
+    if choice == "labels":
+        assert doc.mode == "translate" and doc.photo is None and np.array_equal(doc.labels, labels)
+    elif choice == "photo":
+        assert doc.mode == "edit" and doc.photo is not None and doc.image.shape[:2] == (HEIGHT, WIDTH)
+    else:
+        assert not doc.is_open
+
+    picture = tmp_path / "palette-photo.png"  # an indexed picture whose palette is not the labels' colours
+    Image.fromarray(landscape_rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(picture)
+    assert window.open_path(picture), window.errors
+    assert asked == ["map.png"] and window.document.mode == "edit"
+
+
 def test_grayscale_photo_opens_in_colorize_mode(window, tmp_path):
     path = tmp_path / "old.png"
     Image.fromarray(landscape_rgb().mean(axis=2).astype(np.uint8)).save(path)
