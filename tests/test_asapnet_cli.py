@@ -191,7 +191,7 @@ def test_a_model_with_noise_gives_one_candidate_per_seed():
     assert np.abs(a - b).mean() > 1  # other noise, other texture
 
 
-def test_translate_seed_picks_the_noise_of_a_stochastic_model(tmp_path):
+def test_translate_seed_picks_the_noise_of_a_stochastic_model(tmp_path, capsys):
     _tiny_landscape_model("tiny-noise-cli", hr_coor=None, noise_channels=2, tile_blend=True)
     labels = np.full((48, 64), 156, np.uint8)  # sky-other
     labels[24:] = 123  # grass
@@ -203,3 +203,7 @@ def test_translate_seed_picks_the_noise_of_a_stochastic_model(tmp_path):
                      "--out", str(out)]) == 0
         images[name] = np.asarray(Image.open(out)).astype(int)
     assert np.array_equal(images["a"], images["b"]) and np.abs(images["a"] - images["c"]).mean() > 1
+    capsys.readouterr()
+    assert main(["translate", str(tmp_path / "map.png"), "--model", "tiny-noise-cli", "--samples", "3",
+                 "--out", str(tmp_path / "d.png")]) == 2  # one image per map: the error points to --seed
+    assert "--seed picks the texture" in capsys.readouterr().err and not (tmp_path / "d.png").exists()

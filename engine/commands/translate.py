@@ -107,7 +107,8 @@ def run(args) -> int:
     engine = choose_engine(args, DEFAULT_ENGINE)
     sampling = engine != DEFAULT_ENGINE  # k candidates into a folder (taming); ASAPNet writes its one image
     if not sampling and getattr(args, "samples", None) not in (None, 1):
-        raise InputError("ASAPNet renders one image per label map; --samples is for sampling engines (taming)")
+        raise InputError("ASAPNet translate writes one image per label map (--seed picks the texture of a model "
+                         "with noise inputs, like the demo); --samples is for sampling engines (taming)")
     if sampling:
         args.samples = 4 if getattr(args, "samples", None) is None else args.samples
     if getattr(args, "precision", None) is not None and not sampling:
