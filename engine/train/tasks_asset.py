@@ -450,6 +450,8 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
                 image[y0:y1, x0:x1] = patch
                 outputs.append(("ours", image))
             outputs.append(("naive", naive_fill(scene.image, after, mask, stats, rng)))
+            if kind == "sea":  # doing nothing: what a judge credits the region's old content with
+                outputs.append(("unedited", scene.image))
             if kind == "water":
                 # the scene's own tokens decoded: a perfect transformer's edit, so the tokenizer's share of the error
                 own, own_fit = reconstruct(bundle, scene.image, mask)
@@ -464,6 +466,8 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
             for who, image in outputs:
                 add(f"{kind} {who} agreement", label_agreement(image, after, mask))
                 add(f"{kind} {who} segmenter", segmenter_agreement(image, after, mask))
+                if who == "unedited":
+                    continue
                 add(f"{kind} {who} reflection", reflection_score(image, after))
                 if kind == "water" and lpips_net:
                     add(f"{kind} {who} lpips", lpips(image, scene.image, net=lpips_net, mask=mask))
@@ -482,8 +486,8 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
                     "segmenter": "label agreement by the segmenter in the edit", "reflection": "reflection score",
                     "lpips": f"LPIPS-{lpips_net} to the scene in the edit", "grid": "grid-artefact score (median)"}[metric]
             pick = median if metric == "grid" else mean
-            for who, said in (("ours", "ours"), ("naive", "naive fill"), ("tokens", "the scene's own tokens decoded"),
-                              ("scene", "the scene itself")):
+            for who, said in (("ours", "ours"), ("naive", "naive fill"), ("unedited", "the scene unedited"),
+                              ("tokens", "the scene's own tokens decoded"), ("scene", "the scene itself")):
                 if f"{kind} {who} {metric}" in pick:
                     out[f"{title}: {name} ({said})"] = pick[f"{kind} {who} {metric}"]
     out["seconds per edit (k candidates, this CPU)"] = float(np.mean(seconds))
@@ -548,6 +552,8 @@ def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int 
                 image[y0:y1, x0:x1] = patch
                 outputs.append(("ours", image))
             outputs.append(("naive", naive_fill(photo, after, mask, stats, rng)))
+            if kind == "sea":
+                outputs.append(("unedited", photo))
             for who, image in outputs:
                 if kind == "band":
                     if lpips_net:
@@ -556,7 +562,8 @@ def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int 
                 else:
                     scores.setdefault(f"sea {who} agreement", []).append(label_agreement(image, after, mask))
                     scores.setdefault(f"sea {who} segmenter", []).append(segmenter_agreement(image, after, mask))
-                    scores.setdefault(f"sea {who} reflection", []).append(reflection_score(image, after))
+                    if who != "unedited":
+                        scores.setdefault(f"sea {who} reflection", []).append(reflection_score(image, after))
     names = {"lpips": f"the lower band sampled again: LPIPS-{lpips_net} to the photo in the band",
              "grid": "the lower band sampled again: grid-artefact score (median)",
              "agreement": "the lower third becomes sea: label agreement in the edit",
@@ -568,8 +575,9 @@ def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int 
         if key.format("ours") not in scores:
             continue
         pick = np.nanmedian if key.endswith("grid") else np.nanmean
-        for who in ("ours", "naive"):
-            out[f"{names[key.split()[-1]]} ({'ours' if who == 'ours' else 'naive fill'})"] = float(pick(scores[key.format(who)]))
+        for who, said in (("ours", "ours"), ("naive", "naive fill"), ("unedited", "the photo unedited")):
+            if key.format(who) in scores:
+                out[f"{names[key.split()[-1]]} ({said})"] = float(pick(scores[key.format(who)]))
     return out
 
 
