@@ -343,8 +343,7 @@ def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, di
     baseline (every pixel its label's mean colour over 80 training scenes drawn as in training, 3 in 4
     photo-textured), on EVAL_SEEDS[:scenes] at 256 px once procedural and once photo-textured, and on the held-out
     real photos (held_out_render_photos) rendered at their size. Metrics: LPIPS (AlexNet and VGG16) to the
-    reference, label agreement of the render by the appearance classifier and by the demo segmenter (the SPADE and
-    ASAPNet papers' protocol, engine.metrics.segmenter_agreement), grid-artefact score (median over images)."""
+    reference, label agreement of the render, grid-artefact score (median over images)."""
     from engine import metrics
     from engine.data.textures import texture_scene
     from engine.pipelines.asapnet import ASAPNetRenderer
@@ -382,13 +381,11 @@ def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, di
             for name, image in outputs.items():
                 rows.setdefault(name, []).append([
                     metrics.lpips(image, reference, net="alex"), metrics.lpips(image, reference, net="vgg"),
-                    metrics.label_agreement(image, labels), metrics.grid_artefact_score(image, reference),
-                    metrics.segmenter_agreement(image, labels)])
+                    metrics.label_agreement(image, labels), metrics.grid_artefact_score(image, reference)])
         results[set_name] = {}
         for name, values in rows.items():
             v = np.array(values)
             results[set_name][name] = {"lpips_alex": float(v[:, 0].mean()), "lpips_vgg": float(v[:, 1].mean()),
                                        "label_agreement": float(np.nanmean(v[:, 2])),
-                                       "grid_median": float(np.median(v[:, 3])),
-                                       "segmenter_agreement": float(np.nanmean(v[:, 4]))}
+                                       "grid_median": float(np.median(v[:, 3]))}
     return results

@@ -416,7 +416,7 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
       a perfect transformer's edit, the tokenizer's share), label agreement and reflection also of the scene itself
       (a perfect edit's)."""
     from engine.pipelines.asset import edit, load_bundle, reconstruct
-    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score, segmenter_agreement
+    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
 
     bundle = load_bundle(str(directory))
     stats = class_colour_stats()
@@ -461,11 +461,9 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
                 outputs.append(("tokens", image))
                 # the reference rendering itself: what a perfect edit would score
                 add("water scene agreement", label_agreement(scene.image, after, mask))
-                add("water scene segmenter", segmenter_agreement(scene.image, after, mask))
                 add("water scene reflection", reflection_score(scene.image, after))
             for who, image in outputs:
                 add(f"{kind} {who} agreement", label_agreement(image, after, mask))
-                add(f"{kind} {who} segmenter", segmenter_agreement(image, after, mask))
                 if who == "unedited":
                     continue
                 add(f"{kind} {who} reflection", reflection_score(image, after))
@@ -479,11 +477,10 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
            "scenes": "photo-textured" if textured else "procedural", "candidates per scene": k, "size": f"{size} px"}
     for kind, title in (("sea", "everything below the mountains becomes sea"),
                         ("water", "the scene's water sampled again")):
-        for metric in ("agreement", "segmenter", "reflection", "lpips", "grid"):
+        for metric in ("agreement", "reflection", "lpips", "grid"):
             if f"{kind} ours {metric}" not in mean:
                 continue
-            name = {"agreement": "label agreement in the edit",
-                    "segmenter": "label agreement by the segmenter in the edit", "reflection": "reflection score",
+            name = {"agreement": "label agreement in the edit", "reflection": "reflection score",
                     "lpips": f"LPIPS-{lpips_net} to the scene in the edit", "grid": "grid-artefact score (median)"}[metric]
             pick = median if metric == "grid" else mean
             for who, said in (("ours", "ours"), ("naive", "naive fill"), ("unedited", "the scene unedited"),
@@ -525,7 +522,7 @@ def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int 
       labels, the photo being the ground truth: LPIPS to it in the band, the grid-artefact score against it;
     - "sea": everything below 65 % of the height becomes sea: label agreement in the edit, reflection score."""
     from engine.data.landscapes import ids
-    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score, segmenter_agreement
+    from engine.metrics import grid_artefact_score, label_agreement, lpips, reflection_score
     from engine.pipelines.asset import edit, load_bundle
     from engine.pipelines.segment import DemoSegmenterModel, segment
 
@@ -561,17 +558,15 @@ def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int 
                     scores.setdefault(f"band {who} grid", []).append(grid_artefact_score(image, photo, mask))
                 else:
                     scores.setdefault(f"sea {who} agreement", []).append(label_agreement(image, after, mask))
-                    scores.setdefault(f"sea {who} segmenter", []).append(segmenter_agreement(image, after, mask))
                     if who != "unedited":
                         scores.setdefault(f"sea {who} reflection", []).append(reflection_score(image, after))
     names = {"lpips": f"the lower band sampled again: LPIPS-{lpips_net} to the photo in the band",
              "grid": "the lower band sampled again: grid-artefact score (median)",
              "agreement": "the lower third becomes sea: label agreement in the edit",
-             "segmenter": "the lower third becomes sea: label agreement by the segmenter in the edit",
              "reflection": "the lower third becomes sea: reflection score"}
     out = {"photos": ", ".join(photos), "candidates per photo": k,
            "size": "x".join(map(str, next(iter(photos.values())).shape[1::-1])) + " px"}
-    for key in ("band {} lpips", "band {} grid", "sea {} agreement", "sea {} segmenter", "sea {} reflection"):
+    for key in ("band {} lpips", "band {} grid", "sea {} agreement", "sea {} reflection"):
         if key.format("ours") not in scores:
             continue
         pick = np.nanmedian if key.endswith("grid") else np.nanmean
@@ -608,9 +603,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
               "perfect edit would score, and '(the scene's own tokens decoded)' is what a perfect transformer would "
               "score with these tokenizers). Naive baseline: each edited pixel gets its new class's mean training colour "
               "plus Gaussian noise of the class's standard deviation. Metrics (engine.metrics): label_agreement "
-              "(edited region, the appearance classifier), segmenter_agreement (edited region, the demo segmenter: "
-              "'label agreement by the segmenter'), reflection_score, lpips (AlexNet, edited region), grid_artefact_score (the edit's "
-              "16-px grid spectrum over the scene's). Held-out real photos (evaluate_photo_edits; labelled by the "
+              "(edited region; '(the scene unedited)' is the sea edit's do-nothing control), reflection_score, "
+              "lpips (AlexNet, edited region), grid_artefact_score (the edit's 16-px grid spectrum over the scene's). Held-out real photos (evaluate_photo_edits; labelled by the "
               "demo segmenter): the photo's own lower band sampled again (the photo is the reference) and the lower "
               "third turned into sea.", ""]
     groups = edits if all(isinstance(v, dict) for v in edits.values()) else {"": edits}
