@@ -353,3 +353,26 @@ def load_photos(split: str, cache: Path | None = None) -> list[tuple[str, np.nda
         with Image.open(cache / entry["file"]) as image:
             out.append((entry["file"], np.asarray(image.convert("RGB"))))
     return out
+
+
+MATE_LANDSCAPES = ("Dune.jpg", "GreenMeadow.jpg", "Storm.jpg")  # the set's other photos are close-ups
+
+
+def held_out_photos(side: int = 512) -> dict[str, np.ndarray]:
+    """The real photos no model trained on: the photo cache's held-out split (`sgraffito data photos`) and the
+    landscapes of Debian's mate-backgrounds nature set when installed (MATE_LANDSCAPES), centre-cropped to
+    4:3 and resized to `side` x 3/4 side. The held-out real photos of the ASSET and ASAPNet cards."""
+    from engine.imageio import load_photo
+
+    sources = load_photos("held-out")
+    mate = MATE_PHOTOS / "nature"
+    if mate.is_dir():
+        sources += [(f"mate/{n}", load_photo(mate / n).rgb) for n in MATE_LANDSCAPES if (mate / n).is_file()]
+    photos = {}
+    for name, rgb in sources:
+        h, w = rgb.shape[:2]
+        ch, cw = (h, h * 4 // 3) if w * 3 > h * 4 else (w * 3 // 4, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        photos[name] = cv2.resize(rgb[top: top + ch, left: left + cw], (side, side * 3 // 4),
+                                  interpolation=cv2.INTER_AREA)
+    return photos

@@ -338,11 +338,23 @@ def held_out_render_photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return photos
 
 
+def held_out_labelled_photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{name: (photo, demo-segmenter label map)} of engine.data.photos.held_out_photos: the photo cache's held-out
+    split and the mate-backgrounds landscapes at 512 x 384, the real photos of the ASSET card's edits."""
+    from engine.data.photos import held_out_photos
+    from engine.paths import assets_dir
+    from engine.pipelines.segment import DemoSegmenterModel, segment
+
+    segmenter = DemoSegmenterModel.from_folder(assets_dir() / "models" / "demo-segmenter-landscape")
+    return {name: (rgb, segment(segmenter, rgb)) for name, rgb in held_out_photos().items()}
+
+
 def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, dict[str, dict[str, float]]]:
     """The model card's table: {set: {model: {metric: value}}} for each model folder in `folders` and the naive
     baseline (every pixel its label's mean colour over 80 training scenes drawn as in training, 3 in 4
-    photo-textured), on EVAL_SEEDS[:scenes] at 256 px once procedural and once photo-textured, and on the held-out
-    real photos (held_out_render_photos) rendered at their size. Metrics: LPIPS (AlexNet and VGG16) to the
+    photo-textured), on EVAL_SEEDS[:scenes] at 256 px once procedural and once photo-textured, on the card's first
+    three real photos (held_out_render_photos) rendered at their size, and on the held-out photos of the ASSET card
+    (held_out_labelled_photos). Metrics: LPIPS (AlexNet and VGG16) to the
     reference, label agreement of the render, grid-artefact score (median over images)."""
     from engine import metrics
     from engine.data.textures import texture_scene
@@ -373,6 +385,7 @@ def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, di
         sets["procedural"].append((scene.image, scene.labels))
         sets["photo-textured"].append((texture_scene(scene).image, scene.labels))
     sets["real photos"] = list(held_out_render_photos().values())
+    sets["held-out photos"] = list(held_out_labelled_photos().values())
     results: dict[str, dict[str, dict[str, float]]] = {}
     for set_name, pairs in sets.items():
         rows: dict[str, list[list[float]]] = {}

@@ -491,29 +491,6 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
     return out
 
 
-MATE_LANDSCAPES = ("Dune.jpg", "GreenMeadow.jpg", "Storm.jpg")  # the set's other photos are close-ups
-
-
-def held_out_photos(side: int = 512) -> dict[str, np.ndarray]:
-    """The real photos no model trained on: the photo cache's held-out split (`sgraffito data photos`) and the
-    landscapes of Debian's mate-backgrounds nature set when installed (MATE_LANDSCAPES), centre-cropped to 4:3 and resized to `side` x 3/4 side."""
-    from engine.data.photos import load_photos
-    from engine.imageio import load_photo
-
-    sources = load_photos("held-out")
-    mate = Path("/usr/share/backgrounds/mate/nature")
-    if mate.is_dir():
-        sources += [(f"mate/{n}", load_photo(mate / n).rgb) for n in MATE_LANDSCAPES if (mate / n).is_file()]
-    photos = {}
-    for name, rgb in sources:
-        h, w = rgb.shape[:2]
-        ch, cw = (h, h * 4 // 3) if w * 3 > h * 4 else (w * 3 // 4, w)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        photos[name] = cv2.resize(rgb[top : top + ch, left : left + cw],
-                                                               (side, side * 3 // 4), interpolation=cv2.INTER_AREA)
-    return photos
-
-
 @torch.no_grad()
 def evaluate_photo_edits(directory: Path, photos: dict[str, np.ndarray], k: int = 2,
                          lpips_net: str | None = "alex") -> dict:
@@ -619,6 +596,8 @@ def write_card_section(directory: Path, edits: dict) -> None:
 
 if __name__ == "__main__":  # python -m engine.train.tasks_asset [FOLDER]: evaluate edits, write the card
     import sys
+
+    from engine.data.photos import held_out_photos
 
     torch.set_num_threads(1)
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else assets_dir() / "models" / DEMO_DIR
