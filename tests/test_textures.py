@@ -165,3 +165,40 @@ def test_the_asset_token_cache_encodes_photo_textured_scenes_when_asked(cache, t
     assert torch.equal(again["z"], textured["z"]) and again["textured"] == 1.0
     with pytest.raises(InputError, match="options.textured must be a fraction"):
         build_token_cache(folder, tmp_path / "cache.pt", count=2, size=256, textured=1.5)
+
+
+def test_the_segmenter_task_caches_photo_textured_and_jittered_scenes_only_when_asked(cache, monkeypatch):
+    """options.textured / options.jitter of the demo segmenter: at 0 the cached scenes are exactly the first
+    demo's (no texture, no extra draw); at textured 1 every scene is photo-textured with its exact label map as the
+    target, and jitter changes the images the features come from, never the targets."""
+    import torch
+
+    from engine.models.segmenter import VGG16Features
+    from engine.train.task import TrainConfig
+    from engine.train.tasks_segmenter import SegmenterLandscapeTask
+
+    textured_seeds, original = [], tx.texture_scene
+
+    def texture(scene):
+        textured_seeds.append(scene.meta["seed"])
+        return original(scene, tx.TextureLibrary(cache))
+
+    monkeypatch.setattr(tx, "texture_scene", texture)
+    torch.manual_seed(0)
+    backbone = VGG16Features().eval().requires_grad_(False)
+
+    def cached(**options):
+        task = SegmenterLandscapeTask(TrainConfig(task="segmenter-landscape", options={
+            "scenes": 3, "size": [64, 96], "head": {"width": 8, "blocks": 1, "dilations": [1]}, **options}))
+        task.backbone = backbone
+        data = task.train_dataset()
+        return data.features, data.targets
+
+    before, zero = cached(), cached(textured=0.0, jitter=0.0)
+    assert torch.equal(before[0], zero[0]) and torch.equal(before[1], zero[1])
+    assert textured_seeds == []
+    textured = cached(textured=1.0)
+    assert len(textured_seeds) == 3
+    assert torch.equal(textured[1], before[1]) and not torch.equal(textured[0], before[0])
+    jittered = cached(jitter=0.3)
+    assert torch.equal(jittered[1], before[1]) and not torch.equal(jittered[0], before[0])

@@ -8,6 +8,12 @@ once per training scene (options.scenes scenes of options.size, TRAIN_SEEDS only
 float16; the loop then trains only the head on those cached features: cross-entropy at the scene's resolution
 (logits upsampled bilinearly), classes weighted by the inverse square root of their pixel frequency.
 
+options.textured is the fraction of training scenes drawn photo-textured (engine.data.textures: the same label map,
+each region filled with a flightgear-data-base photo texture of its class; `sgraffito data textures`), and
+options.jitter the strength of a random photometric change of every cached scene (brightness, contrast, saturation,
+gamma; 0 = none): a head trained on flat procedural colours alone calls real storm clouds and asphalt water and close
+grass snow (the first demo's card). Both default 0, which draws exactly the scenes of the first demo's run.
+
 `evaluate` runs the whole pipeline (network on the resized photo + edge snapping at the photo's size, as
 `sgraffito segment` does) on the first options.eval_scenes held-out scenes (EVAL_SEEDS) at options.eval_size, and
 the colour-and-position baseline (`baseline_labels`) on the same scenes: pixel accuracy and mIoU, per class too.
@@ -141,7 +147,8 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 class SegmenterLandscapeTask(TrainTask):
     """options: vgg (path, required), scenes (1500), size ([240, 320]: h, w), head (SegmenterConfig fields),
-    eval_scenes (100), eval_size ([480, 640])."""
+    textured (fraction of photo-textured scenes, 0), jitter (photometric jitter strength, 0), eval_scenes (100),
+    eval_size ([480, 640])."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
@@ -152,6 +159,12 @@ class SegmenterLandscapeTask(TrainTask):
         self.head_cfg = SegmenterConfig.from_dict({"num_classes": len(CLASS_NAMES), **opts.get("head", {})})
         self.eval_scenes = int(opts.get("eval_scenes", 100))
         self.eval_size = tuple(int(v) for v in opts.get("eval_size", (480, 640)))
+        self.textured = float(opts.get("textured", 0.0))
+        self.jitter = float(opts.get("jitter", 0.0))
+        if not 0.0 <= self.textured <= 1.0:
+            raise InputError(f"options.textured must be a fraction in [0, 1], not {self.textured}")
+        if not 0.0 <= self.jitter <= 0.5:
+            raise InputError(f"options.jitter must be in [0, 0.5], not {self.jitter}")
         self.backbone: VGG16Features | None = None
         self.class_weights: torch.Tensor | None = None
         self.cache_seconds = 0.0
@@ -173,13 +186,20 @@ class SegmenterLandscapeTask(TrainTask):
         table = class_table()
         rng = np.random.default_rng(self.config.seed)
         seeds = rng.choice(min(len(TRAIN_SEEDS), 10**8), self.scenes, replace=False)  # TRAIN_SEEDS start at 0
+        # drawn after the seeds, from their own generator: options at 0 leave the first demo's scenes unchanged
+        style = np.random.default_rng([self.config.seed, 0x5E6])
         h, w = self.size
         features = torch.empty(self.scenes, self.head_cfg.in_channels, h // 8, w // 8, dtype=torch.float16)
         targets = torch.empty(self.scenes, h, w, dtype=torch.uint8)
         with torch.inference_mode():
             for index, seed in enumerate(seeds):
                 scene = generate_scene(int(TRAIN_SEEDS[int(seed)]), (h, w))
-                x = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float().div(255)
+                if self.textured and style.random() < self.textured:
+                    from engine.data.textures import texture_scene
+
+                    scene = texture_scene(scene)
+                image = photometric_jitter(scene.image, style, self.jitter) if self.jitter else scene.image
+                x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
                 features[index] = SegmenterHead.features(*backbone(x))[0].half()
                 targets[index] = torch.from_numpy(table[scene.labels])
                 if index % 100 == 0:
@@ -238,10 +258,22 @@ class SegmenterLandscapeTask(TrainTask):
                               config)
 
 
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """(H, W, 3) uint8 with a random global brightness, contrast, saturation and gamma change, each factor drawn
+    within 1 +- strength: a photo's exposure and grading, which the scene generator's lighting does not vary."""
+    x = image.astype(np.float32) / 255.0
+    gray = x.mean(axis=2, keepdims=True)
+    x = gray + (x - gray) * rng.uniform(1 - strength, 1 + strength)  # saturation
+    x = x.mean() + (x - x.mean()) * rng.uniform(1 - strength, 1 + strength)  # contrast
+    x = np.clip(x * rng.uniform(1 - strength, 1 + strength), 0, 1)  # brightness
+    x = x ** rng.uniform(1 - strength, 1 + strength)  # gamma
+    return np.rint(x * 255).astype(np.uint8)
+
+
 def evaluate_segmenter(model: DemoSegmenter, config: dict, scenes: int, size=(480, 640), seeds=EVAL_SEEDS,
-                       snap: bool = True) -> dict:
-    """{"model": accumulate(...), "baseline": accumulate(...), "seconds": per-scene seconds} on held-out scenes,
-    through the pipeline's path (engine.pipelines.segment)."""
+                       snap: bool = True, textured: bool = False) -> dict:
+    """{"model": accumulate(...), "baseline": accumulate(...), "seconds": per-scene seconds} on held-out scenes
+    (photo-textured with `textured`), through the pipeline's path (engine.pipelines.segment)."""
     from engine.pipelines.segment import DemoSegmenterModel, segment
 
     runner = DemoSegmenterModel.__new__(DemoSegmenterModel)
@@ -253,6 +285,10 @@ def evaluate_segmenter(model: DemoSegmenter, config: dict, scenes: int, size=(48
     started = time.perf_counter()
     for seed in seeds[:scenes]:
         scene = generate_scene(int(seed), tuple(size))
+        if textured:
+            from engine.data.textures import texture_scene
+
+            scene = texture_scene(scene)
         rows.append((segment(runner, scene.image, snap=snap), scene.labels))
         base_rows.append((baseline_labels(scene.image), scene.labels))
     seconds = (time.perf_counter() - started) / max(1, scenes)
