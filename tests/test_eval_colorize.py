@@ -305,3 +305,20 @@ def test_the_evaluation_runs_a_model_folder_and_writes_a_card_block(cache, tmp_p
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "config.json").write_text('{"kind": "asset"}')
         ev.load_colorizer(tmp_path / "other")
+
+
+def test_the_cards_held_out_photos_are_the_held_out_split_only_at_4_to_3(cache, monkeypatch, tmp_path):
+    """engine.data.photos.held_out_photos, the real photos of the ASSET and ASAPNet cards: the cache's held-out
+    split (never a training photo) plus the mate landscapes when installed, each 512 x 384."""
+    monkeypatch.setenv("SGRAFFITO_PHOTOS", str(cache.folder))
+    monkeypatch.setattr(ph, "MATE_PHOTOS", tmp_path / "no-mate")
+    photos = ph.held_out_photos()
+    held_out = (cache.folder / "held_out.txt").read_text().split()
+    assert sorted(photos) == held_out
+    assert all(rgb.shape == (384, 512, 3) for rgb in photos.values())
+    mate = tmp_path / "mate" / "nature"
+    mate.mkdir(parents=True)
+    Image.fromarray(np.full((300, 900, 3), 90, np.uint8)).save(mate / "Dune.jpg")  # wider than 4:3: centre crop
+    monkeypatch.setattr(ph, "MATE_PHOTOS", tmp_path / "mate")
+    photos = ph.held_out_photos()
+    assert sorted(photos) == sorted(held_out + ["mate/Dune.jpg"]) and photos["mate/Dune.jpg"].shape == (384, 512, 3)
