@@ -194,7 +194,7 @@ def test_the_segmenter_task_caches_photo_textured_and_jittered_scenes_only_when_
         data = task.train_dataset()
         return data.features, data.targets
 
-    before, zero = cached(), cached(textured=0.0, jitter=0.0)
+    before, zero = cached(), cached(textured=0.0, jitter=0.0, zoom=1.0)
     assert torch.equal(before[0], zero[0]) and torch.equal(before[1], zero[1])
     assert textured_seeds == []
     textured = cached(textured=1.0)
@@ -202,3 +202,5 @@ def test_the_segmenter_task_caches_photo_textured_and_jittered_scenes_only_when_
     assert torch.equal(textured[1], before[1]) and not torch.equal(textured[0], before[0])
     jittered = cached(jitter=0.3)
     assert torch.equal(jittered[1], before[1]) and not torch.equal(jittered[0], before[0])
+    zoomed = cached(zoom=0.5)  # windows of larger scenes: same size, other content
+    assert zoomed[1].shape == before[1].shape and not torch.equal(zoomed[1], before[1])

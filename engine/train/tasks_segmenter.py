@@ -8,11 +8,13 @@ once per training scene (options.scenes scenes of options.size, TRAIN_SEEDS only
 float16; the loop then trains only the head on those cached features: cross-entropy at the scene's resolution
 (logits upsampled bilinearly), classes weighted by the inverse square root of their pixel frequency.
 
-options.textured is the fraction of training scenes drawn photo-textured (engine.data.textures: the same label map,
-each region filled with a flightgear-data-base photo texture of its class; `sgraffito data textures`), and
-options.jitter the strength of a random photometric change of every cached scene (brightness, contrast, saturation,
-gamma; 0 = none): a head trained on flat procedural colours alone calls real storm clouds and asphalt water and close
-grass snow (the first demo's card). Both default 0, which draws exactly the scenes of the first demo's run.
+Options for real photos, which a head trained on flat procedural colours alone misreads (storm clouds and asphalt
+as water, close grass as snow: the shipped head's card): options.textured, the fraction of training scenes drawn
+photo-textured (engine.data.textures: the same label map, each region filled with a flightgear-data-base photo
+texture of its class; `sgraffito data textures`); options.jitter, the strength of a random photometric change of
+every cached scene (brightness, contrast, saturation, gamma); options.zoom, the smallest scale of a random window
+of the scene (drawn at size / scale, cropped back to size: closer framings than the generator's). At their
+defaults (0, 0, 1) they draw exactly the scenes of the first demo's run.
 
 `evaluate` runs the whole pipeline (network on the resized photo + edge snapping at the photo's size, as
 `sgraffito segment` does) on the first options.eval_scenes held-out scenes (EVAL_SEEDS) at options.eval_size, and
@@ -147,8 +149,9 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 class SegmenterLandscapeTask(TrainTask):
     """options: vgg (path, required), scenes (1500), size ([240, 320]: h, w), head (SegmenterConfig fields),
-    textured (fraction of photo-textured scenes, 0), jitter (photometric jitter strength, 0), eval_scenes (100),
-    eval_size ([480, 640])."""
+    textured (fraction of photo-textured scenes, 0), jitter (photometric jitter strength, 0), zoom (smallest scale
+    of a random window: the scene drawn at size / scale and cropped back to size; 1 = whole scenes), eval_scenes
+    (100), eval_size ([480, 640])."""
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
@@ -161,6 +164,9 @@ class SegmenterLandscapeTask(TrainTask):
         self.eval_size = tuple(int(v) for v in opts.get("eval_size", (480, 640)))
         self.textured = float(opts.get("textured", 0.0))
         self.jitter = float(opts.get("jitter", 0.0))
+        self.zoom = float(opts.get("zoom", 1.0))
+        if not 0.25 <= self.zoom <= 1.0:
+            raise InputError(f"options.zoom must be the smallest crop scale in [0.25, 1], not {self.zoom}")
         if not 0.0 <= self.textured <= 1.0:
             raise InputError(f"options.textured must be a fraction in [0, 1], not {self.textured}")
         if not 0.0 <= self.jitter <= 0.5:
@@ -193,15 +199,21 @@ class SegmenterLandscapeTask(TrainTask):
         targets = torch.empty(self.scenes, h, w, dtype=torch.uint8)
         with torch.inference_mode():
             for index, seed in enumerate(seeds):
-                scene = generate_scene(int(TRAIN_SEEDS[int(seed)]), (h, w))
+                scale = style.uniform(self.zoom, 1.0) if self.zoom < 1 else 1.0
+                gh, gw = round(h / scale), round(w / scale)
+                scene = generate_scene(int(TRAIN_SEEDS[int(seed)]), (gh, gw))
                 if self.textured and style.random() < self.textured:
                     from engine.data.textures import texture_scene
 
                     scene = texture_scene(scene)
-                image = photometric_jitter(scene.image, style, self.jitter) if self.jitter else scene.image
+                image, labels = scene.image, scene.labels
+                if scale < 1:  # a window of the scene at the training size: closer framings than the generator's
+                    y0, x0 = int(style.integers(0, gh - h + 1)), int(style.integers(0, gw - w + 1))
+                    image, labels = image[y0: y0 + h, x0: x0 + w], labels[y0: y0 + h, x0: x0 + w]
+                image = photometric_jitter(image, style, self.jitter) if self.jitter else np.ascontiguousarray(image)
                 x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
                 features[index] = SegmenterHead.features(*backbone(x))[0].half()
-                targets[index] = torch.from_numpy(table[scene.labels])
+                targets[index] = torch.from_numpy(table[np.ascontiguousarray(labels)])
                 if index % 100 == 0:
                     print(f"cached {index}/{self.scenes} scenes ({time.monotonic() - started:.0f} s)", flush=True)
         counts = torch.bincount(targets.flatten().long(), minlength=256)[: len(CLASS_NAMES)].float().clamp(min=1)
