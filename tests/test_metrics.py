@@ -6,7 +6,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from engine.data.landscapes import EVAL_SEEDS, generate_scene, ids, water_ids
 from engine.errors import InputError
-from engine.metrics import classifier_info, colorfulness, label_agreement, psnr, reflection_score, ssim
+from engine.metrics import (VGG_CLASSIFIER_FILE, classifier_info, colorfulness, label_agreement, psnr,
+                            reflection_score, ssim, vgg_label_agreement)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,24 @@ def test_reflection_score_needs_water_and_matching_sizes(eval_scenes):
     assert np.isnan(reflection_score(dry.image, dry.labels))
     with pytest.raises(InputError):
         reflection_score(dry.image, dry.labels[:64])
+
+
+def test_vgg_judge_reads_what_fills_a_region_not_its_colour_and_noise(eval_scenes):
+    """The generator's own water reads as water to the VGG judge; the naive fill's Gaussian noise of the same
+    colour and spread, which the appearance classifier credits, does not, nor does a flat fill."""
+    assert float(classifier_info(VGG_CLASSIFIER_FILE)["eval_accuracy"]) > 0.85
+    scene = max(eval_scenes, key=lambda s: np.isin(s.labels, water_ids()).mean())
+    water = np.isin(scene.labels, water_ids())
+    assert water.mean() > 0.1
+    pixels = scene.image[water].astype(float)
+    noise = scene.image.copy()
+    noise[water] = np.clip(np.random.default_rng(0).normal(pixels.mean(0), pixels.std(0), pixels.shape), 0, 255)
+    flat = scene.image.copy()
+    flat[water] = pixels.mean(0).astype(np.uint8)
+    own = vgg_label_agreement(scene.image, scene.labels, water)
+    assert own > 0.6
+    assert vgg_label_agreement(noise, scene.labels, water) < own - 0.4
+    assert vgg_label_agreement(flat, scene.labels, water) < own - 0.4
+    assert label_agreement(noise, scene.labels, water) > 0.5  # the appearance classifier's known blind spot
+    with pytest.raises(InputError):
+        vgg_label_agreement(scene.image, scene.labels[:64])

@@ -355,7 +355,8 @@ def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, di
     photo-textured), on EVAL_SEEDS[:scenes] at 256 px once procedural and once photo-textured, on the card's first
     three real photos (held_out_render_photos) rendered at their size, and on the held-out photos of the ASSET card
     (held_out_labelled_photos). Metrics: LPIPS (AlexNet and VGG16) to the
-    reference, label agreement of the render, grid-artefact score (median over images)."""
+    reference, label agreement of the render (the appearance classifier and the VGG16 judge), grid-artefact score
+    (median over images)."""
     from engine import metrics
     from engine.data.textures import texture_scene
     from engine.pipelines.asapnet import ASAPNetRenderer
@@ -394,11 +395,13 @@ def evaluate_renders(folders: dict[str, Path], scenes: int = 32) -> dict[str, di
             for name, image in outputs.items():
                 rows.setdefault(name, []).append([
                     metrics.lpips(image, reference, net="alex"), metrics.lpips(image, reference, net="vgg"),
-                    metrics.label_agreement(image, labels), metrics.grid_artefact_score(image, reference)])
+                    metrics.label_agreement(image, labels), metrics.grid_artefact_score(image, reference),
+                    metrics.vgg_label_agreement(image, labels)])
         results[set_name] = {}
         for name, values in rows.items():
             v = np.array(values)
             results[set_name][name] = {"lpips_alex": float(v[:, 0].mean()), "lpips_vgg": float(v[:, 1].mean()),
                                        "label_agreement": float(np.nanmean(v[:, 2])),
-                                       "grid_median": float(np.median(v[:, 3]))}
+                                       "grid_median": float(np.median(v[:, 3])),
+                                       "label_agreement_vgg": float(np.nanmean(v[:, 4]))}
     return results
