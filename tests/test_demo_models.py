@@ -70,9 +70,12 @@ def test_asset_demo_regenerates_water_that_reads_as_water_unlike_the_naive_fill(
     assert regenerate_water(generate_scene(0, 64).__class__(np.zeros((64, 64, 3), np.uint8),
                                                             np.full((64, 64), ids().grass, np.uint8))) is None
     torch.set_num_threads(1)
-    results = evaluate_edits(assets_dir() / "models" / "demo-asset-landscape", count=1, k=1, size=256, lpips_net=None)
+    results = evaluate_edits(assets_dir() / "models" / "demo-asset-landscape", count=2, k=1, size=256, lpips_net=None)
     water = "the scene's water sampled again: "
-    assert results["held-out scenes"] == "1 sea edits, 1 water edits"
+    assert results["held-out scenes"] == "2 sea edits, 2 water edits"
+    # the sea edit's paired comparison with the naive fill, with its standard error over the scenes
+    paired = results["everything below the mountains becomes sea: reflection score, ours minus naive fill per scene"]
+    assert paired.endswith("(mean +- standard error, 2 scenes)")
     assert all(np.isfinite(v) for v in results.values() if isinstance(v, float))
     assert results[water + "label agreement in the edit (ours)"] > results[water + "label agreement in the edit (naive fill)"] + 0.2
     assert results[water + "reflection score (ours)"] > results[water + "reflection score (naive fill)"]
@@ -172,8 +175,10 @@ def test_asset_demo_photo_edit_evaluation_segments_edits_and_scores_a_photo():
                                    lpips_net=None)
     assert results["photos"] == "stand-in" and results["size"] == "256x192 px"
     scored = {k: v for k, v in results.items() if isinstance(v, float)}
-    assert len(scored) == 7 and all(np.isfinite(v) for v in scored.values())
+    assert len(scored) == 10 and all(np.isfinite(v) for v in scored.values())
     band = "the lower band sampled again: grid-artefact score (median) "
     assert results[band + "(ours)"] > 0 and results[band + "(naive fill)"] > 0
     sea = "the lower third becomes sea: label agreement in the edit "
     assert results[sea + "(ours)"] > results[sea + "(the photo unedited)"]  # the edit changed what the region shows
+    vgg = "the lower third becomes sea: label agreement in the edit, VGG16 judge "
+    assert results[vgg + "(ours)"] > results[vgg + "(naive fill)"] + 0.2  # ImageNet features: noise is not water
