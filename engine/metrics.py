@@ -352,21 +352,26 @@ def classifier_module(classes: int, inputs: int = 20, hidden: tuple[int, ...] = 
 @functools.lru_cache(maxsize=2)
 def _load_classifier(file: str = CLASSIFIER_FILE):
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
+    from engine.errors import CheckpointError
+    from engine.model_store import read_safetensors
     from engine.paths import assets_dir
 
     path = assets_dir() / file
     if not path.is_file():
         flag = "--fit-vgg" if file == VGG_CLASSIFIER_FILE else "--fit"
         raise InputError(f"{path} is missing; rebuild it with `python -m engine.train.label_judges {flag}`")
+    state = read_safetensors(path)  # a damaged file: a CheckpointError naming it
     with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    state = load_file(str(path))
-    # the layer widths are in the weights: Linear i has weight (out, in) at key f"{2 i}.weight"
-    widths = [state[k].shape for k in sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))]
-    model = classifier_module(widths[-1][0], widths[0][1], tuple(w[0] for w in widths[:-1]))
-    model.load_state_dict(state)
+        metadata = f.metadata() or {}
+    try:
+        # the layer widths are in the weights: Linear i has weight (out, in) at key f"{2 i}.weight"
+        weights = sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))
+        widths = [state[k].shape for k in weights]
+        model = classifier_module(widths[-1][0], widths[0][1], tuple(w[0] for w in widths[:-1]))
+        model.load_state_dict(state)
+    except (IndexError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: not a label-agreement judge ({error})") from None
     return model.eval(), metadata
 
 

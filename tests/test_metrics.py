@@ -86,3 +86,22 @@ def test_vgg_judge_reads_what_fills_a_region_not_its_colour_and_noise(eval_scene
     assert label_agreement(noise, scene.labels, water) > 0.5  # the appearance classifier's known blind spot
     with pytest.raises(InputError):
         vgg_label_agreement(scene.image, scene.labels[:64])
+
+
+def test_a_damaged_judge_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    from engine.errors import CheckpointError
+    from engine.metrics import forget_loaded_classifiers
+    from engine.paths import assets_dir
+
+    shipped = (assets_dir() / VGG_CLASSIFIER_FILE).read_bytes()
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.setenv("SGRAFFITO_ASSETS", str(tmp_path))
+    forget_loaded_classifiers()
+    try:
+        with pytest.raises(InputError, match="label_judges --fit-vgg"):  # missing: how to rebuild it
+            classifier_info(VGG_CLASSIFIER_FILE)
+        (tmp_path / VGG_CLASSIFIER_FILE).write_bytes(shipped[: len(shipped) // 2])
+        with pytest.raises(CheckpointError, match="label-agreement-vgg.safetensors"):
+            classifier_info(VGG_CLASSIFIER_FILE)
+    finally:
+        forget_loaded_classifiers()
