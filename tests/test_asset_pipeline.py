@@ -244,6 +244,23 @@ def test_edit_cells_draw_a_guide_cell_exactly_over_its_edited_full_size_cells():
         assert np.array_equal(guide, cells.reshape(16, 2, 16, 2).any(3).any(1))
 
 
+def test_water_edits_mask_all_of_a_scenes_water_and_leave_what_it_reflects_as_context():
+    from engine.data.landscapes import water_ids
+    from engine.train.tasks_asset import water_cells
+
+    labels = generate_scene(3, 512).labels[::4, ::4]  # a sea under mountains
+    water = np.isin(labels, water_ids())
+    water_cells_ = water.reshape(32, 4, 32, 4).any(3).any(1)
+    shapes = set()
+    for seed in range(8):
+        cells, guide = water_cells(labels, np.random.default_rng(seed))
+        assert np.all(cells[water_cells_]), "every token cell with water is sampled again"
+        assert not cells[: np.flatnonzero(water_cells_.any(1))[0] - 1].any(), "what stands above stays context"
+        assert np.array_equal(guide, cells.reshape(16, 2, 16, 2).any(3).any(1))
+        shapes.add(cells.tobytes())
+    assert len(shapes) > 1, "both kinds of water edit are drawn"
+
+
 def test_a_token_cache_of_other_tokenizers_is_encoded_again(bundle_dir, tmp_path):
     """A new seg VQGAN changes every label token; a cache made with the old one must not be trained on. A new
     decoder alone changes no token, so it keeps the cache."""

@@ -100,7 +100,7 @@ def tokenizer_fingerprint(directory: Path) -> str:
 
 
 def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, seed0: int = 0,
-                      masks_per_scene: int = 0, textured: float = 0.0) -> dict:
+                      masks_per_scene: int = 0, textured: float = 0.0, water_edits: float = 0.0) -> dict:
     """Encode `count` training scenes (TRAIN_SEEDS from seed0) once; saved to `path` and reused while the
     tokenizers that made it are the folder's (a cache of an earlier tokenizer is rebuilt, never trained on).
 
@@ -113,17 +113,23 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     tokens meet unseen context in every edit.
 
     `textured`: the fraction of scenes drawn photo-textured (engine.data.textures: the same label map with
-    photo textures; which scenes is fixed by their index), 0 = procedural only, the cache as before the option."""
-    if not 0.0 <= float(textured) <= 1.0:
-        raise InputError(f"options.textured must be a fraction in [0, 1], not {textured}")
+    photo textures; which scenes is fixed by their index), 0 = procedural only, the cache as before the option.
+    `water_edits`: the chance that an edit of a scene with water is drawn by `water_cells` (its water, or the band
+    from its shoreline down, sampled again: the edits that teach reflections) instead of the official rule; 0 =
+    the cache as before the option."""
+    for name, value in (("textured", textured), ("water_edits", water_edits)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise InputError(f"options.{name} must be a fraction in [0, 1], not {value}")
     fingerprint = tokenizer_fingerprint(directory)
     if path.is_file():
         cache = torch.load(path, weights_only=True)
         if (cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint
                 and cache.get("masks_per_scene", 0) >= masks_per_scene
-                and float(cache.get("textured", 0.0)) == float(textured)):
+                and float(cache.get("textured", 0.0)) == float(textured)
+                and float(cache.get("water_edits", 0.0)) == float(water_edits)):
             return cache
-        print(f"{path}: made by other tokenizers, too small, with fewer masks or another textured fraction; "
+        print(f"{path}: made by other tokenizers, too small, with fewer masks or another textured or water-edit "
+              "fraction; "
               f"encoding {count} scenes again",
               flush=True)
     tok = _Tokenizers(directory)
@@ -145,7 +151,10 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
         for key, value in (("z", z), ("c", c), ("gz", gz), ("gc", gc), ("labels", torch.from_numpy(small.copy()))):
             out[key].append(value)
         if masks_per_scene:
-            edits = [edit_cells(small, np.random.default_rng([seed0 + i, j])) for j in range(masks_per_scene)]
+            edits = [water_cells(small, np.random.default_rng([seed0 + i, j, 11]))
+                     if water_edits and np.random.default_rng([seed0 + i, j, 13]).random() < water_edits
+                     and _water_fraction(small) >= 0.05
+                     else edit_cells(small, np.random.default_rng([seed0 + i, j])) for j in range(masks_per_scene)]
             out["m"].append(torch.from_numpy(np.stack([cells.reshape(-1) for cells, _ in edits])))
             out["gm"].append(torch.from_numpy(np.stack([guide.reshape(-1) for _, guide in edits])))
             out["mz"].append(torch.stack([_codes(tok, scene.image, scene.labels, np.kron(cells, cell_pixels), "cpu")[0]
@@ -159,6 +168,7 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     cache["tokenizers"] = fingerprint
     cache["masks_per_scene"] = masks_per_scene
     cache["textured"] = float(textured)
+    cache["water_edits"] = float(water_edits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(cache, tmp)
@@ -174,6 +184,36 @@ def edit_cells(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     cells = mask.reshape(side, cell, side, cell).any(axis=(1, 3))
     if cells.all():
         cells[0, 0] = False
+    ratio = side // (GUIDE_SIZE // 16)
+    guide = cells.reshape(side // ratio, ratio, side // ratio, ratio).any(axis=(1, 3))
+    return cells, guide
+
+
+def _water_fraction(labels: np.ndarray) -> float:
+    from engine.data.landscapes import water_ids
+
+    return float(np.isin(labels, water_ids()).mean())
+
+
+def water_cells(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A reflection-teaching training edit on a cached 1/4-size label map of a scene with water, as edit_cells
+    returns it: half the time the water itself (dilated by up to one token), half the time every row from its
+    shoreline (the median first water row of its columns) down, as the held-out sea edit masks a band."""
+    from engine.data.landscapes import water_ids
+
+    water = np.isin(labels, water_ids())
+    cell = 16 // MASK_SCALE
+    if rng.random() < 0.5:
+        mask = cv2.dilate(water.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=int(rng.integers(0, cell + 1)))
+    else:
+        columns = np.flatnonzero(water.any(axis=0))
+        shore = int(np.median(water[:, columns].argmax(axis=0)))
+        mask = np.zeros_like(water, np.uint8)
+        mask[shore:] = 1
+    side = labels.shape[0] * MASK_SCALE // 16
+    cells = mask.astype(bool).reshape(side, cell, side, cell).any(axis=(1, 3))
+    if cells.all():
+        cells[0, :] = False
     ratio = side // (GUIDE_SIZE // 16)
     guide = cells.reshape(side // ratio, ratio, side // ratio, ratio).any(axis=(1, 3))
     return cells, guide
@@ -249,7 +289,8 @@ class _AssetTask(TrainTask):
         self.cache = build_token_cache(self.directory, cache_path, self.options.get("scenes", 256),
                                        self.options.get("scene_size", 512),
                                        masks_per_scene=int(self.options.get("masks_per_scene", 2)),
-                                       textured=float(self.options.get("textured", 0.0)))
+                                       textured=float(self.options.get("textured", 0.0)),
+                                       water_edits=float(self.options.get("water_edits", 0.0)))
         held = int(self.options.get("eval_sequences", 16))
         tensors = {k: v for k, v in self.cache.items() if isinstance(v, torch.Tensor)}
         holes = self.options.get("hole_targets", "masked")
@@ -406,9 +447,10 @@ def _scene(seed: int, size: int, textured: bool):
 
 @torch.no_grad()
 def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512, textured: bool = False,
-                   lpips_net: str | None = "alex") -> dict:
+                   lpips_net: str | None = "alex", seeds=EVAL_SEEDS) -> dict:
     """Held-out edits (EVAL_SEEDS, never trained on; photo-textured when `textured`) by the demo model and by the
-    naive per-class colour fill:
+    naive per-class colour fill (`seeds`: other scenes, such as training seeds no cache encoded, to choose between
+    runs without looking at the held-out ones):
     - "sea" edits (water_under_mountains: no ground truth): label agreement in the edit, reflection score;
     - "water" edits (regenerate_water: the scene is the reference rendering): LPIPS (AlexNet) to it inside the
       edit (`lpips_net`; None leaves LPIPS out), the 16-px grid-artefact score of the edit against it, label
@@ -427,7 +469,7 @@ def evaluate_edits(directory: Path, count: int = 16, k: int = 2, size: int = 512
     def add(key: str, value: float) -> None:
         scores.setdefault(key, []).append(value)
 
-    for seed in EVAL_SEEDS:
+    for seed in seeds:
         if min(used.values()) == count:
             break
         scene = _scene(int(seed), size, textured)
