@@ -285,3 +285,42 @@ def test_a_token_cache_of_other_tokenizers_is_encoded_again(bundle_dir, tmp_path
     assert again["tokenizers"] != first["tokenizers"]
     assert not torch.equal(again["c"], first["c"])  # the label tokens were encoded again, by the new codebook
     assert torch.equal(torch.load(path, weights_only=True)["c"], again["c"])
+
+
+def test_an_interrupted_token_cache_resumes_and_a_larger_one_extends_to_what_a_fresh_build_gives(
+        bundle_dir, tmp_path, monkeypatch):
+    """Encoding a thousand training scenes takes this CPU hours: a killed build must keep its work, and asking for
+    more scenes must encode only the new ones, with the same tokens and edits a build from scratch draws."""
+    from engine.train import tasks_asset
+
+    options = dict(size=256, masks_per_scene=2, water_edits=0.5)
+    fresh = tasks_asset.build_token_cache(bundle_dir, tmp_path / "fresh.pt", count=4, **options)
+
+    path = tmp_path / "cache.pt"
+    real_generate, calls = tasks_asset.generate_scene, []
+
+    def killed_on_the_fourth_scene(seed, size):
+        calls.append(seed)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_generate(seed, size)
+
+    monkeypatch.setattr(tasks_asset, "CACHE_SAVE_EVERY", 1)
+    monkeypatch.setattr(tasks_asset, "generate_scene", killed_on_the_fourth_scene)
+    with pytest.raises(KeyboardInterrupt):
+        tasks_asset.build_token_cache(bundle_dir, path, count=4, **options)
+    assert not path.exists() and len(torch.load(path.with_name("cache.pt.partial"), weights_only=True)["z"]) == 3
+
+    calls.clear()
+    monkeypatch.setattr(tasks_asset, "generate_scene", lambda seed, size: calls.append(seed) or real_generate(seed, size))
+    tasks_asset.build_token_cache(bundle_dir, path, count=2, **options)  # fewer than the partial holds: kept
+    assert calls == [] and torch.load(path, weights_only=True)["z"].shape[0] == 3
+    resumed = tasks_asset.build_token_cache(bundle_dir, path, count=4, **options)
+    assert calls == [int(TRAIN_SEEDS[3])], "only the scene the kill lost is encoded again"
+    assert not path.with_name("cache.pt.partial").exists()
+    for key, value in fresh.items():
+        assert torch.equal(resumed[key], value) if isinstance(value, torch.Tensor) else resumed[key] == value, key
+
+    calls.clear()
+    other = tasks_asset.build_token_cache(bundle_dir, path, count=4, **(options | {"water_edits": 0.0}))
+    assert len(calls) == 4 and not torch.equal(other["m"], fresh["m"])  # other settings: nothing kept

@@ -81,6 +81,7 @@ class _Tokenizers:
 
 MASK_SCALE = 4  # the cached label maps are 1/4 of the scene size: masks are drawn there, in cells of 16/4 px
 CACHE_VERSION = 3
+CACHE_SAVE_EVERY = 32  # scenes between saves of an unfinished cache (<path>.partial), from which a new build resumes
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
@@ -116,28 +117,47 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     photo textures; which scenes is fixed by their index), 0 = procedural only, the cache as before the option.
     `water_edits`: the chance that an edit of a scene with water is drawn by `water_cells` (its water, or the band
     from its shoreline down, sampled again: the edits that teach reflections) instead of the official rule; 0 =
-    the cache as before the option."""
+    the cache as before the option.
+
+    An interrupted build resumes from its last save (<path>.partial, every CACHE_SAVE_EVERY scenes), and asking
+    for more scenes with the same settings encodes only the new ones: each scene and its edits are drawn from
+    seeds of its index alone, so the result equals a build from scratch."""
     for name, value in (("textured", textured), ("water_edits", water_edits)):
         if not 0.0 <= float(value) <= 1.0:
             raise InputError(f"options.{name} must be a fraction in [0, 1], not {value}")
-    fingerprint = tokenizer_fingerprint(directory)
-    if path.is_file():
-        cache = torch.load(path, weights_only=True)
-        if (cache.get("version") == CACHE_VERSION and len(cache["z"]) >= count and cache.get("tokenizers") == fingerprint
-                and cache.get("masks_per_scene", 0) >= masks_per_scene
-                and float(cache.get("textured", 0.0)) == float(textured)
-                and float(cache.get("water_edits", 0.0)) == float(water_edits)):
+    settings = {"version": CACHE_VERSION, "tokenizers": tokenizer_fingerprint(directory), "size": size,
+                "seed0": seed0, "masks_per_scene": masks_per_scene, "textured": float(textured),
+                "water_edits": float(water_edits)}
+    partial = path.with_name(path.name + ".partial")
+    keys = ("z", "c", "gz", "gc", "labels") + (("mz", "mgz", "m", "gm") if masks_per_scene else ())
+    out = {k: [] for k in keys}
+    for candidate in (path, partial):
+        if not candidate.is_file():
+            continue
+        cache = torch.load(candidate, weights_only=True)
+        same = all(cache.get(k) == v for k, v in settings.items() if k != "masks_per_scene")
+        if (same and candidate == path and len(cache["z"]) >= count
+                and cache.get("masks_per_scene", 0) >= masks_per_scene):
             return cache
-        print(f"{path}: made by other tokenizers, too small, with fewer masks or another textured or water-edit "
-              "fraction; "
-              f"encoding {count} scenes again",
-              flush=True)
+        if same and cache.get("masks_per_scene") == masks_per_scene and len(cache["z"]) > len(out["z"]):
+            # the same scenes with the same edits (every draw is seeded by the scene's index): keep them
+            out = {k: list(cache[k].unbind(0)) for k in keys}
+    if path.is_file() or partial.is_file():
+        print(f"{path}: made by other tokenizers or settings, or with fewer scenes; keeping {len(out['z'])} "
+              f"encoded scenes that match, encoding {count - len(out['z'])} more", flush=True)
     tok = _Tokenizers(directory)
     no_mask = np.zeros((size, size), bool)
     cell_pixels = np.ones((16, 16), bool)
-    keys = ("z", "c", "gz", "gc", "labels") + (("mz", "mgz", "m", "gm") if masks_per_scene else ())
-    out = {k: [] for k in keys}
-    for i in range(count):
+
+    def save(target: Path) -> dict:
+        cache = {k: torch.stack(v) for k, v in out.items()} | settings
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save(cache, tmp)
+        tmp.replace(target)  # a full disk or a kill leaves the last complete file, never half of one
+        return cache
+
+    for i in range(len(out["z"]), count):
         scene = generate_scene(int(TRAIN_SEEDS[seed0 + i]), size)
         if textured and np.random.default_rng([seed0 + i, 7]).random() < textured:
             from engine.data.textures import texture_scene
@@ -161,18 +181,11 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
                                           for cells, _ in edits]))
             out["mgz"].append(torch.stack([_codes(tok, g_image, g_labels, np.kron(guide, cell_pixels), "cpu")[0]
                                            for _, guide in edits]))
-        if (i + 1) % 32 == 0:
+        if (i + 1) % CACHE_SAVE_EVERY == 0:
+            save(partial)  # an interrupted build resumes from here
             print(f"token cache: {i + 1}/{count} scenes", flush=True)
-    cache = {k: torch.stack(v) for k, v in out.items()}
-    cache["version"] = CACHE_VERSION
-    cache["tokenizers"] = fingerprint
-    cache["masks_per_scene"] = masks_per_scene
-    cache["textured"] = float(textured)
-    cache["water_edits"] = float(water_edits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(cache, tmp)
-    tmp.replace(path)
+    cache = save(path)
+    partial.unlink(missing_ok=True)
     return cache
 
 
