@@ -312,7 +312,8 @@ def test_an_interrupted_token_cache_resumes_and_a_larger_one_extends_to_what_a_f
     assert not path.exists() and len(torch.load(path.with_name("cache.pt.partial"), weights_only=True)["z"]) == 3
 
     calls.clear()
-    monkeypatch.setattr(tasks_asset, "generate_scene", lambda seed, size: calls.append(seed) or real_generate(seed, size))
+    monkeypatch.setattr(tasks_asset, "generate_scene",
+                        lambda seed, size: calls.append(seed) or real_generate(seed, size))
     tasks_asset.build_token_cache(bundle_dir, path, count=2, **options)  # fewer than the partial holds: kept
     assert calls == [] and torch.load(path, weights_only=True)["z"].shape[0] == 3
     resumed = tasks_asset.build_token_cache(bundle_dir, path, count=4, **options)
@@ -324,3 +325,13 @@ def test_an_interrupted_token_cache_resumes_and_a_larger_one_extends_to_what_a_f
     calls.clear()
     other = tasks_asset.build_token_cache(bundle_dir, path, count=4, **(options | {"water_edits": 0.0}))
     assert len(calls) == 4 and not torch.equal(other["m"], fresh["m"])  # other settings: nothing kept
+
+
+def test_a_damaged_token_cache_is_encoded_again_with_a_message(bundle_dir, tmp_path, capsys):
+    from engine.train.tasks_asset import build_token_cache
+
+    path = tmp_path / "cache.pt"
+    path.write_bytes(b"PK\x03\x04 half of a zip, the rest lost when the disk filled")
+    cache = build_token_cache(bundle_dir, path, count=1, size=256)
+    assert "not a token cache this version can read" in capsys.readouterr().out
+    assert torch.equal(torch.load(path, weights_only=True)["z"], cache["z"]) and cache["z"].shape[0] == 1

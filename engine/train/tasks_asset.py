@@ -134,8 +134,14 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     for candidate in (path, partial):
         if not candidate.is_file():
             continue
-        cache = torch.load(candidate, weights_only=True)
-        same = all(cache.get(k) == v for k, v in settings.items() if k != "masks_per_scene")
+        try:
+            cache = torch.load(candidate, weights_only=True)
+        except Exception as error:  # a damaged file or a pickle with code: regenerable, so encode it again
+            print(f"{candidate}: not a token cache this version can read ({type(error).__name__}); encoding it "
+                  "again", flush=True)
+            continue
+        same = isinstance(cache, dict) and all(cache.get(k) == v for k, v in settings.items()
+                                               if k != "masks_per_scene")
         if (same and candidate == path and len(cache["z"]) >= count
                 and cache.get("masks_per_scene", 0) >= masks_per_scene):
             return cache
