@@ -4,17 +4,18 @@ asset_guiding: the guiding transformer, dense attention on 16x16 tokens (256 px)
 asset_sga:     the SGA transformer on 32x32 tokens (512 px), initialised from the guiding weights (the
                official chain), guided by the trained guiding transformer's attention on the 256 px version.
 
-Both read token sequences precomputed once (`token_cache`) with the demo VQGANs from procedural landscapes
-rendered at 512 px: image codes of the whole scene, label codes, and the label map at 1/4 size. Every sample then
-draws a fresh edit mask by the official `generate_mask_from_seg` rule (a random connected component of the class
-under a random pixel, dilated; halved when it covers more than 60%), turned into token cells the way the editor
-does (cells the mask touches), so a few hundred scenes give endless distinct training edits. The 256 px guide is
-the INTER_AREA downscale of the 512 px scene, as at inference, and its mask the same cells at half resolution.
-Loss: cross-entropy at the masked tokens only.
+Both read token sequences precomputed once (`token_cache`, build_token_cache) with the demo VQGANs from procedural
+landscapes rendered at 512 px (a share of them photo-textured): image codes of the whole scene, label codes, the
+label map at 1/4 size, and `masks_per_scene` edits per scene drawn by the official `generate_mask_from_seg` rule (a
+random connected component of the class under a random pixel, dilated; halved when it covers more than 60%), or by
+`water_cells`, turned into token cells the way the editor does (cells the mask touches), each with the image codes
+the mask-aware encoder gives for that mask, as the official training encodes (encode_to_z(x, mask)). The 256 px
+guide is the INTER_AREA downscale of the 512 px scene, as at inference, and its mask the same cells at half
+resolution. Loss: cross-entropy at the masked tokens only.
 
-One deliberate shortcut against the official training: the image codes are encoded once without a mask, where
-ASSET's frozen first stage re-encodes every batch with its mask. The mask-aware encoder only changes the codes
-of unmasked tokens next to the hole, and encoding per mask would cost this CPU about a second per sample.
+One deliberate shortcut against the official training: each scene has a fixed handful of cached edits, where the
+official loader draws a fresh mask and re-encodes every batch; encoding per sample would cost this CPU about
+1.5 s per sample (so a few hundred scenes are memorised: see the card's notes).
 """
 
 from __future__ import annotations
