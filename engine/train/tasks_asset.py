@@ -132,6 +132,7 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
     partial = path.with_name(path.name + ".partial")
     keys = ("z", "c", "gz", "gc", "labels") + (("mz", "mgz", "m", "gm") if masks_per_scene else ())
     out = {k: [] for k in keys}
+    other_settings = False
     for candidate in (path, partial):
         if not candidate.is_file():
             continue
@@ -146,12 +147,16 @@ def build_token_cache(directory: Path, path: Path, count: int, size: int = 512, 
         if (same and candidate == path and len(cache["z"]) >= count
                 and cache.get("masks_per_scene", 0) >= masks_per_scene):
             return cache
-        if same and cache.get("masks_per_scene") == masks_per_scene and len(cache["z"]) > len(out["z"]):
+        matches = same and cache.get("masks_per_scene") == masks_per_scene
+        if matches and len(cache["z"]) > len(out["z"]):
             # the same scenes with the same edits (every draw is seeded by the scene's index): keep them
             out = {k: list(cache[k].unbind(0)) for k in keys}
-    if path.is_file() or partial.is_file():
-        print(f"{path}: made by other tokenizers or settings, or with fewer scenes; keeping {len(out['z'])} "
-              f"encoded scenes that match, encoding {count - len(out['z'])} more", flush=True)
+        other_settings = other_settings or not matches
+    kept = len(out["z"])
+    if kept:
+        print(f"{path}: {kept} scenes already encoded with these settings; encoding {count - kept} more", flush=True)
+    elif other_settings:
+        print(f"{path}: made by other tokenizers or settings; encoding {count} scenes again", flush=True)
     tok = _Tokenizers(directory)
     no_mask = np.zeros((size, size), bool)
     cell_pixels = np.ones((16, 16), bool)
