@@ -13,7 +13,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, QEvent, Qt, QTimer
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, QEvent, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (QAbstractSpinBox, QApplication, QCheckBox, QComboBox, QFileDialog, QInputDialog,
                                QLabel, QLineEdit, QMainWindow, QMenu, QMessageBox, QPlainTextEdit, QSlider, QSpinBox,
@@ -542,12 +542,31 @@ class MainWindow(QMainWindow):
         box.exec()
         return {as_labels: "labels", as_photo: "photo"}.get(box.clickedButton(), "cancel")
 
+    def dialog_start_folder(self, save: bool) -> Path:
+        """Where a file dialog opens: saving goes next to the document's own file when that folder is writable
+        (a photo from a read-only wallpaper folder is saved where the last dialog was); opening starts where the
+        last dialog chose a file; failing those, the user's Pictures folder or home, never the process's cwd."""
+        source = self.document.source if self.document.is_open else None
+        own = source.parent if source is not None and source.parent.is_dir() else None
+        candidates = [own if own is not None and os.access(own, os.W_OK) else None, user_settings.dialog_folder()]
+        if not save:
+            candidates = [user_settings.dialog_folder(), own]
+        pictures = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.PicturesLocation))
+        for folder in [*candidates, pictures, Path.home()]:
+            if folder is not None and folder.is_dir():
+                return folder
+        return Path.home()
+
     def ask_path(self, title: str, file_filter: str, save: bool = False, suggestion: str = "") -> Path | None:
+        start = str(self.dialog_start_folder(save) / suggestion)
         if save:
-            path, _ = QFileDialog.getSaveFileName(self, title, suggestion, file_filter)
+            path, _ = QFileDialog.getSaveFileName(self, title, start, file_filter)
         else:
-            path, _ = QFileDialog.getOpenFileName(self, title, suggestion, file_filter)
-        return Path(path) if path else None
+            path, _ = QFileDialog.getOpenFileName(self, title, start, file_filter)
+        if not path:
+            return None
+        user_settings.set_dialog_folder(Path(path).parent)
+        return Path(path)
 
     def ask_quality(self) -> int | None:
         quality, ok = QInputDialog.getInt(self, self.tr("Export quality"), self.tr("JPEG / WebP quality (1-100):"),

@@ -14,8 +14,9 @@ from __future__ import annotations
 import html
 import threading
 import time
+from pathlib import Path
 
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import QStandardPaths, Qt, QThread, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QProgressBar, QPushButton, QSplitter, QTableWidget, QTableWidgetItem,
@@ -195,8 +196,11 @@ class ModelsDialog(QDialog):
         entry = self.current_entry()
         if entry is None:
             return
+        # a file fetched by hand lands in Downloads; the process's cwd means nothing to the user
+        downloads = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DownloadLocation))
         path, _ = QFileDialog.getOpenFileName(
-            self, self.tr("Import %s from a downloaded file") % entry.name, "",
+            self, self.tr("Import %s from a downloaded file") % entry.name,
+            str(downloads if downloads.is_dir() else Path.home()),
             " ".join(f"*{f.name[f.name.rfind('.'):]}" for f in entry.files if "." in f.name) or "*")
         if path:
             self.start(from_path=path)

@@ -57,6 +57,16 @@ def remember(path) -> None:
     _set("files/recent", [str(p) for p in entries[:RECENT_COUNT]])
 
 
+def dialog_folder() -> Path | None:
+    """The folder the last file dialog chose a file in, while it still exists."""
+    folder = _get("files/dialog_folder")
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
+
+def set_dialog_folder(folder) -> None:
+    _set("files/dialog_folder", str(Path(folder).resolve()))
+
+
 # ---- choices ----------------------------------------------------------------------------------------------------
 def label_set() -> str | None:
     """The label set the user last chose (a set name for engine.labels.load_label_set), or None."""

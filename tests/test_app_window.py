@@ -696,3 +696,49 @@ def test_hovering_the_canvas_gives_it_the_keys_unless_the_user_is_typing(opened,
     qtbot.waitUntil(window.palette.search.hasFocus)
     canvas.enterEvent(enter)
     assert window.palette.search.hasFocus()
+
+
+def test_file_dialogs_open_next_to_the_photo_and_where_the_last_one_chose(window, tmp_path, monkeypatch):
+    """Save goes next to the photo when that folder is writable, else where the last dialog chose a file; Open
+    starts where the last dialog chose, also in the next session; never in the folder the app was started from."""
+    import os
+    from pathlib import Path
+
+    from PySide6.QtWidgets import QFileDialog
+
+    shown = []
+
+    def dialog(answer):
+        def ask(parent, title, start, file_filter):
+            shown.append(start)
+            return (str(answer) if answer else "", file_filter)
+        return ask
+
+    writable, read_only, chosen = tmp_path / "photos", tmp_path / "wallpapers", tmp_path / "projects"
+    for folder in (writable, read_only, chosen):
+        folder.mkdir()
+    Image.fromarray(landscape_rgb()).save(writable / "lake.png")
+    Image.fromarray(landscape_rgb(seed=1)).save(read_only / "dune.png")
+    elsewhere = tmp_path / "started-here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    assert window.open_path(writable / "lake.png")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog(chosen / "lake.sgraffito"))
+    assert window.save_as()
+    assert shown[-1] == str(writable / "lake.sgraffito")  # next to the photo, with the suggested name
+    assert (chosen / "lake.sgraffito").is_file()
+
+    real_access = os.access  # root may write anywhere, so this folder is read-only by decree
+    monkeypatch.setattr("app.main_window.os.access",
+                        lambda path, mode: False if Path(path) == read_only else real_access(path, mode))
+    assert window.open_path(read_only / "dune.png")
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", dialog(None))  # the user cancels
+    assert not window.save_as()
+    assert shown[-1] == str(chosen / "dune.sgraffito")  # the photo's folder is read-only: the last one chosen
+
+    later = MainWindow()  # a new session remembers the folder
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", dialog(None))
+    assert later.ask_path("Open", "*") is None
+    assert shown[-1] == str(chosen)
+    later.close()
