@@ -465,7 +465,11 @@ class MainWindow(QMainWindow):
         info = describe(self.document, x, y)
         if info is None:
             return
-        text = f"x {x}, y {y}   {info['name']} ({info['id']})"
+        text = f"x {x}, y {y}"
+        if self.document.mode in MODE_TOOLS:  # colorize mode: the label under the cursor means nothing there
+            self.hover_label.setText(text)
+            return
+        text += f"   {info['name']} ({info['id']})"
         if info["id"] != info["original"]:
             text += "   " + self.tr("was {label}").format(label=info["original_name"])
         self.hover_label.setText(text)
@@ -477,6 +481,10 @@ class MainWindow(QMainWindow):
         for name in self.tools:
             self.actions[f"tool_{name}"].setEnabled(name in own if own else name not in
                                                     {t for tools in MODE_TOOLS.values() for t in tools})
+        # the brush options and the overlay belong to label painting: greyed out where no label tool works
+        paints_labels = doc.mode not in MODE_TOOLS
+        for widget in (self.size_spin, self.shape_combo, self.global_check, self.only_check, self.opacity_slider):
+            widget.setEnabled(paints_labels)
         wanted = DEFAULT_TOOL.get(doc.mode, "brush")
         if self.canvas.tool is None or self.canvas.tool.name != wanted:
             self.select_tool(wanted)

@@ -280,6 +280,19 @@ def test_grayscale_photo_opens_in_colorize_mode(window, tmp_path):
     assert window.open_path(path)
     assert window.document.mode == "colorize"
     assert window.banner.isVisible() and "colorize" in window.banner.text()
+    # no label painting here: the brush options and the overlay are greyed out, the status bar names no label
+    label_options = (window.size_spin, window.shape_combo, window.global_check, window.only_check,
+                     window.opacity_slider)
+    assert not any(widget.isEnabled() for widget in label_options)
+    window.canvas.hovered.emit(10, 10)
+    assert window.hover_label.text() == "x 10, y 10"
+
+    colour = tmp_path / "colour.png"
+    Image.fromarray(landscape_rgb()).save(colour)
+    assert window.open_path(colour)  # a colour photo: label painting again
+    assert all(widget.isEnabled() for widget in label_options)
+    window.canvas.hovered.emit(10, 10)
+    assert "(" in window.hover_label.text().removeprefix("x 10, y 10")
 
 
 def test_switching_to_a_label_set_without_the_maps_ids_is_refused(opened):
