@@ -36,7 +36,7 @@ from app.segmentation import install_segmentation
 from app.theme import CANVAS, Theme
 from app.tools import MAX_RADIUS, MIN_RADIUS, TOOLS, ToolSettings
 from engine.errors import SgraffitoError
-from engine.imageio import is_label_map_export
+from engine.imageio import is_label_map_export, looks_like_id_map
 from engine.labels import LabelSet
 from engine.paths import APP_NAME
 
@@ -538,11 +538,12 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.StandardButton.Yes
 
     def ask_open_label_map(self, name: str, label_set: LabelSet) -> str:
-        """A file that is a label map (its palette is the set's colours) opened like a photo: "labels" opens it in
-        translation mode, "photo" as an image to edit, "cancel" not at all."""
+        """A file that looks like a label map (its palette is the set's colours, or its few gray levels are the
+        set's ids) opened like a photo: "labels" opens it in translation mode, "photo" as an image to edit,
+        "cancel" not at all."""
         box = QMessageBox(QMessageBox.Icon.Question, self.tr("Open a label map"),
-                          self.tr("{name} is a label map of {labels}: its colours are the labels' colours. Open it "
-                                  "as a label map to paint and render, or as a picture?").format(
+                          self.tr("{name} looks like a label map of {labels}: its colours or gray levels are the "
+                                  "labels'. Open it as a label map to paint and render, or as a picture?").format(
                               name=name, labels=label_set.title), QMessageBox.StandardButton.Cancel, self)
         as_labels = box.addButton(self.tr("Label Map"), QMessageBox.ButtonRole.AcceptRole)
         as_photo = box.addButton(self.tr("Picture"), QMessageBox.ButtonRole.AcceptRole)
@@ -616,7 +617,7 @@ class MainWindow(QMainWindow):
         label_set = label_set or self.document.label_set
         if path.suffix.lower() == files.PROJECT_SUFFIX:
             opened = self._attempt(self._load, files.read_project, path)
-        elif labels is None and is_label_map_export(path, label_set):
+        elif labels is None and (is_label_map_export(path, label_set) or looks_like_id_map(path, label_set)):
             choice = self.ask_open_label_map(path.name, label_set)
             if choice == "cancel":
                 return False

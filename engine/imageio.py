@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from engine.errors import InputError
+from engine.errors import InputError, SgraffitoError
 from engine.labels import LabelSet
 from engine.safe_io import Budget, read_bytes
 
@@ -431,6 +431,47 @@ def is_label_map_export(path: str | Path, label_set: LabelSet) -> bool:
         return False
     table = label_set.lookup_table()[:256]
     return len(palette) == len(table) and bool((palette == table).all())
+
+
+ID_MAP_MAX_LEVELS = 64  # a label map uses a few dozen classes at most; a grayscale photo, hundreds of gray levels
+ID_MAP_MAX_PIXELS = 50_000_000  # larger single-channel PNGs are not decoded twice just to ask
+
+
+def looks_like_id_map(path: str | Path, label_set: LabelSet) -> bool:
+    """True for a single-channel PNG (8 or 16 bit) whose few levels are all ids of `label_set` (or its
+    unlabeled id): the way COCO-Stuff, ADE20K and SPADE store label maps, which would otherwise open as a dark
+    grayscale photo. A photo has far more than ID_MAP_MAX_LEVELS gray levels; a posterized picture may pass,
+    so the caller asks the user rather than deciding. Anything unreadable is False and left to the photo
+    reader and its errors."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+        data, name = _read(path, "label map")
+        image = _open(data, name, ID_MAP_MAX_PIXELS)
+        if image.mode not in ("L", "I;16", "I;16B", "I;16L"):
+            return False
+        _decode(image, name)
+        values = np.asarray(image)
+        if values.dtype != np.uint8:
+            if values.min() < 0 or values.max() > 65535:
+                return False
+            values = values.astype(np.uint16)
+        counts = np.bincount(values.ravel(), minlength=256 if values.dtype == np.uint8 else 65536)
+    except (SgraffitoError, OSError, ValueError, MemoryError):
+        return False
+    levels = np.flatnonzero(counts)
+    valid = np.zeros(counts.size, bool)
+    valid[label_set.valid_ids[label_set.valid_ids < counts.size]] = True
+    if levels.size > ID_MAP_MAX_LEVELS or not valid[levels].all():
+        return False
+    # a flat, foggy photo may have only a few dozen gray levels, but they are one unbroken run (100, 101, 102,
+    # ...); the classes of a map are scattered ids, of which few happen to be neighbours
+    neighbours = np.isin(levels + 1, levels).sum()
+    return levels.size <= 4 or neighbours < levels.size / 2
 
 
 def load_label_map(

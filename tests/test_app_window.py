@@ -755,3 +755,31 @@ def test_file_dialogs_open_next_to_the_photo_and_where_the_last_one_chose(window
     assert later.ask_path("Open", "*") is None
     assert shown[-1] == str(chosen)
     later.close()
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_dataset_id_map_asks_how_to_open_it_and_a_grayscale_photo_does_not(window, tmp_path, monkeypatch, bits):
+    """COCO-Stuff, ADE20K and SPADE keep label maps as single-channel id PNGs; opened as a file, one used to
+    become a dark grayscale photo in colorize mode. A grayscale photo (hundreds of levels) is not asked about,
+    nor is a single-channel PNG with a level that is no label of the set."""
+    labels = np.full((HEIGHT, WIDTH), GRASS, np.uint16)
+    labels[: HEIGHT // 2] = SKY
+    labels[60:, 90:] = UNLABELED
+    path = tmp_path / "coco-map.png"
+    Image.fromarray(labels.astype(np.uint8) if bits == 8 else labels).save(path)
+    asked = []
+    monkeypatch.setattr(window, "ask_open_label_map", lambda name, labels: asked.append(name) or "labels")
+    assert window.open_path(path), window.errors
+    assert asked == ["coco-map.png"]
+    doc = window.document
+    assert doc.mode == "translate" and doc.photo is None and np.array_equal(doc.labels, labels)
+
+    gray = tmp_path / "foggy-photo.png"  # a flat photo: 40 gray levels, every one of them a COCO-Stuff id
+    fog = np.linspace(100, 135, WIDTH)[None, :] + np.random.default_rng(0).normal(0, 1.5, (HEIGHT, WIDTH))
+    Image.fromarray(np.clip(fog, 100, 139).astype(np.uint8)).save(gray)
+    not_ids = tmp_path / "two-tone.png"  # 200 is no COCO-Stuff id
+    Image.fromarray(np.where(labels == SKY, 200, GRASS).astype(np.uint8)).save(not_ids)
+    for picture in (gray, not_ids):
+        assert window.open_path(picture), window.errors
+        assert window.document.mode == "colorize"
+    assert asked == ["coco-map.png"]
