@@ -466,8 +466,8 @@ def looks_like_id_map(path: str | Path, label_set: LabelSet) -> bool:
     levels = np.flatnonzero(counts)
     valid = np.zeros(counts.size, bool)
     valid[label_set.valid_ids[label_set.valid_ids < counts.size]] = True
-    if levels.size > ID_MAP_MAX_LEVELS or not valid[levels].all():
-        return False
+    if not 2 <= levels.size <= ID_MAP_MAX_LEVELS or not valid[levels].all():
+        return False  # one flat gray is a blank picture far more often than a map of a single class
     # a flat, foggy photo may have only a few dozen gray levels, but they are one unbroken run (100, 101, 102,
     # ...); the classes of a map are scattered ids, of which few happen to be neighbours
     neighbours = np.isin(levels + 1, levels).sum()

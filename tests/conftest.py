@@ -78,3 +78,24 @@ def drag(win, points):
     for point in to_view[1:]:
         QTest.mouseMove(viewport, point)
     QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, to_view[-1])
+
+
+@pytest.fixture(autouse=True)
+def no_modal_dialogs(monkeypatch):
+    """Offscreen, a modal dialog waits for a click that never comes and the run hangs until CI's timeout. A test
+    that opens one unexpectedly fails at once, naming it; tests that answer a dialog patch the asking method
+    (or these functions) themselves."""
+    from PySide6.QtWidgets import QColorDialog, QDialog, QFileDialog, QInputDialog, QMessageBox
+
+    def refuse(what):
+        def opened(*args, **kwargs):
+            detail = " ".join(str(a) for a in args if isinstance(a, str))[:200]
+            raise AssertionError(f"a test opened a modal {what} nobody can answer offscreen: {detail}")
+        return opened
+
+    for owner, names in ((QDialog, ("exec",)), (QMessageBox, ("exec", "question", "information", "warning",
+                                                               "critical")),
+                         (QFileDialog, ("getOpenFileName", "getSaveFileName", "getExistingDirectory")),
+                         (QInputDialog, ("getInt", "getText", "getItem", "getDouble")), (QColorDialog, ("getColor",))):
+        for name in names:
+            monkeypatch.setattr(owner, name, refuse(f"{owner.__name__}.{name}"))

@@ -760,8 +760,8 @@ def test_file_dialogs_open_next_to_the_photo_and_where_the_last_one_chose(window
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_dataset_id_map_asks_how_to_open_it_and_a_grayscale_photo_does_not(window, tmp_path, monkeypatch, bits):
     """COCO-Stuff, ADE20K and SPADE keep label maps as single-channel id PNGs; opened as a file, one used to
-    become a dark grayscale photo in colorize mode. A grayscale photo (hundreds of levels) is not asked about,
-    nor is a single-channel PNG with a level that is no label of the set."""
+    become a dark grayscale photo in colorize mode. A grayscale photo (an unbroken run of levels) is not asked
+    about, nor is a single-channel PNG with a level that is no label of the set, nor one flat gray."""
     labels = np.full((HEIGHT, WIDTH), GRASS, np.uint16)
     labels[: HEIGHT // 2] = SKY
     labels[60:, 90:] = UNLABELED
@@ -779,7 +779,9 @@ def test_a_dataset_id_map_asks_how_to_open_it_and_a_grayscale_photo_does_not(win
     Image.fromarray(np.clip(fog, 100, 139).astype(np.uint8)).save(gray)
     not_ids = tmp_path / "two-tone.png"  # 200 is no COCO-Stuff id
     Image.fromarray(np.where(labels == SKY, 200, GRASS).astype(np.uint8)).save(not_ids)
-    for picture in (gray, not_ids):
+    blank = tmp_path / "blank.png"  # one flat gray: a blank picture, even though 119 is an id (fog)
+    Image.fromarray(np.full((HEIGHT, WIDTH), 119, np.uint8)).save(blank)
+    for picture in (gray, not_ids, blank):
         assert window.open_path(picture), window.errors
         assert window.document.mode == "colorize"
     assert asked == ["coco-map.png"]
