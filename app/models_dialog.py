@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QStandardPaths, Qt, QThread, Signal
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView,
-                               QLabel, QProgressBar, QPushButton, QSplitter, QTableWidget, QTableWidgetItem,
-                               QTextBrowser, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QFrame, QHBoxLayout,
+                               QHeaderView, QLabel, QProgressBar, QPushButton, QScrollArea, QSplitter, QTableWidget,
+                               QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget)
 
 
 class InstallThread(QThread):
@@ -63,6 +63,9 @@ class InstallThread(QThread):
             self.succeeded.emit(result)
 
 
+STATUS_LINES = 6  # room for a download's progress line and most of an offline "download it by hand" message
+
+
 class ModelsDialog(QDialog):
     models_changed = Signal()  # a model was installed: model choosers should list again
 
@@ -92,12 +95,23 @@ class ModelsDialog(QDialog):
         split.addWidget(self.details)
         split.setSizes([480, 380])
 
+        # the progress bar and the message keep their room when empty or hidden: the list does not jump when a
+        # download starts or a ten-line "download it by hand" message arrives (it scrolls instead)
         self.progress = QProgressBar()
         self.progress.setAccessibleName(self.tr("Download progress"))
+        policy = self.progress.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.progress.setSizePolicy(policy)
         self.progress.setVisible(False)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status_area = QScrollArea()
+        self.status_area.setWidget(self.status)
+        self.status_area.setWidgetResizable(True)
+        self.status_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.status_area.setFixedHeight(self.fontMetrics().lineSpacing() * STATUS_LINES + 4)
         self.get_button = QPushButton(self.tr("&Download and Import"))
         self.get_button.setToolTip(self.tr("Download the selected model from its official source, check it and "
                                            "import it (resumes an interrupted download)"))
@@ -122,7 +136,7 @@ class ModelsDialog(QDialog):
                                         "model's licence.")))
         layout.addWidget(split, 1)
         layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.status_area)
         layout.addLayout(buttons)
         self.refresh()
 

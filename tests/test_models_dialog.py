@@ -115,3 +115,32 @@ def test_candidates_and_exports_name_the_model_that_made_them(tmp_path):
     out = export_image(tmp_path / "out.png", np.zeros((8, 8, 3), np.uint8),
                        metadata={"Models": history_models(history), "History": history}, generated=True)
     assert read_export_metadata(out)["parameters"]["Models"] == ["demo-asset-landscape"]
+
+
+def test_the_list_does_not_jump_when_a_download_starts_or_fails(qtbot, tmp_path, monkeypatch):
+    """Offline, the failure message runs to ten lines (the manual download and import commands); it used to push
+    the catalogue up by that much, and the progress bar appearing moved it again. Both keep their room now."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the download fails at once with "connection refused"
+    data = b"not reached"
+    monkeypatch.setenv("SGRAFFITO_CATALOGUE", str(write_catalogue(
+        tmp_path / "catalogue.json", [entry("tiny-vqgan", "vqgan", f"http://127.0.0.1:{port}/last.ckpt", data,
+                                            file_name="last.ckpt")])))
+    dialog = ModelsDialog()
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    assert dialog.select("tiny-vqgan")
+    before = dialog.table.geometry()
+    assert dialog.start()
+    qtbot.wait(50)
+    assert dialog.table.geometry() == before
+    qtbot.waitUntil(lambda: dialog.thread is None, timeout=10_000)
+    message = dialog.status.text()
+    assert "tiny-vqgan" in message and "sgraffito models get" in message and message.count("\n") >= 3
+    qtbot.wait(50)
+    assert dialog.table.geometry() == before, "the catalogue moved when the message arrived"
