@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from engine.errors import CheckpointError, InputError
 from engine.paths import models_dirs, user_data_dir
+from engine.safe_io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,8 @@ def user_models_dir() -> Path:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        write(str(temp))
 
 
 def _own_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

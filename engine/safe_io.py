@@ -422,10 +422,11 @@ def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> li
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike):
-    """Yield a binary file that replaces `path` only once fully written and synced. On any error the old file
-    is untouched, the temporary file removed, and OSErrors become messages (disk full, no permission). A path
-    that is a symlink keeps its link: the target is replaced."""
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path` for a writer that takes a file name (safetensors, torch.save); once
+    the block ends it is synced and replaces `path`. On any error the old file is untouched, the temporary file
+    removed, and OSErrors become messages (disk full, no permission). A path that is a symlink keeps its link:
+    the target is replaced. The new file gets the mode an ordinary open() would give it."""
     path = write_target(path)
     remove_stale_temps(path.parent, path.name)
     try:
@@ -437,14 +438,14 @@ def atomic_write(path: str | os.PathLike):
         if error.errno == errno.ENOSPC:
             raise _disk_full(path) from None
         raise InputError(f"cannot save {path}: {error.strerror or error}") from None
+    os.close(descriptor)
     temp = Path(temp_name)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK
     try:
-        # mkstemp makes the file private (0600); a saved file gets the mode an ordinary open() would give it
-        os.chmod(temp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK)
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temp
+        # mkstemp makes the file private (0600), and so does safetensors' writer: set the mode afterwards
+        os.chmod(temp, mode)
+        _fsync_file(temp)
         os.replace(temp, path)
     except BaseException as error:
         temp.unlink(missing_ok=True)
@@ -454,6 +455,21 @@ def atomic_write(path: str | os.PathLike):
             raise InputError(f"cannot save {path}: {error.strerror or error}") from None
         raise
     fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a binary file that replaces `path` only once fully written and synced (atomic_path's guarantees)."""
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        yield handle
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows syncs only a writable handle
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -2,6 +2,7 @@ import enum
 import json
 import os
 import pickle
+import stat
 import sys
 import types
 from collections import OrderedDict
@@ -238,6 +239,10 @@ def test_model_dirs_roundtrip_and_listing(tmp_path, monkeypatch, isolated_user_d
     assert set(weights) == {"image_vqgan", "guiding"} and torch.equal(weights["image_vqgan"]["alias"], shared)
     assert (demo / "MODEL_CARD.md").read_text() == "# card\n"
     assert not [p for p in demo.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in ("image_vqgan.safetensors", "config.json", "MODEL_CARD.md"):  # not mkstemp's private 0600
+        assert stat.S_IMODE((demo / written).stat().st_mode) == 0o666 & ~umask, written
 
     models = list_models()
     assert [(m.name, m.kind, m.title, m.source) for m in models] == [
