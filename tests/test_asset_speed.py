@@ -77,12 +77,12 @@ def test_reduced_precision_top1_agrees_with_fp32_on_the_demo_model(demo_referenc
     from tests.bench.bench_asset import top1_agreement
 
     counts = top1_agreement(demo_references, precision)
-    agreed = sum(a for a, _ in counts.values())
-    steps = sum(n for _, n in counts.values())
+    agreed = sum(a for a, _, _ in counts.values())
+    steps = sum(n for _, n, _ in counts.values())
     assert steps >= 900  # 3 trajectories of the guiding (64 masked tokens) and SGA (256) models
     assert agreed / steps >= 0.99, counts
-    for name, (a, n) in counts.items():
-        assert a / n >= 0.98, (name, counts)
+    # a top-1 may change only where fp32's top two were a tie within the reduced precision's logit error
+    assert all(beyond_ties == 0 for _, _, beyond_ties in counts.values()), counts
 
 
 def test_precision_choices_are_checked():
