@@ -19,7 +19,7 @@ segmenter, as `sgraffito segment` does); Tools > Segment Photos When Opened turn
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QObject, QRect, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QActionGroup, QUndoCommand
 
 from app import settings as user_settings

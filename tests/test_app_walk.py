@@ -4,7 +4,6 @@ Layouts that do not move under the cursor, a toolbar that fits 1280 px, the resu
 model chooser and one Generate per mode, no state leaking between documents, no stale failed group, and a
 discoverable before/after compare (View menu, a tap or a hold of `\\`, a divider dragged on the canvas)."""
 
-import time
 from types import SimpleNamespace as Info
 
 import numpy as np

@@ -9,7 +9,6 @@ import sys
 import types
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 

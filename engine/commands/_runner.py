@@ -38,9 +38,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from engine.errors import Cancelled, InputError, SgraffitoError
+
+if TYPE_CHECKING:  # engine.jobs imports torch, which --help must not
+    from engine.jobs import Request
 
 
 MAX_SAMPLES = 64  # = engine.jobs.MAX_SAMPLES (not imported here: --help must not import torch)
@@ -210,7 +213,7 @@ def run_job(request, device: str, *, nothing_written: str = "nothing written"):
     return job
 
 
-def run_request(backend_name: str, request: "Request | Mapping[str, Any]", args: argparse.Namespace) -> int:
+def run_request(backend_name: str, request: Request | Mapping[str, Any], args: argparse.Namespace) -> int:
     """Run one request (a Request, or a mapping of Request fields without backend/k/seed) and write its
     candidates to args.out. Returns the exit status; user errors raise SgraffitoError (the CLI exits 2)."""
 

@@ -45,7 +45,7 @@ import time
 import numpy as np
 import torch
 
-from engine.models.asset import ASSET, ASSETAttention, ASSETConfig, N_FULL_CAUSAL, sga_causal_core
+from engine.models.asset import ASSET, ASSETAttention, ASSETConfig, Guidance, N_FULL_CAUSAL, sga_causal_core
 
 D_MODEL, HEADS = 512, 8
 DEMO = dict(vocab_size=512, cond_vocab_size=512, d_model=128, encoder_layers=2, decoder_layers=4,
@@ -220,9 +220,7 @@ def _edit_rows() -> list[dict]:
 STEPS = 24  # token steps timed per precision and candidate count
 
 
-def _official_guidance(cfg: ASSETConfig, gen) -> "Guidance":
-    from engine.models.asset import Guidance
-
+def _official_guidance(cfg: ASSETConfig, gen) -> Guidance:
     nb, heads = cfg.num_blocks, cfg.decoder_attention_heads
     causal = torch.stack([torch.stack([torch.stack([torch.randperm(i - 2, generator=gen)[:3]
                                                     for i in range(N_FULL_CAUSAL, nb)]) for _ in range(heads)])

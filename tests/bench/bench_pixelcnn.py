@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import cv2
-import numpy as np
 import torch
 
 from engine.pipelines.pixelcnn import colorize, load_model, uniforms

@@ -5,7 +5,6 @@ demo folder has no weights yet (timings do not depend on the weights; the note s
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import yaml
