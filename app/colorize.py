@@ -10,11 +10,11 @@ Generate action (Ctrl+Return) and the gallery's Generate button come here too.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QColor, QIcon, QPixmap
-from PySide6.QtWidgets import (QColorDialog, QComboBox, QDockWidget, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                               QListWidget, QListWidgetItem, QPushButton, QSpinBox, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QColorDialog, QComboBox, QDockWidget, QDoubleSpinBox, QFormLayout, QFrame,
+                               QHBoxLayout, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from app.gallery import install_gallery
 from app.hints import MAX_LEVEL, MIN_LEVEL, RECENT_COLOURS, HintsModel
@@ -110,7 +110,15 @@ class ColorizePanel(QDockWidget):
         buttons.addWidget(self.delete_button)
         buttons.addWidget(self.clear_button)
         layout.addLayout(buttons)
-        self.setWidget(body)
+        # on a short screen (1280 x 720 at 150 %) the panel scrolls instead of pushing the window past the screen
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(body)
+        # wide enough for the fields beside a scroll bar: it must not cover their arrows
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        self.setWidget(scroll)
 
         self.hints.changed.connect(self._fill_hints)
         self.hints.selection_changed.connect(self._selection_changed)
@@ -229,9 +237,20 @@ class ColorizePanel(QDockWidget):
             palette.setVisible(not colorize)
         if colorize:
             self.setVisible(True)
-            if gallery is not None:  # the colourings get the room the hint list does not need
-                self.window_.resizeDocks([gallery, self], [3, 2], Qt.Orientation.Vertical)
+            if gallery is not None:  # once laid out, in the window's final size
+                QTimer.singleShot(0, self._share_height_with_gallery)
         self._fill_hints()
+
+    def _share_height_with_gallery(self) -> None:
+        """The panel gets the height its fields and a few hints need, the colourings the rest; on a short screen
+        the panel scrolls."""
+        gallery = getattr(self.window_, "gallery", None)
+        if gallery is None or not self.isVisible():
+            return
+        total = gallery.height() + self.height()
+        need = min(self.widget().widget().minimumSizeHint().height() + 2 * self.fontMetrics().height(),
+                   total * 11 // 20)  # on a short screen the colourings keep nearly half
+        self.window_.resizeDocks([gallery, self], [max(1, total - need), need], Qt.Orientation.Vertical)
 
 
 def install_colorize(window) -> ColorizePanel:

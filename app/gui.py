@@ -72,10 +72,10 @@ def launch(args) -> int:
     if user_settings.device() != "auto":
         os.environ.setdefault("SGRAFFITO_DEVICE", user_settings.device())  # an explicit $SGRAFFITO_DEVICE wins
     window = MainWindow()
-    window.resize(1400, 900)
-    # screenshots are taken at a known size; otherwise the window comes back as the user left it
-    if not args.screenshot:
-        user_settings.restore_window(window)
+    if args.screenshot:
+        window.resize(user_settings.FIRST_START_SIZE)  # screenshots are taken at a known size
+    if args.screenshot or not user_settings.place_window(window):
+        QTimer.singleShot(0, window.share_dock_height)  # once shown at its size; a user's own split is kept
     window.show()
     if not args.screenshot:
         window.offer_recovery()

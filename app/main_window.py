@@ -138,10 +138,18 @@ class MainWindow(QMainWindow):
         install_colorize(self)  # the Colorize panel (shown for grayscale documents) with the gallery
         self.live_preview = install_live_preview(self)  # View > Live Preview (ASAPNet), on for label maps
         install_segmentation(self)  # a photo without a label map is labelled by the runtime; Tools > Segment Again
-        # the candidates get the room the label list does not need (several thumbnails, not one)
+        # the candidates get the room the label list does not need (several thumbnails, not one); share_dock_height
+        # makes it exact once the window has its size
         self.resizeDocks([self.palette, self.gallery], [1, 3], Qt.Orientation.Vertical)
         install_models_menu(self)  # Help > Models… (official models) and the demo-only notice in the Generate area
         self.menuBar().addAction(self.menus["help"].menuAction())  # Help stays last, after the panels' menus
+
+    def share_dock_height(self) -> None:
+        """The label panel gets its full Recent section and the candidates the rest (several thumbnails, not one);
+        on a short window the Recent section gives up rows first. For a window shown at its size (no saved layout)."""
+        total = self.palette.height() + self.gallery.height()
+        need = self.palette.preferred_height()
+        self.resizeDocks([self.palette, self.gallery], [need, max(need, total - need)], Qt.Orientation.Vertical)
 
     # ---- building ------------------------------------------------------------------------------------------
     def _action(self, name: str, text: str, slot, shortcuts=(), checkable: bool = False) -> QAction:

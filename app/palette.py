@@ -14,7 +14,7 @@ from engine.errors import SgraffitoError
 from engine.labels import DEFAULT_SUBSET, available_sets, load_label_set
 
 ID_ROLE = Qt.ItemDataRole.UserRole
-RECENT_ROWS = 4  # the Recent section's fixed height in rows
+RECENT_ROWS = 4  # the Recent section's height in rows where the window has room (one row at the least)
 
 
 def swatch(color: tuple[int, int, int], size: int = 16) -> QIcon:
@@ -150,9 +150,14 @@ class PaletteDock(QDockWidget):
             self.labels.addItem(self._entry(label_id))
         self._select(self.document.active_label)
 
+    def preferred_height(self) -> int:
+        """The panel's height with the Recent section at its full RECENT_ROWS rows and the label list at its least."""
+        return self.minimumSizeHint().height() + self.recent.maximumHeight() - self.recent.minimumHeight()
+
     def refresh_recent(self) -> None:
-        """The "Recent" section always has the same height (RECENT_ROWS rows, a placeholder while empty): the label
-        list below it never moves under the cursor when the first label is painted."""
+        """The "Recent" section's height does not depend on what it lists (RECENT_ROWS rows where the window has
+        room, a placeholder while empty): the label list below it never moves under the cursor when the first label
+        is painted. It gives up rows before the label list does on a short screen."""
         self.recent.clear()
         for label_id in self.document.recent_labels:
             if label_id in self.document.label_set.by_id:
@@ -162,7 +167,9 @@ class PaletteDock(QDockWidget):
             placeholder.setFlags(Qt.ItemFlag.NoItemFlags)
             self.recent.addItem(placeholder)
         row = max(self.recent.sizeHintForRow(0), self.fontMetrics().height() + 4)
-        self.recent.setFixedHeight(RECENT_ROWS * row + 2 * self.recent.frameWidth() + 2)
+        frame = 2 * self.recent.frameWidth() + 2
+        self.recent.setMinimumHeight(row + frame)
+        self.recent.setMaximumHeight(RECENT_ROWS * row + frame)
 
     def _select(self, label_id: int) -> None:
         for widget in (self.labels, self.recent):

@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 
 import platformdirs
-from PySide6.QtCore import QByteArray, QSettings
+from PySide6.QtCore import QByteArray, QSettings, QSize, Qt
 
 from engine.paths import APP_NAME
 
 RECENT_COUNT = 10
 DEVICES = ("auto", "cpu", "cuda")
 THEMES = ("system", "light", "dark")
+FIRST_START_SIZE = QSize(1400, 900)  # the window on first start, where the screen has room for it
 LAYOUT_VERSION = 1  # bump when docks or toolbars change so much that an old saved state would misplace them
 
 
@@ -148,3 +149,17 @@ def restore_window(window) -> bool:
     if isinstance(state, QByteArray):
         window.restoreState(state, LAYOUT_VERSION)
     return True
+
+
+def place_window(window) -> bool:
+    """Before the window is shown: as the user left it (True), else FIRST_START_SIZE, else (a screen too small for
+    that, such as a 1366 x 768 laptop, where it would open cut off at the right and bottom) maximized."""
+    if restore_window(window):
+        return True
+    available = window.screen().availableGeometry().size()
+    if FIRST_START_SIZE.width() <= available.width() and FIRST_START_SIZE.height() <= available.height():
+        window.resize(FIRST_START_SIZE)
+        return False
+    window.resize(FIRST_START_SIZE.boundedTo(available))  # what a desktop without a window manager shows
+    window.setWindowState(window.windowState() | Qt.WindowState.WindowMaximized)
+    return False

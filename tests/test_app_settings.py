@@ -83,6 +83,55 @@ def test_nothing_to_restore_on_first_start(make_window):
     assert not settings.restore_window(make_window())
 
 
+def test_first_start_on_a_screen_smaller_than_the_default_window_fits_it(qtbot):
+    """1400 x 900 on a 1366 x 768 laptop opened with Generate and the gallery's buttons off the screen."""
+    window = MainWindow()
+    qtbot.addWidget(window)
+    settings.place_window(window)  # nothing saved yet; the offscreen screen is 800 x 600
+    window.show()
+    qtbot.waitExposed(window)
+    available = window.screen().availableGeometry()
+    assert window.isMaximized()
+    assert window.width() <= available.width() and window.height() <= available.height()
+    window.showNormal()
+    window.resize(700, 500)
+    left_as = window.size()
+    window.close()
+    again = MainWindow()  # the next start: as the user left it, not maximized again
+    qtbot.addWidget(again)
+    settings.place_window(again)
+    assert not again.isMaximized() and again.size() == left_as
+
+
+SHORT_SCREEN_CLIENT_HEIGHT = 641  # 1280 x 720 (a 1920 x 1080 laptop at 150 %) less a taskbar and a title bar
+
+
+def test_the_window_fits_a_short_screen_in_both_modes_and_the_colorize_panel_scrolls_there(tmp_path, qtbot,
+                                                                                              monkeypatch):
+    window = MainWindow()  # as app.gui.launch starts it the first time
+    monkeypatch.setattr(window, "show_error", fail)
+    qtbot.addWidget(window)
+    window.resize(settings.FIRST_START_SIZE)
+    window.show()
+    qtbot.waitExposed(window)
+    window.share_dock_height()
+    qtbot.wait(20)
+    recent = window.palette.recent
+    assert recent.height() == recent.maximumHeight() > 2 * recent.minimumHeight(), "a full Recent section"
+    assert window.minimumSizeHint().height() <= SHORT_SCREEN_CLIENT_HEIGHT, "label mode"
+    Image.fromarray((np.add.outer(np.arange(300), np.arange(400)) % 200 + 30).astype(np.uint8), "L").save(
+        tmp_path / "old.png")
+    assert window.open_path(tmp_path / "old.png") and window.document.mode == "colorize"
+    assert window.minimumSizeHint().height() <= SHORT_SCREEN_CLIENT_HEIGHT, "colorize mode"
+    panel = window.colorize_panel
+    qtbot.wait(50)
+    assert panel.widget().verticalScrollBar().maximum() == 0, "where there is room, every field shows at once"
+    window.resize(1000, 580)
+    qtbot.wait(50)
+    assert panel.widget().verticalScrollBar().maximum() > 0, "the panel scrolls on a short window"
+    assert window.gallery.height() >= 0.4 * (window.gallery.height() + panel.height()), "the colourings keep room"
+
+
 def test_label_set_choice_is_remembered(make_window):
     window = make_window()
     assert remembered_label_set() is None
