@@ -31,7 +31,8 @@ vgg_label_agreement (the VGG16 judge)
     photo-textured), Gaussian noise of the sea's colour and spread 0.02, flat sea- or grass-coloured fills 0.01,
     the unedited region 0.16. Known limit: on real photos it calls much of a clear blue sky clouds and its
     per-pixel map is speckled; on the summer palace's hand-made label map it reads the clear sky 0.03 (the appearance
-    classifier 0.78), the trees 0.45 (0.25) and the lake 0.17 (0.05).
+    classifier 0.78), the trees 0.45 (0.25) and the lake 0.17 (0.05). It is the judge of the ASSET card's
+    acceptance table (engine.train.tasks_asset.ACCEPTANCE_JUDGE: the appearance classifier scores noise above water).
 
 reflection_score
     For each connected water region: the shoreline is the median of the region's top row over its columns

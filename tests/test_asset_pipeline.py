@@ -335,3 +335,26 @@ def test_a_damaged_token_cache_is_encoded_again_with_a_message(bundle_dir, tmp_p
     cache = build_token_cache(bundle_dir, path, count=1, size=256)
     assert "not a token cache this version can read" in capsys.readouterr().out
     assert torch.equal(torch.load(path, weights_only=True)["z"], cache["z"]) and cache["z"].shape[0] == 1
+
+
+def test_the_card_acceptance_table_passes_and_fails_each_set_by_its_bar():
+    from engine.train.tasks_asset import FIRST_DEMO, _acceptance_keys, acceptance_table
+
+    def results(group, agreement, reflection, lpips, grid):
+        keys = _acceptance_keys(group)
+        figures = {"agreement": agreement, "appearance": (0.4, 0.6), "reflection": reflection}
+        out = {f"{keys[name]} ({who})": value for name, pair in figures.items()
+               for who, value in zip(("ours", "naive fill"), pair)}
+        return out | {f"{keys['lpips']} (ours)": lpips, f"{keys['grid']} (ours)": grid}
+
+    edits = {"procedural scenes": results("procedural scenes", (0.30, 0.02), (0.3, 0.2), 0.7, 12.0),
+             "photo-textured scenes": results("photo-textured scenes", (0.01, 0.02), (0.3, 0.2), 0.95, 12.0),
+             "held-out real photos": results("held-out real photos", (0.30, 0.02), (0.1, 0.2), 0.7, 16.0)}
+    rows = [[cell.strip() for cell in line.strip("|").split("|")][1:] for line in acceptance_table(edits)[2:]]
+    agreement, reflection, lpips, grid, appearance = rows
+    assert [cell.endswith("pass") for cell in agreement] == [True, False, True]  # naive above ours: fail
+    assert [cell.endswith("pass") for cell in reflection] == [True, True, False]
+    assert [cell.endswith("pass") for cell in lpips] == [True, False, True]  # 0.95 is not below the first demo's 0.94
+    assert [cell.endswith("pass") for cell in grid] == [True, True, False]  # 16 > half of the first demo's 30.6
+    assert grid[2].startswith(f"16.000 vs {FIRST_DEMO['held-out real photos']['grid'] / 2:.3f}")
+    assert not any(cell.endswith("pass") for cell in appearance)
