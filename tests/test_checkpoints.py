@@ -184,8 +184,12 @@ def test_truncated_checkpoint_is_a_checkpoint_error(tmp_path, legacy):
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "photo.ckpt"
     path.write_bytes(b"\xff\xd8\xff\xe0 this is a jpeg")
-    with pytest.raises(CheckpointError, match="photo.ckpt"):
+    with pytest.raises(CheckpointError, match=r"photo.ckpt: not a PyTorch checkpoint \(neither a zip"):
         read_checkpoint(path)
+    noise = tmp_path / "noise.pth"  # bytes that are no format used to fail inside the unpickler ("KeyError: 7")
+    noise.write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(CheckpointError, match="noise.pth: not a PyTorch checkpoint"):
+        read_checkpoint(noise)
     with pytest.raises(CheckpointError, match="no such file"):
         read_checkpoint(tmp_path / "missing.ckpt")
 

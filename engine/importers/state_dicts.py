@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,9 @@ def _state_dict_of(obj, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+_PICKLE_PROTOCOL = re.compile(rb"\x80[\x02-\x05]")  # the PROTO opcode that opens a pickle of protocol 2-5
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict in a .ckpt/.pth/.pt/.bin (zip or legacy torch format) or .safetensors file.
 
@@ -50,6 +54,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         head = handle.read(4)
     if path.suffix == ".safetensors":
         return read_safetensors(path)
+    if not (head.startswith(b"PK") or _PICKLE_PROTOCOL.match(head)):
+        # torch.save writes a zip, or (legacy format) pickles from protocol 2 on: anything else is some other file,
+        # and unpickling it would only fail somewhere in the middle with an opcode error
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                              "expected a .ckpt/.pth/.pt file saved by torch.save, or a .safetensors file")
     try:
         # a zip by its signature: a truncated zip has no readable directory, but it is not a legacy pickle either
         obj = _unpickle_zip(path) if head.startswith(b"PK") else _unpickle_legacy(path)
