@@ -477,7 +477,9 @@ def installed(name: str) -> Path | None:
     return None
 
 
-def _find(roots: list[Path], name: str, what: str) -> Path:
+def _find(roots: list[Path], name: str, what: str, renamed: dict[str, Path]) -> Path:
+    if name in renamed:
+        return renamed[name]
     if name == ".":
         return roots[-1]
     found = []
@@ -494,8 +496,9 @@ def _find(roots: list[Path], name: str, what: str) -> Path:
     return found[0]
 
 
-def _import_args(entry: Entry, roots: list[Path], force: bool) -> argparse.Namespace:
-    """The importer's arguments, parsed by the importer's own parser exactly as `sgraffito import` would."""
+def _import_args(entry: Entry, roots: list[Path], force: bool, renamed: dict[str, Path]) -> argparse.Namespace:
+    """The importer's arguments, parsed by the importer's own parser exactly as `sgraffito import` would;
+    `renamed`: catalogue file name -> the file the user gave for it under another name."""
     try:
         dotted = registry.spec(entry.engine).importer
     except InputError:
@@ -508,11 +511,11 @@ def _import_args(entry: Entry, roots: list[Path], force: bool) -> argparse.Names
     parser.add_argument("--name")
     parser.add_argument("--force", action="store_true")
     importer.add_arguments(parser)
-    words = [str(_find(roots, entry.import_file, entry.name)), "--name", entry.name]
+    words = [str(_find(roots, entry.import_file, entry.name, renamed)), "--name", entry.name]
     for option, value in entry.import_options.items():
         flag = "--" + option.replace("_", "-")
         if isinstance(value, dict):
-            words += [flag, str(_find(roots, value["file"], entry.name))]
+            words += [flag, str(_find(roots, value["file"], entry.name, renamed))]
         elif value is True:
             words.append(flag)
         else:
@@ -549,7 +552,7 @@ def install(entry: Entry, *, from_path: str | os.PathLike | None = None, force: 
     work = user_models_dir() / ".downloads" / entry.name
     work.mkdir(parents=True, exist_ok=True)
     try:
-        records, roots = _fetch_all(entry, work, from_path, progress, cancelled)
+        records, roots, renamed = _fetch_all(entry, work, from_path, progress, cancelled)
     except BaseException:
         if not any(work.glob("*.part")):  # keep only what a later run can resume
             shutil.rmtree(work, ignore_errors=True)
@@ -560,7 +563,7 @@ def install(entry: Entry, *, from_path: str | os.PathLike | None = None, force: 
     destination = user_models_dir() / entry.name
     existed = destination.exists()
     try:
-        args = _import_args(entry, roots, force)
+        args = _import_args(entry, roots, force, renamed)
         directory = Path(args.importer.run(args))
         record = {"catalogue": entry.name, "title": entry.title, "engine": entry.engine, "licence": entry.licence,
                   "paper": entry.paper, "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -580,10 +583,12 @@ def install(entry: Entry, *, from_path: str | os.PathLike | None = None, force: 
     return Result(entry.name, directory, already=False)
 
 
-def _fetch_all(entry: Entry, work: Path, from_path, progress, cancelled) -> tuple[list[dict], list[Path]]:
+def _fetch_all(entry: Entry, work: Path, from_path, progress, cancelled) \
+        -> tuple[list[dict], list[Path], dict[str, Path]]:
     """Every file of the entry, downloaded into `work` (or found under `from_path`), verified and unpacked:
-    (records for download.json, the files and unpacked folders to look for the imported files in)."""
-    records, roots = [], []
+    (records for download.json, the files and unpacked folders to look for the imported files in, the files the
+    user gave under another name than the catalogue's, by the catalogue's name)."""
+    records, roots, renamed = [], [], {}
     for source in entry.files:
         if from_path is not None:
             given = Path(from_path)
@@ -593,6 +598,8 @@ def _fetch_all(entry: Entry, work: Path, from_path, progress, cancelled) -> tupl
                 if len(entry.files) > 1 and given.name != source.name:
                     raise InputError(f"{entry.name} has {len(entry.files)} files; give the folder holding them")
                 path = given
+                if given.name != source.name:  # a browser's "latest_net_G (1).pth": the size and hash decide
+                    renamed[source.name] = given
             else:
                 matches = sorted(given.rglob(source.name))
                 if not matches:  # already unpacked by the user: import from the folder itself
@@ -628,7 +635,7 @@ def _fetch_all(entry: Entry, work: Path, from_path, progress, cancelled) -> tupl
             roots.append(target)
         else:
             roots.append(path)
-    return records, roots
+    return records, roots, renamed
 
 
 def _remove_empty(folder: Path) -> None:

@@ -334,3 +334,14 @@ def test_from_a_downloaded_file_with_the_same_checks(tmp_path, monkeypatch, chec
     record = json.loads((user_models_dir() / "tiny-vqgan" / downloads.RECORD).read_text())
     assert record["files"][0]["from"] == str(given) and record["files"][0]["size"] == len(checkpoint)
     assert given.exists()  # the user's file is left where it was
+
+
+def test_a_downloaded_file_saved_under_another_name_is_taken_by_its_size_and_hash(tmp_path, monkeypatch,
+                                                                                   checkpoint, capsys):
+    add_catalogue(tmp_path, monkeypatch, entry("tiny-vqgan", "vqgan", "http://127.0.0.1:9/never", checkpoint,
+                                               file_name="last.ckpt"))
+    given = tmp_path / "last (1).ckpt"  # as a browser names a second download of the same file
+    given.write_bytes(checkpoint)
+    assert main(["models", "get", "tiny-vqgan", "--from", str(given)]) == 0, capsys.readouterr().err
+    record = json.loads((user_models_dir() / "tiny-vqgan" / downloads.RECORD).read_text())
+    assert record["files"][0]["from"] == str(given) and given.exists()
